@@ -1,0 +1,131 @@
+"""Finding the compiled kernels: ahead-of-time build, just-in-time build, or none.
+
+Order of attempts (first success wins, decided once per process):
+
+1. ``DNMP_FORCE_REFERENCE=1`` in the environment: no extension, pure-torch
+   reference everywhere (for tests and debugging).
+2. ``dnmp._C``: the extension built by ``setup.py`` (``pip install .`` or
+   ``pip install -e .`` / ``python setup.py build_ext --inplace``).
+3. Just-in-time: ``torch.utils.cpp_extension.load`` compiles the same ``csrc``
+   sources (found in ``<repo>/csrc`` for a source checkout / editable install,
+   or ``dnmp/_csrc`` shipped inside a wheel). The build folder is
+   ``$DNMP_BUILD_DIR`` or ``~/.cache/dnmp/<name>``, where the name carries a hash
+   of every source file, the torch version and the flags, so editing a kernel
+   triggers a rebuild and stale binaries are never reused.
+4. Otherwise a single ``RuntimeWarning`` is emitted and the reference is used.
+
+Loading the extension registers the ``torch.ops.dnmp.*`` custom ops (see
+``csrc/bindings.cpp``); ``dnmp.ops._ops`` then attaches fake (meta)
+implementations and autograd formulas to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["load_extension", "backend", "csrc_dir", "CXX_FLAGS", "LD_FLAGS", "NVCC_FLAGS"]
+
+# -fopenmp: ATen's parallel_for only runs threaded when the caller is compiled with OpenMP.
+# -ffp-contract=off: no fused multiply-add, so the kernels round exactly like the torch reference.
+CXX_FLAGS = ["-O3", "-fopenmp", "-march=x86-64-v2", "-ffp-contract=off"]
+LD_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-std=c++17"]
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def csrc_dir() -> Path | None:
+    """Folder holding the C++/CUDA sources, or None when this install has none."""
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "_csrc", here.parents[1] / "csrc"):
+        if (cand / "bindings.cpp").is_file():
+            return cand
+    return None
+
+
+def _sources(root: Path, with_cuda: bool) -> list[Path]:
+    srcs = [root / "bindings.cpp"] + sorted((root / "cpu").glob("*.cpp"))
+    if with_cuda:
+        srcs += sorted((root / "cuda").glob("*.cu"))
+    return srcs
+
+
+def _want_cuda() -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.cuda.is_available() and torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _jit_build():
+    from torch.utils.cpp_extension import load
+
+    root = csrc_dir()
+    if root is None:
+        raise RuntimeError("no csrc sources found (neither <repo>/csrc nor dnmp/_csrc)")
+    with_cuda = _want_cuda()
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    h.update(f"{torch.__version__}|{sys.version_info[:2]}|{with_cuda}|{CXX_FLAGS}|{NVCC_FLAGS}".encode())
+    name = f"dnmp_C_{h.hexdigest()[:16]}"
+    build_dir = Path(os.environ.get("DNMP_BUILD_DIR") or Path.home() / ".cache" / "dnmp") / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(
+        name=name,
+        sources=[str(s) for s in _sources(root, with_cuda)],
+        extra_cflags=CXX_FLAGS + (["-DDNMP_WITH_CUDA"] if with_cuda else []),
+        extra_ldflags=LD_FLAGS,
+        extra_include_paths=[str(root)],
+        build_directory=str(build_dir),
+        verbose=bool(os.environ.get("DNMP_VERBOSE_BUILD")),
+    )
+    if with_cuda:
+        kwargs["extra_cuda_cflags"] = NVCC_FLAGS
+    return load(**kwargs)
+
+
+def load_extension():
+    """The compiled extension module, or None (then the reference is used)."""
+    with _lock:
+        if "mod" in _state:
+            return _state["mod"]
+        mod, why = None, None
+        if os.environ.get("DNMP_FORCE_REFERENCE", "") not in ("", "0"):
+            _state["mod"], _state["backend"] = None, "reference"
+            return None
+        try:
+            from dnmp import _C as mod  # type: ignore[attr-defined]
+        except ImportError as e:
+            why = f"dnmp._C not importable ({e})"
+            try:
+                mod = _jit_build()
+            except Exception as e2:  # noqa: BLE001 - any build failure means: fall back
+                mod = None
+                why += f"; just-in-time build failed: {type(e2).__name__}: {str(e2)[-2000:]}"
+        if mod is None:
+            warnings.warn(
+                "dnmp.ops: compiled kernels unavailable, using the slow pure-PyTorch reference. "
+                f"Reason: {why}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _state["mod"] = mod
+        _state["backend"] = "cpp" if mod is not None else "reference"
+        if mod is not None:
+            from . import _ops  # noqa: F401  (registers fake impls + autograd)
+        return mod
+
+
+def backend() -> str:
+    """"cpp" when the compiled kernels are in use, "reference" for the pure-torch fallback."""
+    load_extension()
+    return _state["backend"]

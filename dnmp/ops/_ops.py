@@ -1,0 +1,80 @@
+"""Fake (meta) implementations and autograd formulas for the ``torch.ops.dnmp`` custom ops.
+
+The kernels themselves are registered from C++ (``csrc/bindings.cpp``,
+``TORCH_LIBRARY(dnmp, m)``). Attaching autograd here, through
+``torch.library.register_autograd``, makes the ops differentiable for every
+caller: :func:`dnmp.ops.rasterize`, direct ``torch.ops.dnmp.*`` users and
+``torch.compile`` graphs alike.
+
+Gradients: ``rasterize_fwd`` differentiates zbuf and bary_coords w.r.t. verts
+only (coverage, intrinsics and world_to_cam get no gradient);
+``interpolate_fwd`` differentiates w.r.t. attributes and bary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_rf = torch.ops.dnmp.rasterize_fwd
+_rb = torch.ops.dnmp.rasterize_bwd
+_if = torch.ops.dnmp.interpolate_fwd
+_ib = torch.ops.dnmp.interpolate_bwd
+
+
+@torch.library.register_fake("dnmp::rasterize_fwd")
+def _rasterize_fwd_fake(verts, faces, intrinsics, world_to_cam, height, width, faces_per_pixel, near, far):
+    B = intrinsics.shape[0]
+    shape = (B, height, width, faces_per_pixel)
+    return (
+        verts.new_empty(shape, dtype=torch.int64),
+        verts.new_empty(shape),
+        verts.new_empty(shape + (3,)),
+    )
+
+
+@torch.library.register_fake("dnmp::rasterize_bwd")
+def _rasterize_bwd_fake(verts, faces, intrinsics, world_to_cam, pix_to_face, grad_zbuf, grad_bary):
+    return torch.empty_like(verts)
+
+
+@torch.library.register_fake("dnmp::interpolate_fwd")
+def _interpolate_fwd_fake(attributes, faces, pix_to_face, bary):
+    return attributes.new_empty(tuple(pix_to_face.shape) + (attributes.shape[1],))
+
+
+@torch.library.register_fake("dnmp::interpolate_bwd")
+def _interpolate_bwd_fake(attributes, faces, pix_to_face, bary, grad_out):
+    return torch.empty_like(attributes), torch.empty_like(bary)
+
+
+def _rasterize_setup(ctx, inputs, output):
+    verts, faces, intrinsics, world_to_cam = inputs[:4]
+    ctx.save_for_backward(verts, faces, intrinsics, world_to_cam, output[0])
+
+
+def _rasterize_backward(ctx, grad_p2f, grad_zbuf, grad_bary):
+    verts, faces, intrinsics, world_to_cam, p2f = ctx.saved_tensors
+    if grad_zbuf is None:
+        grad_zbuf = torch.zeros(p2f.shape, dtype=verts.dtype, device=verts.device)
+    if grad_bary is None:
+        grad_bary = torch.zeros(tuple(p2f.shape) + (3,), dtype=verts.dtype, device=verts.device)
+    gv = _rb(verts, faces, intrinsics, world_to_cam, p2f,
+             grad_zbuf.contiguous(), grad_bary.contiguous())
+    return gv, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("dnmp::rasterize_fwd", _rasterize_backward, setup_context=_rasterize_setup)
+
+
+def _interpolate_setup(ctx, inputs, output):
+    attributes, faces, pix_to_face, bary = inputs
+    ctx.save_for_backward(attributes, faces, pix_to_face, bary)
+
+
+def _interpolate_backward(ctx, grad_out):
+    attributes, faces, pix_to_face, bary = ctx.saved_tensors
+    ga, gb = _ib(attributes, faces, pix_to_face, bary, grad_out.contiguous())
+    return ga, None, None, gb
+
+
+torch.library.register_autograd("dnmp::interpolate_fwd", _interpolate_backward, setup_context=_interpolate_setup)
