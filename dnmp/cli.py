@@ -1,0 +1,255 @@
+"""The `dnmp` command line: train, render, eval, profile, convert.
+
+Every command prints a one-line `dnmp: error: ...` (exit code 2) for bad input
+(a folder that is not a scene, a missing or corrupt image, an unknown scene
+version, a checkpoint of another scene...). Set DNMP_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SCENE_NAME = "kitti00"
+
+
+def bundled_scene() -> Path:
+    """The sample drive shipped in the repository's `scenes/` (or $DNMP_SCENE)."""
+    env = os.environ.get("DNMP_SCENE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "scenes" / DEFAULT_SCENE_NAME
+
+
+def _load_scene(path):
+    from .data.scene import load_scene
+
+    return load_scene(path)
+
+
+def _checkpoint_and_scene(args):
+    from .train.checkpoint import load_checkpoint
+    from .train.radiance import check_checkpoint_scene, renderer_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    scene_path = args.scene or ckpt.get("scene", {}).get("path")
+    scene = _load_scene(scene_path)
+    check_checkpoint_scene(ckpt, scene)
+    return ckpt, scene, renderer_from_checkpoint(ckpt)
+
+
+def cmd_train(args) -> int:
+    from .train.config import load_config
+    from .train.radiance import train_radiance
+
+    scene = _load_scene(args.scene or bundled_scene())
+    scene.check_files(decode=True)
+    overrides = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / scene.name
+    result = train_radiance(scene, out, cfg, resume=args.resume, progress=not args.quiet)
+    summary = {k: result.get(k) for k in ("step", "test_psnr", "test_ssim", "test_lpips",
+                                           "num_test_frames", "train_seconds")}
+    print(json.dumps(summary))
+    print(f"wrote {out / 'metrics.json'}, checkpoints in {out / 'checkpoints'}, "
+          f"held-out renders in {out / 'renders' / 'test'}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    import imageio.v2 as imageio
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .evaluate import frame_file_stem, render_frame, to_uint8
+
+    ckpt, scene, renderer = _checkpoint_and_scene(args)
+    frames = scene.frames if args.split == "all" else scene.frames_by_split(args.split)
+    if not frames:
+        raise ValueError(f"{scene.root}: no {args.split!r} frames to render")
+    frames = sorted(frames, key=lambda f: (f.camera, f.timestamp))
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent.parent / "renders" / args.split
+    out.mkdir(parents=True, exist_ok=True)
+    images = {}
+    with torch.no_grad():
+        for frame in tqdm(frames, desc=f"render {args.split}"):
+            img = to_uint8(render_frame(renderer, scene, frame)["rgb"])
+            imageio.imwrite(out / f"{frame_file_stem(frame)}.png", img)
+            images.setdefault(frame.camera, []).append(img)
+    print(f"wrote {len(frames)} PNG frames to {out}")
+    if args.video:
+        for cam, seq in images.items():
+            path = out / f"{args.split}_{cam}.mp4"
+            h, w = seq[0].shape[:2]
+            pad = ((0, h % 2), (0, w % 2), (0, 0))  # H.264 yuv420p needs even sizes
+            with imageio.get_writer(path, fps=args.fps, codec="libx264", quality=8,
+                                    macro_block_size=1) as writer:
+                for img in seq:
+                    writer.append_data(np.pad(img, pad, mode="edge"))
+            print(f"wrote {path} ({len(seq)} frames, {args.fps} fps)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, write_json_atomic
+
+    ckpt, scene, renderer = _checkpoint_and_scene(args)
+    run_dir = Path(ckpt["path"]).parent.parent
+    out = Path(args.out) if args.out else run_dir
+    renders = None if args.no_images else out / "renders" / "test"
+    result = evaluate(renderer, scene, "test", renders)
+    result["checkpoint"] = ckpt["path"]
+    result["step"] = ckpt["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", result)
+    print(json.dumps({k: result[k] for k in ("test_psnr", "test_ssim", "test_lpips",
+                                             "num_test_frames")}))
+    if "lpips_note" in result:
+        print(f"test_lpips is null: {result['lpips_note']}")
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    import torch
+
+    from .profile import profile_renderer
+
+    if args.checkpoint:
+        _, scene, renderer = _checkpoint_and_scene(args)
+        source = args.checkpoint
+    else:
+        from .train.config import load_config
+        from .train.radiance import build_renderer, scene_centres
+
+        scene = _load_scene(args.scene or bundled_scene())
+        cfg = load_config(args.config)
+        renderer = build_renderer(scene_centres(scene, cfg), cfg)
+        source = "untrained model with default config (timing does not depend on weights)"
+    if args.faces_per_pixel:
+        renderer.config.faces_per_pixel = args.faces_per_pixel
+    frames = scene.frames_by_split("test") or scene.frames
+    frame = frames[0]
+    cam = scene.camera_of(frame)
+    res = profile_renderer(renderer, cam.intrinsics(as_tensor=True),
+                           torch.from_numpy(frame.cam_to_world), cam.height, cam.width,
+                           repeats=args.repeats, memory=not args.no_memory)
+    res.update({"scene": scene.name, "frame": frame.name, "model": source,
+                "backend": __import__("dnmp.ops", fromlist=["backend"]).backend()})
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        mem = res["peak_memory_mb_per_kpx"]
+        print(f"scene {scene.name}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
+              f"frame {frame.name} {cam.width}x{cam.height}, K={res['faces_per_pixel']}, "
+              f"{res['threads']} threads, backend {res['backend']}")
+        print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms)")
+        print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
+        print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .converters import kitti_odometry
+
+    return kitti_odometry.main(args.converter_args) or 0
+
+
+PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
+the resolution of the scene's first test frame, all primitives of the scene):
+  raster_ms_per_kpx       dnmp.ops.rasterize alone (K faces per pixel), ms per 1000 pixels
+  render_ms_per_kpx       full render: rasterize + interpolate + radiance MLP + alpha
+                          compositing + background, ms per 1000 pixels
+  peak_memory_mb_per_kpx  peak CPU memory allocated by torch tensors during one full
+                          render (torch profiler memory timeline), MiB per 1000 pixels
+  num_primitives, num_faces  scene size
+Without CHECKPOINT an untrained model of the default config is built on the scene
+(rendering cost does not depend on the learned weights)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dnmp",
+        description="Deformable Neural Mesh Primitives (Lu et al., ICCV 2023): train urban "
+                    "radiance fields from driving captures, render novel views, measure speed.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a scene (default: the bundled KITTI drive)",
+                       description="Voxelize the scene's points into primitives and train the "
+                                   "radiance stage; writes OUT/checkpoints/, OUT/metrics.json and "
+                                   "held-out renders beside ground truth in OUT/renders/test/.")
+    t.add_argument("scene", nargs="?", help=f"scene folder (default: {bundled_scene()})")
+    t.add_argument("--out", help="output folder (default: runs/<scene name>)")
+    t.add_argument("--config", help="TOML file overriding TrainConfig fields (see dnmp/train/config.py)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    t.add_argument("--steps", type=int, help="override the number of training steps")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("render", help="render frames (PNG) and optionally an mp4 video",
+                       description="Render a trained checkpoint's scene frames to PNG.")
+    r.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
+    r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    r.add_argument("--split", choices=["test", "train", "all"], default="test")
+    r.add_argument("--out", help="output folder (default: RUN/renders/SPLIT)")
+    r.add_argument("--video", action="store_true", help="also write one mp4 per camera, frames in time order")
+    r.add_argument("--fps", type=int, default=10)
+    r.set_defaults(func=cmd_render)
+
+    e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS on the held-out frames",
+                       description="Score held-out renders; writes metrics.json with test_psnr, "
+                                   "test_ssim (torchmetrics, Gaussian 11x11, sigma 1.5, data_range "
+                                   "1.0), test_lpips (null with a reason when its network weights "
+                                   "are not available offline), num_test_frames.")
+    e.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
+    e.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    e.add_argument("--out", help="folder for metrics.json and renders (default: the run folder)")
+    e.add_argument("--no-images", action="store_true", help="do not write the renders")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("profile", help="ms per 1k pixels and memory of rasterization and rendering",
+                        description=PROFILE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (optional)")
+    pr.add_argument("--scene", help="scene folder (default: the checkpoint's, else the bundled one)")
+    pr.add_argument("--config", help="TOML config for the untrained model (without CHECKPOINT)")
+    pr.add_argument("--faces-per-pixel", type=int, help="override K")
+    pr.add_argument("--repeats", type=int, default=5, help="timed runs (>= 5 recommended)")
+    pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    pr.add_argument("--json", action="store_true", help="print the figures as JSON")
+    pr.set_defaults(func=cmd_profile)
+
+    c = sub.add_parser("convert", help="convert a dataset into a dnmp scene",
+                       description="Convert a capture into the dnmp scene format. Formats: "
+                                   "kitti-odometry. Run `dnmp convert kitti-odometry --help`.",
+                       add_help=True)
+    c.add_argument("format", choices=["kitti-odometry"])
+    c.add_argument("converter_args", nargs=argparse.REMAINDER,
+                   help="arguments of the converter (see `dnmp convert FORMAT --help`)")
+    c.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.scene import SceneError
+    from .train.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (SceneError, CheckpointError, ValueError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, OSError) as exc:
+        if os.environ.get("DNMP_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"dnmp: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Render a scene's frames with a trained model and score them against the images."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .data.scene import Scene
+from .model import DNMPRenderer
+
+
+def frame_file_stem(frame) -> str:
+    """A flat file name for a frame (frame names may contain '/')."""
+    return str(frame.name).replace("/", "_").replace(os.sep, "_")
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """float [H, W, 3] in [0, 1] -> uint8 (rounded)."""
+    return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def render_frame(renderer: DNMPRenderer, scene: Scene, frame) -> dict[str, torch.Tensor]:
+    """Render one scene frame with its camera's intrinsics and pose (see DNMPRenderer.render)."""
+    cam = scene.camera_of(frame)
+    return renderer.render(cam.intrinsics(as_tensor=True),
+                           torch.from_numpy(frame.cam_to_world), cam.height, cam.width)
+
+
+def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
+             out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """PSNR / SSIM / LPIPS of `split` frames; optionally writes `<frame>_pred.png` and
+    `<frame>_gt.png` side by side into out_dir.
+
+    Returns a dict with keys `{split}_psnr`, `{split}_ssim`, `{split}_lpips` (None when
+    unavailable, with `lpips_note` giving the reason), `num_{split}_frames`, `per_frame`
+    and `ssim_note` (which implementation and data range).
+    """
+    frames = scene.frames_by_split(split)
+    if not frames:
+        raise ValueError(f"{scene.root}: scene has no {split!r} frames to evaluate")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    per_frame, lpips_note = [], None
+    for frame in tqdm(frames, desc=f"render {split}", disable=not progress, leave=False):
+        gt = torch.from_numpy(scene.load_image(frame))
+        pred = render_frame(renderer, scene, frame)["rgb"]
+        row = {"frame": frame.name, "psnr": metrics.psnr(pred, gt), "ssim": metrics.ssim(pred, gt)}
+        try:
+            row["lpips"] = metrics.lpips(pred, gt)
+        except metrics.LPIPSUnavailable as exc:
+            row["lpips"], lpips_note = None, str(exc)
+        per_frame.append(row)
+        if out is not None:
+            stem = frame_file_stem(frame)
+            iio.imwrite(out / f"{stem}_pred.png", to_uint8(pred))
+            iio.imwrite(out / f"{stem}_gt.png", to_uint8(gt))
+
+    def mean(key):
+        vals = [r[key] for r in per_frame]
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+
+    result = {
+        f"{split}_psnr": mean("psnr"),
+        f"{split}_ssim": mean("ssim"),
+        f"{split}_lpips": mean("lpips"),
+        f"num_{split}_frames": len(frames),
+        "ssim_note": "torchmetrics structural_similarity_index_measure, Gaussian 11x11 sigma 1.5, "
+                     "data_range=1.0, RGB in [0,1], mean over frames",
+        "psnr_note": "per-frame PSNR (data range 1) averaged over frames",
+        "per_frame": per_frame,
+    }
+    if lpips_note:
+        result["lpips_note"] = lpips_note
+    return result
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write JSON through a temporary file + rename (no half-written metrics file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False if _finite(data) else True) + "\n")
+    os.replace(tmp, path)
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite(v) for v in obj)
+    return True

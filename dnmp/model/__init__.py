@@ -1,0 +1,18 @@
+"""The DNMP model (paper Sec. 3): primitives, latent shape decoder, radiance field, renderer."""
+
+from .icosphere import ico_sphere
+from .primitives import Primitives, ShapeDecoder, voxelize
+from .field import BackgroundField, RadianceField
+from .renderer import DNMPRenderer, RenderConfig, camera_rays
+
+__all__ = [
+    "ico_sphere",
+    "Primitives",
+    "ShapeDecoder",
+    "voxelize",
+    "RadianceField",
+    "BackgroundField",
+    "DNMPRenderer",
+    "RenderConfig",
+    "camera_rays",
+]

@@ -1,0 +1,80 @@
+"""Radiance field of DNMP (paper Sec. 3.3; DESIGN.md "Radiance").
+
+Interpolated vertex features -> positional encoding -> MLP -> opacity (sigmoid);
+its hidden state + encoded view direction + the cosine between view direction and
+surface normal -> MLP -> RGB (sigmoid). Rays that hit no primitive take their
+colour from a small direction-conditioned background MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """NeRF-style encoding [x, sin(2^k pi x), cos(2^k pi x)], k < num_freqs.
+
+    x float [..., D] -> [..., D * (1 + 2 * num_freqs)].
+    """
+    if num_freqs == 0:
+        return x
+    freqs = (2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)) * torch.pi
+    xf = x.unsqueeze(-1) * freqs  # [..., D, L]
+    enc = torch.cat([torch.sin(xf), torch.cos(xf)], dim=-1).flatten(-2)
+    return torch.cat([x, enc], dim=-1)
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    d = d_in
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, d_out))
+    return nn.Sequential(*mods)
+
+
+class RadianceField(nn.Module):
+    """Opacity and view-dependent colour from interpolated primitive features."""
+
+    def __init__(self, feature_dim: int = 32, hidden: int = 64, feature_freqs: int = 2,
+                 dir_freqs: int = 4):
+        super().__init__()
+        self.feature_freqs = feature_freqs
+        self.dir_freqs = dir_freqs
+        d_feat = feature_dim * (1 + 2 * feature_freqs)
+        self.trunk = _mlp(d_feat, hidden, hidden, 1)
+        self.opacity_head = nn.Linear(hidden, 1)
+        d_dir = 3 * (1 + 2 * dir_freqs) + 1
+        self.color_head = _mlp(hidden + d_dir, hidden, 3, 1)
+
+    def forward(self, features: torch.Tensor, view_dirs: torch.Tensor,
+                normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            features: float32 [N, C] interpolated features at N surface samples.
+            view_dirs: float32 [N, 3] unit ray directions, world frame.
+            normals: float32 [N, 3] unit face normals, world frame (any sign).
+        Returns:
+            opacity float32 [N] in (0, 1), rgb float32 [N, 3] in (0, 1).
+        """
+        h = self.trunk(positional_encoding(features, self.feature_freqs))
+        opacity = torch.sigmoid(self.opacity_head(h)).squeeze(-1)
+        cos = (view_dirs * normals).sum(-1, keepdim=True).abs()
+        d = torch.cat([torch.relu(h), positional_encoding(view_dirs, self.dir_freqs), cos], dim=-1)
+        rgb = torch.sigmoid(self.color_head(d))
+        return opacity, rgb
+
+
+class BackgroundField(nn.Module):
+    """Colour of rays that leave the primitives (sky, beyond LiDAR range): MLP(PE(direction))."""
+
+    def __init__(self, hidden: int = 64, dir_freqs: int = 6):
+        super().__init__()
+        self.dir_freqs = dir_freqs
+        self.mlp = _mlp(3 * (1 + 2 * dir_freqs), hidden, 3, 2)
+
+    def forward(self, view_dirs: torch.Tensor) -> torch.Tensor:
+        """view_dirs float32 [N, 3] unit, world frame -> rgb float32 [N, 3] in (0, 1)."""
+        return torch.sigmoid(self.mlp(positional_encoding(view_dirs, self.dir_freqs)))

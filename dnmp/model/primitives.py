@@ -1,0 +1,130 @@
+"""Deformable neural mesh primitives (paper Sec. 3.1-3.2; DESIGN.md "Primitives").
+
+One primitive per occupied voxel of the scene's point cloud: an ico-sphere of
+subdivision level 1 (42 vertices, 80 faces) whose shape is decoded from a
+unit-norm latent code, placed at the voxel centre (+ a learned offset) and scaled
+by the voxel's circumscribed radius r = s * sqrt(3) / 2. Each vertex carries a
+learned feature vector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .icosphere import ico_sphere
+
+
+def voxelize(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """Centres of the voxels that contain at least one point.
+
+    Args:
+        points: float [N, 3], world frame (scene coordinates), metres. Non-finite
+            points are ignored.
+        voxel_size: voxel edge length s in metres (0.5 fine, 1.0 coarse in the paper).
+
+    Returns:
+        float32 [P, 3] voxel centres, sorted lexicographically by voxel index so
+        the result is deterministic.
+
+    Raises:
+        ValueError: for a wrong shape, a non-positive voxel size, or when no
+            finite point is given.
+    """
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape [N, 3], got {tuple(points.shape)}")
+    if not voxel_size > 0:
+        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+    pts = points[torch.isfinite(points).all(dim=1)].double()
+    if pts.shape[0] == 0:
+        raise ValueError("voxelize: the point cloud has no finite point (empty scene?)")
+    idx = torch.floor(pts / voxel_size).long()
+    idx = torch.unique(idx, dim=0)  # sorted lexicographically
+    return ((idx.double() + 0.5) * voxel_size).float()
+
+
+class ShapeDecoder(nn.Module):
+    """Mesh decoder of the auto-encoder: latent [.., D] -> unit-sphere-scale vertices [.., 42, 3].
+
+    vertices = template + MLP(latent). The last layer is zero-initialised, so an
+    untrained decoder returns the template ico-sphere for every latent; the
+    trained auto-encoder (a later stage) replaces these weights.
+    """
+
+    def __init__(self, latent_dim: int = 8, hidden: int = 128, level: int = 1):
+        super().__init__()
+        verts, faces = ico_sphere(level)
+        self.latent_dim = latent_dim
+        self.register_buffer("template_verts", verts, persistent=False)
+        self.register_buffer("template_faces", faces, persistent=False)
+        n = verts.shape[0]
+        self.mlp = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, n * 3),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    @property
+    def num_verts(self) -> int:
+        return self.template_verts.shape[0]
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent float32 [P, D] (unit-norm) -> vertex positions [P, 42, 3] in the unit frame."""
+        out = self.mlp(latent).view(*latent.shape[:-1], self.num_verts, 3)
+        return self.template_verts + out
+
+
+class Primitives(nn.Module):
+    """A set of P primitives at fixed voxel centres.
+
+    Buffers / parameters:
+        centres: float32 [P, 3] voxel centres (scene frame, metres), buffer.
+        latents: float32 [P, D] shape codes, kept unit-norm.
+        offsets: float32 [P, 3] centre offsets in metres (0 at start).
+        features: float32 [P * 42, C] per-vertex features, rows p*42 .. p*42+41
+            belong to primitive p.
+    """
+
+    def __init__(self, centres: torch.Tensor, voxel_size: float, feature_dim: int = 32,
+                 latent_dim: int = 8, decoder: ShapeDecoder | None = None, seed: int = 0):
+        super().__init__()
+        if centres.ndim != 2 or centres.shape[1] != 3:
+            raise ValueError(f"centres must be [P, 3], got {tuple(centres.shape)}")
+        if centres.shape[0] == 0:
+            raise ValueError("Primitives: no occupied voxel (empty scene)")
+        g = torch.Generator().manual_seed(seed)
+        self.voxel_size = float(voxel_size)
+        self.decoder = decoder if decoder is not None else ShapeDecoder(latent_dim)
+        p = centres.shape[0]
+        nv = self.decoder.num_verts
+        self.register_buffer("centres", centres.float().contiguous())
+        self.latents = nn.Parameter(F.normalize(torch.randn(p, latent_dim, generator=g), dim=-1))
+        self.offsets = nn.Parameter(torch.zeros(p, 3))
+        self.features = nn.Parameter(0.1 * torch.randn(p * nv, feature_dim, generator=g))
+        faces = self.decoder.template_faces
+        base = (torch.arange(p) * nv).view(p, 1, 1)
+        self.register_buffer("faces", (faces.unsqueeze(0) + base).view(-1, 3).contiguous(), persistent=False)
+
+    @property
+    def radius(self) -> float:
+        return self.voxel_size * math.sqrt(3.0) / 2.0
+
+    @property
+    def num_primitives(self) -> int:
+        return self.centres.shape[0]
+
+    @property
+    def num_faces(self) -> int:
+        return self.faces.shape[0]
+
+    def vertices(self) -> torch.Tensor:
+        """Decoded vertices, float32 [P * 42, 3], scene frame, metres (differentiable
+        w.r.t. latents, offsets and decoder weights)."""
+        shape = self.decoder(F.normalize(self.latents, dim=-1))
+        v = self.centres.unsqueeze(1) + self.offsets.unsqueeze(1) + shape * self.radius
+        return v.reshape(-1, 3)

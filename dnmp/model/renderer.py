@@ -1,0 +1,194 @@
+"""The DNMP renderer: rasterize primitives, interpolate features, shade, composite.
+
+Paper Sec. 3.3: the K nearest faces per pixel (rasterization) are shaded by the
+radiance field and alpha-composited front to back; whatever transmittance is left
+after the K layers goes to the background field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .field import BackgroundField, RadianceField
+from .primitives import Primitives
+
+
+@dataclass
+class RenderConfig:
+    """Rasterization settings.
+
+    faces_per_pixel: K, layers composited per pixel (4 for the 0.5 m primitives).
+    near, far: clipping depths in metres (camera-space z), as in `dnmp.ops.rasterize`.
+    chunk: pixels shaded at once when rendering whole images (memory bound).
+    """
+
+    faces_per_pixel: int = 4
+    near: float = 0.05
+    far: float = 1e4
+    chunk: int = 1 << 16
+
+
+def camera_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
+                width: int) -> torch.Tensor:
+    """Unit view directions of every pixel centre, world frame.
+
+    Args:
+        intrinsics: float [3, 3] OpenCV pinhole (pixel (u, v) centre at image coords (u, v)).
+        cam_to_world: float [4, 4] rigid transform, camera (x right, y down, z forward) to world.
+        height, width: image size in pixels.
+    Returns:
+        float32 [height * width, 3], row-major pixel order.
+    """
+    k = intrinsics.double()
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                          torch.arange(width, dtype=torch.float64), indexing="ij")
+    x = (u - k[0, 2]) / k[0, 0]
+    y = (v - k[1, 2]) / k[1, 1]
+    d = torch.stack([x, y, torch.ones_like(x)], dim=-1).view(-1, 3)
+    d = d @ cam_to_world[:3, :3].double().T
+    return F.normalize(d, dim=-1).float()
+
+
+def composite(alpha: torch.Tensor, rgb: torch.Tensor, background: torch.Tensor):
+    """Front-to-back alpha compositing of K layers over a background.
+
+    Args:
+        alpha: float [N, K] opacities in [0, 1], layers near to far (0 for empty layers).
+        rgb: float [N, K, 3] layer colours.
+        background: float [N, 3] colour seen through all layers.
+    Returns:
+        colour float [N, 3], weights float [N, K] (contribution of each layer),
+        transmittance float [N] left for the background.
+    """
+    one_minus = 1.0 - alpha
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), one_minus], dim=1), dim=1)
+    weights = trans[:, :-1] * alpha
+    t_final = trans[:, -1]
+    colour = (weights.unsqueeze(-1) * rgb).sum(1) + t_final.unsqueeze(-1) * background
+    return colour, weights, t_final
+
+
+class DNMPRenderer(nn.Module):
+    """Primitives + radiance field + background field, with rendering entry points."""
+
+    def __init__(self, primitives: Primitives, field: RadianceField, background: BackgroundField,
+                 config: RenderConfig | None = None):
+        super().__init__()
+        self.primitives = primitives
+        self.field = field
+        self.background = background
+        self.config = config or RenderConfig()
+        self._geometry: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- geometry -------------------------------------------------------------------
+    def geometry(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vertices float32 [P*42, 3], face normals float32 [P*80, 3]) of the current
+        shape, detached and cached: the radiance stage keeps geometry fixed. Call
+        `refresh_geometry()` after changing latents, offsets or the decoder."""
+        if self._geometry is None:
+            with torch.no_grad():
+                verts = self.primitives.vertices().detach().contiguous()
+                f = self.primitives.faces
+                n = torch.cross(verts[f[:, 1]] - verts[f[:, 0]], verts[f[:, 2]] - verts[f[:, 0]], dim=1)
+                self._geometry = (verts, F.normalize(n, dim=1))
+        return self._geometry
+
+    def refresh_geometry(self) -> None:
+        self._geometry = None
+
+    def rasterize(self, intrinsics: torch.Tensor, world_to_cam: torch.Tensor,
+                  image_size: tuple[int, int]) -> ops.Fragments:
+        """Fragments of all primitives for one or B cameras (see `dnmp.ops.rasterize`)."""
+        verts, _ = self.geometry()
+        c = self.config
+        return ops.rasterize(verts, self.primitives.faces, intrinsics, world_to_cam, image_size,
+                             faces_per_pixel=c.faces_per_pixel, near=c.near, far=c.far)
+
+    # -- shading --------------------------------------------------------------------
+    def shade(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
+              sparse_features: bool = False) -> dict[str, torch.Tensor]:
+        """Colour of N rays from their cached fragments.
+
+        Args:
+            pix_to_face: int64 [N, K] face indices (-1 empty), near to far.
+            bary_coords: float32 [N, K, 3] perspective-correct barycentrics.
+            view_dirs: float32 [N, 3] unit ray directions, world frame.
+            sparse_features: gather only the vertex features these rays touch, through
+                an embedding with sparse gradients (for `torch.optim.SparseAdam`), so a
+                training step costs O(batch), not O(scene).
+        Returns:
+            dict with rgb [N, 3], weights [N, K], background_transmittance [N].
+        """
+        n, k = pix_to_face.shape
+        valid = pix_to_face >= 0
+        faces = self.primitives.faces
+        _, normals_all = self.geometry()
+        fid = pix_to_face[valid]
+        if sparse_features:
+            uf, inv_f = torch.unique(fid, return_inverse=True)
+            uv, inv_v = torch.unique(faces[uf], return_inverse=True)
+            attr = F.embedding(uv, self.primitives.features, sparse=True)
+            local_faces = inv_v.view(-1, 3)
+            local_p2f = torch.full_like(pix_to_face, -1)
+            local_p2f[valid] = inv_f
+        else:
+            attr, local_faces, local_p2f = self.primitives.features, faces, pix_to_face
+        frags = ops.Fragments(local_p2f.view(1, 1, n, k),
+                              torch.zeros(1, 1, n, k, device=bary_coords.device).expand(1, 1, n, k),
+                              bary_coords.reshape(1, 1, n, k, 3))
+        feats = ops.interpolate(attr, local_faces, frags).view(n, k, -1)
+
+        dirs_nk = view_dirs.unsqueeze(1).expand(n, k, 3)
+        alpha = torch.zeros(n, k, dtype=feats.dtype, device=feats.device)
+        rgb = torch.zeros(n, k, 3, dtype=feats.dtype, device=feats.device)
+        if fid.numel() > 0:
+            a, c = self.field(feats[valid], dirs_nk[valid], normals_all[fid])
+            alpha = alpha.masked_scatter(valid, a)
+            rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
+        bg = self.background(view_dirs)
+        colour, weights, t_final = composite(alpha, rgb, bg)
+        return {"rgb": colour, "weights": weights, "background_transmittance": t_final}
+
+    @torch.no_grad()
+    def render(self, intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
+               width: int) -> dict[str, torch.Tensor]:
+        """Render one image.
+
+        Args:
+            intrinsics: float [3, 3]; cam_to_world: float [4, 4] rigid; height, width in pixels.
+        Returns:
+            dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (metres,
+            expected camera-space z of the primitive layers, 0 where none), coverage
+            float32 [H, W] (1 - background transmittance).
+        """
+        c2w = cam_to_world.double()
+        w2c = torch.linalg.inv(c2w).float()
+        frags = self.rasterize(intrinsics.float(), w2c, (height, width))
+        return self.shade_fragments(frags, intrinsics, cam_to_world, height, width)
+
+    @torch.no_grad()
+    def shade_fragments(self, frags: ops.Fragments, intrinsics: torch.Tensor,
+                        cam_to_world: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+        """Shade precomputed fragments of one camera (batch size 1); see `render`."""
+        k = frags.pix_to_face.shape[-1]
+        p2f = frags.pix_to_face.reshape(-1, k)
+        bary = frags.bary_coords.reshape(-1, k, 3)
+        zbuf = frags.zbuf.reshape(-1, k).clamp_min(0)
+        dirs = camera_rays(intrinsics, cam_to_world, height, width)
+        rgb, depth, cov = [], [], []
+        for s in range(0, p2f.shape[0], self.config.chunk):
+            sl = slice(s, s + self.config.chunk)
+            out = self.shade(p2f[sl], bary[sl], dirs[sl])
+            rgb.append(out["rgb"])
+            depth.append((out["weights"] * zbuf[sl]).sum(1))
+            cov.append(1.0 - out["background_transmittance"])
+        return {
+            "rgb": torch.cat(rgb).view(height, width, 3).clamp(0, 1),
+            "depth": torch.cat(depth).view(height, width),
+            "coverage": torch.cat(cov).view(height, width),
+        }

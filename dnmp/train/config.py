@@ -1,0 +1,111 @@
+"""Training configuration: one dataclass, overridable from a TOML file (`--config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `dnmp train`. Every field can be set in a TOML file by its name.
+
+    Model (paper Sec. 3):
+        voxel_size: primitive voxel edge s in metres (paper: 0.5 fine).
+        point_kinds: which scene point clouds are voxelized ("lidar", "stereo", ...);
+            empty = all.
+        feature_dim: per-vertex feature length (paper: 32).
+        latent_dim: shape latent length (paper: 8).
+        hidden: width of the radiance MLPs.
+        feature_freqs, dir_freqs, background_freqs: positional-encoding frequencies
+            of features, view directions and the background's directions.
+        faces_per_pixel: K layers composited per pixel.
+        near, far: rasterization clipping depths (camera z, metres).
+    Optimisation (radiance stage: geometry fixed, fragments cached):
+        steps: Adam steps; batch_size: random rays per step.
+        lr_features: SparseAdam learning rate of vertex features.
+        lr_mlp: Adam learning rate of the MLPs.
+        lr_final_factor: both rates decay exponentially to this factor at the last step.
+        seed: seeds primitives' initialisation and ray sampling.
+        time_budget_minutes: stop the loop early (and still evaluate) past this wall time;
+            0 = no limit. A safety net so the default run fits its 15-minute promise.
+    Output:
+        log_every: steps between progress-bar updates of loss and PSNR.
+        checkpoint_every: steps between checkpoints; keep_checkpoints: how many to keep.
+    """
+
+    voxel_size: float = 0.5
+    point_kinds: list[str] = field(default_factory=list)
+    feature_dim: int = 32
+    latent_dim: int = 8
+    hidden: int = 64
+    feature_freqs: int = 2
+    dir_freqs: int = 4
+    background_freqs: int = 6
+    faces_per_pixel: int = 4
+    near: float = 0.05
+    far: float = 1e4
+    steps: int = 6000
+    batch_size: int = 8192
+    lr_features: float = 1e-2
+    lr_mlp: float = 2e-3
+    lr_final_factor: float = 0.1
+    seed: int = 0
+    time_budget_minutes: float = 12.0
+    log_every: int = 25
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(names))}")
+        cfg = cls(**d)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        checks = [
+            (self.voxel_size > 0, "voxel_size must be > 0"),
+            (self.feature_dim >= 1, "feature_dim must be >= 1"),
+            (self.faces_per_pixel >= 1, "faces_per_pixel must be >= 1"),
+            (0 < self.near < self.far, "need 0 < near < far"),
+            (self.steps >= 0, "steps must be >= 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (0 < self.lr_final_factor <= 1, "lr_final_factor must be in (0, 1]"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{source}: {msg}")
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the TOML file's values, then `overrides`.
+
+    Raises:
+        ValueError: one line naming the file, for unreadable TOML or unknown/invalid settings.
+        FileNotFoundError: if the file does not exist.
+    """
+    values: dict = {}
+    src = "defaults"
+    if path is not None:
+        p = Path(path)
+        src = str(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: config file not found")
+        try:
+            values = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: not a valid TOML file ({exc})") from None
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values, src)

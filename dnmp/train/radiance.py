@@ -1,0 +1,245 @@
+"""Radiance stage (paper Sec. 3.3-3.4): geometry fixed, fit vertex features and MLPs.
+
+The fragments of every training camera are rasterized once and cached (the
+geometry does not change in this stage); each step samples random pixels of all
+training frames, shades them from their cached fragments and minimises the MSE
+to the image colours with Adam (SparseAdam for the vertex features, so a step
+costs O(batch), not O(scene)).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.scene import Scene
+from ..evaluate import evaluate, write_json_atomic
+from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, RenderConfig,
+                     ShapeDecoder, camera_rays, voxelize)
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint)
+from .config import TrainConfig
+
+
+def build_renderer(centres: torch.Tensor, cfg: TrainConfig) -> DNMPRenderer:
+    """A DNMP renderer with one primitive per voxel centre (float32 [P, 3], scene frame)."""
+    prims = Primitives(centres, cfg.voxel_size, feature_dim=cfg.feature_dim,
+                       decoder=ShapeDecoder(cfg.latent_dim), latent_dim=cfg.latent_dim,
+                       seed=cfg.seed)
+    field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
+    background = BackgroundField(cfg.hidden, cfg.background_freqs)
+    return DNMPRenderer(prims, field, background,
+                        RenderConfig(cfg.faces_per_pixel, cfg.near, cfg.far))
+
+
+def scene_centres(scene: Scene, cfg: TrainConfig) -> torch.Tensor:
+    """Voxel centres of the scene's point clouds of kinds `cfg.point_kinds` (all if empty).
+
+    Raises:
+        ValueError: naming the scene when there are no points to voxelize.
+    """
+    kinds = cfg.point_kinds or sorted(set(scene.point_kinds()))
+    missing = [k for k in kinds if k not in scene.point_kinds()]
+    if missing:
+        raise ValueError(f"{scene.root}: scene has no point cloud of kind {missing}; "
+                         f"it has {sorted(set(scene.point_kinds()))}")
+    pts = [torch.from_numpy(scene.load_points(k)) for k in kinds]
+    pts = torch.cat(pts) if pts else torch.zeros(0, 3)
+    if pts.shape[0] == 0:
+        raise ValueError(f"{scene.root}: scene has no points to place primitives on (empty scene)")
+    return voxelize(pts, cfg.voxel_size)
+
+
+def renderer_from_checkpoint(ckpt: dict) -> DNMPRenderer:
+    """Rebuild the renderer saved in a checkpoint dict (see `checkpoint.load_checkpoint`)."""
+    cfg = TrainConfig.from_dict(ckpt["config"], ckpt.get("path", "checkpoint"))
+    state = ckpt["model"]
+    renderer = build_renderer(state["primitives.centres"], cfg)
+    try:
+        renderer.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt.get('path')}: model state does not match its config "
+                              f"({str(exc).splitlines()[0]})") from None
+    return renderer
+
+
+def check_checkpoint_scene(ckpt: dict, scene: Scene) -> None:
+    """Raise CheckpointError if the checkpoint was trained on another scene."""
+    info = ckpt.get("scene", {})
+    if info.get("fingerprint") != scene.fingerprint():
+        raise CheckpointError(
+            f"{ckpt.get('path')}: checkpoint belongs to scene {info.get('name')!r} "
+            f"({info.get('path')}), not to {scene.name!r} ({scene.root})")
+
+
+class RayCache:
+    """Cached fragments, colours and view directions of every training pixel.
+
+    pix_to_face int32 [N, K], bary float32 [N, K, 3], rgb float32 [N, 3],
+    dirs float32 [N, 3], N = all pixels of all training frames.
+    """
+
+    def __init__(self, renderer: DNMPRenderer, scene: Scene, frames, progress: bool = True):
+        p2f, bary, rgb, dirs = [], [], [], []
+        covered = 0
+        for frame in tqdm(frames, desc="rasterize train frames", disable=not progress, leave=False):
+            cam = scene.camera_of(frame)
+            c2w = torch.from_numpy(frame.cam_to_world)
+            w2c = torch.from_numpy(frame.world_to_cam()).float()
+            frags = renderer.rasterize(cam.intrinsics(as_tensor=True), w2c, (cam.height, cam.width))
+            k = frags.pix_to_face.shape[-1]
+            p2f.append(frags.pix_to_face.view(-1, k).to(torch.int32))
+            bary.append(frags.bary_coords.view(-1, k, 3))
+            rgb.append(torch.from_numpy(scene.load_image(frame)).view(-1, 3))
+            dirs.append(camera_rays(cam.intrinsics(as_tensor=True), c2w, cam.height, cam.width))
+            covered += int((frags.pix_to_face[..., 0] >= 0).sum())
+        self.pix_to_face = torch.cat(p2f)
+        self.bary = torch.cat(bary)
+        self.rgb = torch.cat(rgb)
+        self.dirs = torch.cat(dirs)
+        self.coverage = covered / max(1, self.rgb.shape[0])
+
+    def __len__(self) -> int:
+        return self.rgb.shape[0]
+
+    def batch(self, idx: torch.Tensor):
+        return self.pix_to_face[idx].long(), self.bary[idx], self.dirs[idx], self.rgb[idx]
+
+
+def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
+    prims = renderer.primitives
+    for p in (prims.latents, prims.offsets, *prims.decoder.parameters()):
+        p.requires_grad_(False)  # geometry is fixed in the radiance stage
+    feat_opt = torch.optim.SparseAdam([prims.features], lr=cfg.lr_features)
+    mlp_params = list(renderer.field.parameters()) + list(renderer.background.parameters())
+    mlp_opt = torch.optim.Adam(mlp_params, lr=cfg.lr_mlp)
+    return {"features": feat_opt, "mlp": mlp_opt}
+
+
+def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
+    factor = cfg.lr_final_factor ** (step / max(1, cfg.steps))
+    for g in opts["features"].param_groups:
+        g["lr"] = cfg.lr_features * factor
+    for g in opts["mlp"].param_groups:
+        g["lr"] = cfg.lr_mlp * factor
+
+
+def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: bool = False,
+                   progress: bool = True, log=print) -> dict:
+    """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
+
+    Output folder layout: OUT/checkpoints/step_*.pt, OUT/metrics.json,
+    OUT/renders/test/<frame>_pred.png and <frame>_gt.png, OUT/config.toml-like
+    `config.json` (the settings used).
+
+    Raises:
+        CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
+        FileExistsError: OUT already holds checkpoints and `resume` is False.
+        ValueError: a scene without train frames or points.
+    Exits with SystemExit(130) on Ctrl-C, keeping the last checkpoint.
+    """
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    start_step, ckpt = 0, None
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise CheckpointError(f"{ckpt_dir}: nothing to resume (no step_*.pt); "
+                                  f"run without --resume to start")
+        ckpt = load_checkpoint(path)
+        check_checkpoint_scene(ckpt, scene)
+        cfg = TrainConfig.from_dict(ckpt["config"], str(path))
+        start_step = ckpt["step"]
+        log(f"resuming from {path} (step {start_step})")
+    elif latest_checkpoint(ckpt_dir) is not None:
+        raise FileExistsError(f"{ckpt_dir}: holds checkpoints of an earlier run; pass --resume "
+                              f"to continue it or choose another --out")
+    train_frames = scene.frames_by_split("train")
+    if not train_frames:
+        raise ValueError(f"{scene.root}: scene has no 'train' frames")
+    torch.manual_seed(cfg.seed)
+    renderer = renderer_from_checkpoint(ckpt) if ckpt else build_renderer(scene_centres(scene, cfg), cfg)
+    prims = renderer.primitives
+    log(f"scene {scene.name!r}: {len(train_frames)} train / {len(scene.frames_by_split('test'))} "
+        f"test frames; {prims.num_primitives} primitives ({prims.num_faces} faces), "
+        f"voxel {cfg.voxel_size} m, K={cfg.faces_per_pixel}")
+    opts = _make_optimizers(renderer, cfg)
+    if ckpt:
+        for name, opt in opts.items():
+            opt.load_state_dict(ckpt["optimizer"][name])
+        torch.set_rng_state(ckpt["rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", cfg.to_dict())
+
+    t0 = time.time()
+    cache = RayCache(renderer, scene, train_frames, progress)
+    log(f"cached fragments of {len(cache)} training pixels in {time.time() - t0:.1f} s; "
+        f"{100 * cache.coverage:.1f}% covered by primitives")
+
+    def save(step: int) -> Path:
+        return save_checkpoint(ckpt_dir, step, {
+            "config": cfg.to_dict(),
+            "model": renderer.state_dict(),
+            "optimizer": {k: o.state_dict() for k, o in opts.items()},
+            "rng": torch.get_rng_state(),
+            "scene": {"name": scene.name, "fingerprint": scene.fingerprint(),
+                      "path": str(scene.root)},
+        }, keep=cfg.keep_checkpoints)
+
+    step, last_saved = start_step, start_step
+    budget = cfg.time_budget_minutes * 60.0
+    t_loop = time.time()
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    running = None
+    try:
+        while step < cfg.steps:
+            if budget > 0 and time.time() - t_loop > budget:
+                log(f"time budget of {cfg.time_budget_minutes} min reached at step {step}")
+                break
+            _set_lr(opts, cfg, step)
+            idx = torch.randint(0, len(cache), (cfg.batch_size,))
+            p2f, bary, dirs, rgb = cache.batch(idx)
+            pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]
+            loss = torch.mean((pred - rgb) ** 2)
+            for o in opts.values():
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts.values():
+                o.step()
+            step += 1
+            lv = loss.item()
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
+                                         f"(step {last_saved}) is kept")
+            running = lv if running is None else 0.95 * running + 0.05 * lv
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{running:.4f}", psnr=f"{-10 * math.log10(running):.2f}")
+            if step % cfg.checkpoint_every == 0:
+                save(step)
+                last_saved = step
+    except KeyboardInterrupt:
+        bar.close()
+        kept = latest_checkpoint(ckpt_dir)
+        log(f"\ninterrupted at step {step}; last checkpoint kept: "
+            f"{kept if kept else 'none yet'}; continue with --resume")
+        raise SystemExit(130) from None
+    bar.close()
+    train_s = time.time() - t_loop
+    if step != last_saved or step == 0:
+        save(step)
+
+    log("rendering held-out frames ...")
+    result = {"step": step, "train_seconds": round(train_s, 1),
+              "train_psnr_running": None if running is None else -10 * math.log10(running),
+              "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
+              "train_pixel_coverage": cache.coverage}
+    if scene.frames_by_split("test"):
+        result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
+    write_json_atomic(out / "metrics.json", result)
+    return result
