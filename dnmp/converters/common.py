@@ -1,0 +1,288 @@
+"""Steps shared by the dataset converters.
+
+Everything here works in the dnmp conventions (DESIGN.md): metres, OpenCV
+cameras (x right, y down, z forward), ``cam_to_world`` rigid 4x4, pixel centre
+of column u / row v at image coordinates (u, v).
+
+- rigid transforms: :func:`rigid_inverse`, :func:`make_rigid`
+- projection: :func:`project`, :func:`zbuffer_depth`, :func:`in_view_mask`
+- point clouds: :func:`clean_points` (open3d voxel down-sampling + statistical
+  outlier removal), :func:`crop_to_views`
+- checks: :func:`projection_sanity`
+- output: :func:`write_scene` (scene.json + a check by reading it back),
+  :func:`print_summary`
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dnmp.data.scene import (
+    Camera,
+    Frame,
+    PointCloud,
+    SceneError,
+    load_scene,
+    write_ply_points,
+    write_scene_json,
+)
+
+
+class ConversionError(SceneError):
+    """A converter's input is unsupported or broken (one-line message naming
+    the file)."""
+
+
+# ----------------------------------------------------------------------------
+# Rigid transforms
+# ----------------------------------------------------------------------------
+
+
+def rigid_inverse(T: np.ndarray) -> np.ndarray:
+    T = np.asarray(T, np.float64)
+    out = np.eye(4)
+    R = T[:3, :3]
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ T[:3, 3]
+    return out
+
+
+def translation(t) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, 3] = np.asarray(t, np.float64).reshape(3)
+    return T
+
+
+def make_rigid(T, where, what: str = "pose", tol: float = 1e-4) -> np.ndarray:
+    """Return T (3x4 or 4x4) as an exactly rigid float64 4x4: rotations within
+    ``tol`` of orthonormal (det +1) are re-orthonormalised by SVD (text files
+    carry ~1e-6 rounding); anything further off is refused with ConversionError."""
+    T = np.asarray(T, np.float64)
+    if T.shape == (3, 4):
+        T = np.vstack([T, [0, 0, 0, 1.0]])
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise ConversionError(where, f"{what} is not a finite 3x4/4x4 matrix")
+    R = T[:3, :3]
+    orth = np.abs(R.T @ R - np.eye(3)).max()
+    det = np.linalg.det(R)
+    if orth > tol or abs(det - 1) > tol:
+        raise ConversionError(
+            where, f"{what} is not rigid (|R^T R - I| = {orth:.2e}, det = {det:.6f}; tolerance {tol:g})"
+        )
+    U, _, Vt = np.linalg.svd(R)
+    R2 = U @ Vt
+    if np.linalg.det(R2) < 0:  # cannot happen when det ~ +1, kept for safety
+        U[:, -1] *= -1
+        R2 = U @ Vt
+    out = np.eye(4)
+    out[:3, :3] = R2
+    out[:3, 3] = T[:3, 3]
+    return out
+
+
+def transform(T: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 transform to [N, 3] points (float64 math)."""
+    xyz = np.asarray(xyz, np.float64)
+    return xyz @ T[:3, :3].T + T[:3, 3]
+
+
+# ----------------------------------------------------------------------------
+# Projection
+# ----------------------------------------------------------------------------
+
+
+def project(xyz_cam: np.ndarray, cam: Camera):
+    """Camera-frame points [N, 3] -> (u, v, z) float64 (u, v in pixels; pixel
+    centre of column u at u). Points with z <= 0 get u = v = NaN."""
+    xyz_cam = np.asarray(xyz_cam, np.float64)
+    z = xyz_cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zs = np.where(z > 0, z, np.nan)
+        u = cam.fx * xyz_cam[:, 0] / zs + cam.cx
+        v = cam.fy * xyz_cam[:, 1] / zs + cam.cy
+    return u, v, z
+
+
+def in_view_mask(xyz_cam, cam: Camera, near: float = 0.1, far: float = np.inf):
+    """Points whose pixel (rounded to the nearest pixel centre) is inside the
+    image and whose depth is in (near, far]."""
+    u, v, z = project(xyz_cam, cam)
+    with np.errstate(invalid="ignore"):
+        return (
+            (z > near) & (z <= far)
+            & (u > -0.5) & (u < cam.width - 0.5)
+            & (v > -0.5) & (v < cam.height - 0.5)
+        )
+
+
+def zbuffer_depth(xyz_cam, cam: Camera, near: float = 0.1, far: float = np.inf) -> np.ndarray:
+    """Sparse depth image float32 [H, W] (0 = none): each pixel keeps the
+    nearest point projecting into it (z-buffer)."""
+    m = in_view_mask(xyz_cam, cam, near, far)
+    u, v, z = project(np.asarray(xyz_cam)[m], cam)
+    ui = np.floor(u + 0.5).astype(np.int64)
+    vi = np.floor(v + 0.5).astype(np.int64)
+    ui = np.clip(ui, 0, cam.width - 1)
+    vi = np.clip(vi, 0, cam.height - 1)
+    out = np.full((cam.height, cam.width), np.inf)
+    np.minimum.at(out, (vi, ui), z)
+    out[~np.isfinite(out)] = 0
+    return out.astype(np.float32)
+
+
+def world_to_cam_points(frame: Frame, xyz_world):
+    return transform(rigid_inverse(frame.cam_to_world), xyz_world)
+
+
+# ----------------------------------------------------------------------------
+# Point clouds
+# ----------------------------------------------------------------------------
+
+
+def clean_points(
+    xyz: np.ndarray,
+    rgb: np.ndarray | None = None,
+    voxel: float = 0.05,
+    nb_neighbors: int = 20,
+    std_ratio: float = 2.0,
+):
+    """open3d voxel down-sampling (``voxel`` metres; 0 = off) then statistical
+    outlier removal (``nb_neighbors`` = 0 = off). Returns (xyz float32, rgb
+    float32 in [0,1] or None)."""
+    import open3d as o3d
+
+    if len(xyz) == 0:
+        return np.zeros((0, 3), np.float32), (None if rgb is None else np.zeros((0, 3), np.float32))
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(xyz, np.float64)))
+    if rgb is not None:
+        pcd.colors = o3d.utility.Vector3dVector(np.asarray(rgb, np.float64))
+    if voxel and voxel > 0:
+        pcd = pcd.voxel_down_sample(voxel)
+    if nb_neighbors and len(pcd.points) > nb_neighbors:
+        pcd, _ = pcd.remove_statistical_outlier(nb_neighbors=nb_neighbors, std_ratio=std_ratio)
+    out = np.asarray(pcd.points, np.float32)
+    col = np.asarray(pcd.colors, np.float32) if rgb is not None else None
+    return out, col
+
+
+def crop_to_views(xyz_world, frames: Sequence[Frame], cameras: dict, max_depth: float,
+                  near: float = 0.5) -> np.ndarray:
+    """Boolean mask of points seen (inside the image, depth in (near, max_depth])
+    by at least one frame. Points nobody sees are useless to a renderer."""
+    keep = np.zeros(len(xyz_world), bool)
+    for f in frames:
+        keep |= in_view_mask(world_to_cam_points(f, xyz_world), cameras[f.camera], near, max_depth)
+    return keep
+
+
+# ----------------------------------------------------------------------------
+# Sanity check
+# ----------------------------------------------------------------------------
+
+
+def projection_sanity(
+    xyz_world: np.ndarray,
+    frames: Sequence[Frame],
+    cameras: dict,
+    max_depth: float = 80.0,
+    near: float = 0.5,
+    radius: float | None = None,
+    min_fraction: float = 0.2,
+    where="projection check",
+    verbose: bool = True,
+) -> dict:
+    """Project a world-frame cloud into ``frames`` and measure, per frame, the
+    fraction of the points near and in front of the camera (camera z in
+    (near, max_depth] and within ``radius`` of the camera centre, default
+    max_depth) that land inside the image, plus their median depth.
+
+    A correct forward-facing camera over a fused drive cloud sees a large part
+    of what is in front of it; a convention bug (inverted pose, wrong
+    extrinsic, transposed rotation) sends most points out of the image or
+    behind the camera. Raises ConversionError when the mean fraction is below
+    ``min_fraction`` or no point is seen at a plausible depth.
+    Returns {"per_frame": [(name, fraction, n_in_image, median_depth)], "mean": float}.
+    """
+    radius = max_depth if radius is None else radius
+    xyz_world = np.asarray(xyz_world, np.float64)
+    per = []
+    for f in frames:
+        cam = cameras[f.camera]
+        pc = world_to_cam_points(f, xyz_world)
+        near_pts = (np.linalg.norm(pc, axis=1) <= radius) & (pc[:, 2] > near) & (pc[:, 2] <= max_depth)
+        n_front = int(near_pts.sum())
+        inimg = in_view_mask(pc, cam, near, max_depth) & near_pts
+        n_in = int(inimg.sum())
+        frac = n_in / n_front if n_front else 0.0
+        med = float(np.median(pc[inimg, 2])) if n_in else float("nan")
+        per.append((f.name, frac, n_in, med))
+        if verbose:
+            print(f"  sanity {f.name}: {n_in}/{n_front} points in front land in the image "
+                  f"({100 * frac:.1f}%), median depth {med:.1f} m")
+    mean = float(np.mean([p[1] for p in per])) if per else 0.0
+    if not per or mean < min_fraction or any(p[2] == 0 for p in per):
+        raise ConversionError(
+            where,
+            f"only {100 * mean:.1f}% of the points in front of the cameras project into the images "
+            f"(expected >= {100 * min_fraction:.0f}%): pose/extrinsic convention bug or wrong calibration",
+        )
+    return {"per_frame": per, "mean": mean}
+
+
+# ----------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------
+
+
+def write_points(root, rel_path: str, kind: str, xyz, rgb=None) -> PointCloud:
+    write_ply_points(Path(root) / rel_path, xyz, rgb)
+    return PointCloud(path=rel_path, kind=kind, root=Path(root))
+
+
+def write_scene(root, name, source, world_offset, cameras, frames, point_clouds):
+    """Write scene.json and read the scene back through the validating reader."""
+    write_scene_json(root, name, source, world_offset, cameras, frames, point_clouds)
+    return load_scene(root)
+
+
+def travelled_distance(frames: Sequence[Frame], camera: str | None = None) -> float:
+    fs = [f for f in frames if camera is None or f.camera == camera]
+    fs = sorted(fs, key=lambda f: f.timestamp)
+    c = np.array([f.camera_centre for f in fs])
+    return float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum()) if len(c) > 1 else 0.0
+
+
+def print_summary(scene, ref_camera: str | None = None) -> dict:
+    """Print and return frames per camera and split, points per kind, extent,
+    travelled distance and size on disk."""
+    info = {"frames": {}, "points": {}}
+    for cname in scene.cameras:
+        for split in ("train", "test"):
+            n = sum(1 for f in scene.frames if f.camera == cname and f.split == split)
+            info["frames"][f"{cname}/{split}"] = n
+    print(f"scene {scene.name!r} at {scene.root}")
+    print("  frames: " + ", ".join(f"{k} {v}" for k, v in info["frames"].items()))
+    all_pts = []
+    for pc in scene.point_clouds:
+        pts = scene.load_points(pc.kind)
+        info["points"][pc.kind] = len(pts)
+        all_pts.append(pts)
+    print("  points: " + (", ".join(f"{k} {v}" for k, v in info["points"].items()) or "none"))
+    if all_pts:
+        pts = np.concatenate(all_pts)
+        lo, hi = pts.min(0).astype(np.float64), pts.max(0).astype(np.float64)
+        info["extent"] = (np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
+        print(f"  extent (scene coords, m): min {np.round(lo, 2).tolist()} max {np.round(hi, 2).tolist()} "
+              f"size {np.round(hi - lo, 2).tolist()}")
+    ref = ref_camera or next(iter(scene.cameras))
+    info["travelled"] = travelled_distance(scene.frames, ref)
+    print(f"  travelled ({ref}): {info['travelled']:.2f} m; world_offset "
+          f"{np.round(scene.world_offset, 3).tolist()}")
+    size = sum(p.stat().st_size for p in Path(scene.root).rglob("*") if p.is_file())
+    info["bytes"] = size
+    print(f"  size on disk: {size / 1e6:.1f} MB")
+    return info
