@@ -233,6 +233,49 @@ def projection_sanity(
     return {"per_frame": per, "mean": mean}
 
 
+def scan_agreement(
+    frames: Sequence[Frame],
+    cameras: dict,
+    own: Sequence[np.ndarray],
+    others: Sequence[np.ndarray],
+    max_depth: float = 80.0,
+    rel_tol: float = 0.05,
+    warn_below: float = 0.7,
+    fail_below: float = 0.3,
+    where="scan agreement check",
+    verbose: bool = True,
+) -> dict:
+    """Multi-scan pose check: for each frame, z-buffer its own scan (``own[k]``,
+    world points) and all the other scans (``others[k]``) into it, and measure
+    the fraction of pixels seen by both whose depths agree within ``rel_tol``.
+    Correct poses give ~0.9 on KITTI; inverted or wrong poses put the other
+    scans' surfaces at other depths. Prints a warning below ``warn_below`` and
+    raises ConversionError when the mean is below ``fail_below``."""
+    per = []
+    for f, a, b in zip(frames, own, others):
+        cam = cameras[f.camera]
+        da = zbuffer_depth(world_to_cam_points(f, a), cam, 0.5, max_depth)
+        db = zbuffer_depth(world_to_cam_points(f, b), cam, 0.5, max_depth)
+        m = (da > 0) & (db > 0)
+        rel = np.abs(db[m] - da[m]) / da[m]
+        frac = float(np.mean(rel < rel_tol)) if m.any() else 0.0
+        med = float(np.median(rel)) if m.any() else float("nan")
+        per.append((f.name, frac, int(m.sum()), med))
+        if verbose:
+            print(f"  scans agree {f.name}: {100 * frac:.1f}% of {int(m.sum())} shared pixels within "
+                  f"{100 * rel_tol:.0f}% (median {100 * med:.1f}%)")
+    mean = float(np.mean([p[1] for p in per])) if per else 0.0
+    if per and mean < fail_below:
+        raise ConversionError(
+            where, f"the scans disagree: only {100 * mean:.1f}% of the shared pixels have depths within "
+            f"{100 * rel_tol:.0f}% (expected >= {100 * fail_below:.0f}%): poses inverted, wrong or in another convention",
+        )
+    if per and mean < warn_below:
+        print(f"warning: {where}: only {100 * mean:.1f}% of shared pixels agree between scans; "
+              "the poses look inaccurate (for KITTI 00 frames 0-14 the official GT is known to be off)")
+    return {"per_frame": per, "mean": mean}
+
+
 # ----------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------

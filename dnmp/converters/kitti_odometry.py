@@ -51,6 +51,7 @@ from dnmp.converters.common import (
     print_summary,
     projection_sanity,
     rigid_inverse,
+    scan_agreement,
     transform,
     translation,
     world_to_cam_points,
@@ -430,7 +431,8 @@ def convert_kitti_odometry(
                         d = zbuffer_depth(world_to_cam_points(f, world), out_cams[f.camera], 0.5, max_depth)
                         f.depth = f"depth/{f.camera}/{i:06d}.png"
                         write_depth_png(out / f.depth, d)
-        fused = np.concatenate(fused)
+        per_scan = fused
+        fused = np.concatenate(per_scan)
         if sanity:
             # Check on the un-cropped cloud (the crop would hide a convention bug).
             left = [f for f in frames if f.camera == held_out_cam]
@@ -440,6 +442,13 @@ def convert_kitti_odometry(
             san = projection_sanity(probe, [left[k] for k in picks], out_cams, max_depth,
                                     min_fraction=min_sanity_fraction, where=calib_path, verbose=not quiet)
             report["sanity"] = {"mean_fraction": san["mean"], "per_frame": san["per_frame"]}
+            if len(indices) > 1:
+                chk = [left[k] for k in picks]
+                pos = [indices.index(int(f.name.rsplit("/", 1)[1])) for f in chk]
+                own = [per_scan[p] for p in pos]
+                oth = [np.concatenate([w for q, w in enumerate(per_scan) if q != p]) for p in pos]
+                agr = scan_agreement(chk, out_cams, own, oth, max_depth, where=pose_path, verbose=not quiet)
+                report["scan_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
         keep = crop_to_views(fused, frames, out_cams, max_depth)
         xyz, _ = clean_points(fused[keep], voxel=voxel)
         point_clouds.append(write_points(out, "points/lidar.ply", "lidar", xyz))
