@@ -52,7 +52,7 @@ def csrc_dir() -> Path | None:
 
 
 def _sources(root: Path, with_cuda: bool) -> list[Path]:
-    srcs = [root / "bindings.cpp"] + sorted((root / "cpu").glob("*.cpp"))
+    srcs = sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
     if with_cuda:
         srcs += sorted((root / "cuda").glob("*.cu"))
     return srcs

@@ -1,0 +1,37 @@
+// Registration of the dnmp custom ops (torch.ops.dnmp.*) and the Python module.
+// Schemas are defined once here; each device registers its kernels with
+// TORCH_LIBRARY_IMPL (CPU below, CUDA in cuda/*.cu when built with CUDA).
+// Fake implementations and autograd are attached in dnmp/ops/_ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(dnmp, m) {
+  m.def(
+      "rasterize_fwd(Tensor verts, Tensor faces, Tensor intrinsics, Tensor world_to_cam, int height, int width, "
+      "int faces_per_pixel, float near, float far) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "rasterize_bwd(Tensor verts, Tensor faces, Tensor intrinsics, Tensor world_to_cam, Tensor pix_to_face, "
+      "Tensor grad_zbuf, Tensor grad_bary) -> Tensor");
+  m.def("interpolate_fwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary) -> Tensor");
+  m.def(
+      "interpolate_bwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary, Tensor grad_out) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
+  m.impl("rasterize_fwd", &dnmp::rasterize_fwd_cpu);
+  m.impl("rasterize_bwd", &dnmp::rasterize_bwd_cpu);
+  m.impl("interpolate_fwd", &dnmp::interpolate_fwd_cpu);
+  m.impl("interpolate_bwd", &dnmp::interpolate_bwd_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "dnmp compiled kernels; the ops live in torch.ops.dnmp";
+#ifdef DNMP_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

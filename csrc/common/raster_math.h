@@ -1,0 +1,221 @@
+// Device-independent rasterization math (triangle setup, edge functions,
+// perspective-correct barycentrics, K-nearest insertion, analytic backward).
+//
+// The forward arithmetic mirrors dnmp/ops/_reference.py operation by operation
+// (same association order, same dtype, no fused multiply-add: build with
+// -ffp-contract=off / --fmad=false) so that exact-tie coverage decisions agree
+// with the reference bit for bit.
+//
+// Conventions (DESIGN.md): OpenCV pinhole, pixel (x, y) centre at image
+// coordinates (x, y); camera point pc = R * X + t; u = fx * (xc / zc) + cx.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "macros.h"
+
+namespace dnmp {
+
+// Camera parameters of one view, in the scalar type of the kernel.
+template <typename T>
+struct Camera {
+  T r[3][4];  // rows of world_to_cam (rotation | translation)
+  T fx, fy, cx, cy;
+};
+
+// A vertex after projection: image coords (u, v), camera depth z, usable flag.
+template <typename T>
+struct ProjVert {
+  T u, v, z;
+  bool ok;  // finite and z > near
+};
+
+template <typename T>
+DNMP_HD T min3(T a, T b, T c) {
+  T m = a < b ? a : b;
+  return m < c ? m : c;
+}
+
+template <typename T>
+DNMP_HD T max3(T a, T b, T c) {
+  T m = a > b ? a : b;
+  return m > c ? m : c;
+}
+
+template <typename T>
+DNMP_HD bool is_finite(T x) {
+  return x - x == T(0);  // false for NaN and +-Inf, works on host and device
+}
+
+template <typename T>
+DNMP_HD ProjVert<T> project_vertex(const Camera<T>& cam, T X, T Y, T Z, T near) {
+  ProjVert<T> p;
+  T pc[3];
+  for (int r = 0; r < 3; ++r) {
+    T a = cam.r[r][0] * X;
+    T b = cam.r[r][1] * Y;
+    T c = cam.r[r][2] * Z;
+    pc[r] = ((a + b) + c) + cam.r[r][3];
+  }
+  p.z = pc[2];
+  T qx = pc[0] / pc[2];
+  T qy = pc[1] / pc[2];
+  p.u = cam.fx * qx + cam.cx;
+  p.v = cam.fy * qy + cam.cy;
+  p.ok = is_finite(pc[0]) && is_finite(pc[1]) && is_finite(pc[2]) && is_finite(p.u) && is_finite(p.v) &&
+         pc[2] > near;
+  return p;
+}
+
+// Everything needed to test pixel centres against one face.
+// Edge i is the edge opposite vertex i, from vertex (i+1)%3 to (i+2)%3. Its
+// endpoints are stored in canonical (lexicographic) order a, b, so that two
+// faces sharing an edge evaluate the same expression; s[i] restores the
+// orientation that makes the face interior positive.
+template <typename T>
+struct FaceSetup {
+  T au[3], av[3], du[3], dv[3];  // canonical start point and (b - a)
+  T s[3];                         // +-1
+  bool tie_ok[3];                 // pixel exactly on edge i belongs to this face
+  T z[3];                         // camera depth of the vertices
+  T umin, umax, vmin, vmax;       // screen bounding box of the vertices
+};
+
+// Returns false when the face can never cover a pixel (culled by near plane,
+// non-finite vertex, zero or non-finite screen area).
+template <typename T>
+DNMP_HD bool setup_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const ProjVert<T>& p2, FaceSetup<T>& fs) {
+  if (!(p0.ok && p1.ok && p2.ok)) return false;
+  const ProjVert<T>* p[3] = {&p0, &p1, &p2};
+  T area = (p1.u - p0.u) * (p2.v - p0.v) - (p1.v - p0.v) * (p2.u - p0.u);
+  if (!(area != T(0)) || !is_finite(area)) return false;
+  T fsign = area > T(0) ? T(1) : T(-1);
+  for (int i = 0; i < 3; ++i) {
+    const ProjVert<T>& j = *p[(i + 1) % 3];
+    const ProjVert<T>& k = *p[(i + 2) % 3];
+    bool j_first = (j.u < k.u) || (j.u == k.u && j.v <= k.v);
+    const ProjVert<T>& a = j_first ? j : k;
+    const ProjVert<T>& b = j_first ? k : j;
+    fs.au[i] = a.u;
+    fs.av[i] = a.v;
+    fs.du[i] = b.u - a.u;
+    fs.dv[i] = b.v - a.v;
+    fs.s[i] = (j_first ? T(1) : T(-1)) * fsign;
+    T odu = fs.s[i] * fs.du[i];
+    T odv = fs.s[i] * fs.dv[i];
+    fs.tie_ok[i] = (odv > T(0)) || (odv == T(0) && odu < T(0));
+    fs.z[i] = p[i]->z;
+  }
+  fs.umin = min3(p0.u, p1.u, p2.u);
+  fs.umax = max3(p0.u, p1.u, p2.u);
+  fs.vmin = min3(p0.v, p1.v, p2.v);
+  fs.vmax = max3(p0.v, p1.v, p2.v);
+  return true;
+}
+
+// Test the pixel centre (qx, qy). On coverage returns true with the depth and
+// perspective-correct barycentrics; z > far is not covered.
+template <typename T>
+DNMP_HD bool shade_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T bary[3]) {
+  T e[3];
+  for (int i = 0; i < 3; ++i) {
+    T lhs = fs.du[i] * (qy - fs.av[i]);
+    T rhs = fs.dv[i] * (qx - fs.au[i]);
+    e[i] = fs.s[i] * (lhs - rhs);
+    if (!(e[i] > T(0) || (e[i] == T(0) && fs.tie_ok[i]))) return false;
+  }
+  T a0 = e[0] / fs.z[0], a1 = e[1] / fs.z[1], a2 = e[2] / fs.z[2];
+  T ssum = (a0 + a1) + a2;
+  T esum = (e[0] + e[1]) + e[2];
+  if (!(esum > T(0))) return false;
+  z = esum / ssum;
+  if (!(z <= far) || !is_finite(z)) return false;
+  bary[0] = a0 / ssum;
+  bary[1] = a1 / ssum;
+  bary[2] = a2 / ssum;
+  return true;
+}
+
+// One entry of a pixel's K-nearest list.
+template <typename T>
+struct Frag {
+  T z;
+  int64_t face;
+  T b[3];
+};
+
+// Insert (z, face) into a list sorted by (z, face) ascending, holding `count`
+// of at most K entries. Faces must arrive in increasing index order per pixel
+// (then ties in z keep the lower index first without comparing indices).
+template <typename T>
+DNMP_HD void insert_k(Frag<T>* list, int& count, int K, T z, int64_t face, const T b[3]) {
+  int pos = count;
+  while (pos > 0 && (z < list[pos - 1].z || (z == list[pos - 1].z && face < list[pos - 1].face))) --pos;
+  if (pos >= K) return;
+  int last = count < K ? count : K - 1;
+  for (int i = last; i > pos; --i) list[i] = list[i - 1];
+  list[pos].z = z;
+  list[pos].face = face;
+  list[pos].b[0] = b[0];
+  list[pos].b[1] = b[1];
+  list[pos].b[2] = b[2];
+  if (count < K) ++count;
+}
+
+// ---------------------------------------------------------------------------
+// Backward. For camera-space vertices P0..P2 and the pixel ray d =
+// ((x - cx) / fx, (y - cy) / fy, 1), the perspective-correct barycentrics and
+// depth are (with [a, b, c] = a . (b x c)):
+//   n_i = [d, P_j, P_k]  (i, j, k cyclic),  D = n_0 + n_1 + n_2,
+//   bary_i = n_i / D,    z = [P0, P1, P2] / D.
+// (Equal to the screen-space formula used in the forward.) Given dL/dbary and
+// dL/dz this returns dL/dP_i (camera frame), computed in double.
+DNMP_HD void cross3(const double a[3], const double b[3], double out[3]) {
+  out[0] = a[1] * b[2] - a[2] * b[1];
+  out[1] = a[2] * b[0] - a[0] * b[2];
+  out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+DNMP_HD double dot3(const double a[3], const double b[3]) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
+
+// Returns false (and leaves grad zero) for a degenerate configuration.
+DNMP_HD bool fragment_backward(const double P[3][3], const double d[3], const double g_bary[3], double g_z,
+                               double gP[3][3]) {
+  for (int i = 0; i < 3; ++i)
+    for (int c = 0; c < 3; ++c) gP[i][c] = 0.0;
+  double n[3], cr[3];
+  for (int i = 0; i < 3; ++i) {
+    cross3(P[(i + 1) % 3], P[(i + 2) % 3], cr);
+    n[i] = dot3(d, cr);
+  }
+  double D = n[0] + n[1] + n[2];
+  cross3(P[1], P[2], cr);
+  double Tv = dot3(P[0], cr);
+  if (!(D != 0.0) || !(D - D == 0.0)) return false;
+  double invD = 1.0 / D;
+  double sb = g_bary[0] * n[0] + g_bary[1] * n[1] + g_bary[2] * n[2];
+  // dL/dn_i and dL/dT
+  double common = -(sb + g_z * Tv) * invD * invD;
+  double gn[3];
+  for (int i = 0; i < 3; ++i) gn[i] = g_bary[i] * invD + common;
+  double gT = g_z * invD;
+  for (int i = 0; i < 3; ++i) {
+    int j = (i + 1) % 3, k = (i + 2) % 3;
+    // n_i = [d, P_j, P_k]: d/dP_j = P_k x d, d/dP_k = d x P_j
+    double t1[3], t2[3];
+    cross3(P[k], d, t1);
+    cross3(d, P[j], t2);
+    // T = [P_i, P_j, P_k] (cyclic): d/dP_i = P_j x P_k
+    double t3[3];
+    cross3(P[j], P[k], t3);
+    for (int c = 0; c < 3; ++c) {
+      gP[j][c] += gn[i] * t1[c];
+      gP[k][c] += gn[i] * t2[c];
+      gP[i][c] += gT * t3[c];
+    }
+  }
+  return true;
+}
+
+}  // namespace dnmp

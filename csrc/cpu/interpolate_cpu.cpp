@@ -1,0 +1,111 @@
+// CPU interpolation of vertex attributes at fragments, and its backward.
+// Fragments may have any leading shape [..., K]; they are processed flat.
+// The attribute gradient is accumulated per channel in fragment order, channel
+// blocks in parallel: bit-identical across runs and thread counts.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "common/interp_math.h"
+#include "ops.h"
+
+namespace dnmp {
+
+namespace {
+void check_face_indices(const at::Tensor& faces, int64_t V, const at::Tensor& p2f) {
+  if (faces.numel() > 0) {
+    TORCH_CHECK_VALUE(faces.min().item<int64_t>() >= 0 && faces.max().item<int64_t>() < V,
+                      "faces index vertices outside [0, ", V, ")");
+  }
+  if (p2f.numel() > 0)
+    TORCH_CHECK_VALUE(p2f.max().item<int64_t>() < faces.size(0), "pix_to_face refers to a face index >= F = ",
+                      faces.size(0));
+}
+}  // namespace
+
+at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes_, const at::Tensor& faces_, const at::Tensor& pix_to_face_,
+                               const at::Tensor& bary_) {
+  check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
+  const auto attr = attributes_.contiguous();
+  const auto faces = faces_.to(at::kLong).contiguous();
+  const auto p2f = pix_to_face_.to(at::kLong).contiguous();
+  const auto bary = bary_.to(attr.scalar_type()).contiguous();
+  check_face_indices(faces, attr.size(0), p2f);
+  const int64_t C = attr.size(1), N = p2f.numel();
+  auto shape = p2f.sizes().vec();
+  shape.push_back(C);
+  auto out = at::empty(shape, attr.options());
+  AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_fwd_cpu", [&] {
+    const scalar_t* a = attr.data_ptr<scalar_t>();
+    const int64_t* fc = faces.data_ptr<int64_t>();
+    const int64_t* pf = p2f.data_ptr<int64_t>();
+    const scalar_t* bc = bary.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        const int64_t f = pf[n];
+        if (f < 0) {
+          for (int64_t c = 0; c < C; ++c) o[n * C + c] = scalar_t(0);
+          continue;
+        }
+        const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
+        interp_fragment(a, C, v, bc + 3 * n, o + n * C);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attributes_, const at::Tensor& faces_,
+                                                       const at::Tensor& pix_to_face_, const at::Tensor& bary_,
+                                                       const at::Tensor& grad_out_) {
+  check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
+  const auto attr = attributes_.contiguous();
+  const auto faces = faces_.to(at::kLong).contiguous();
+  const auto p2f = pix_to_face_.to(at::kLong).contiguous();
+  const auto bary = bary_.to(attr.scalar_type()).contiguous();
+  const int64_t C = attr.size(1), N = p2f.numel();
+  auto oshape = p2f.sizes().vec();
+  oshape.push_back(C);
+  TORCH_CHECK_VALUE(grad_out_.sizes() == at::IntArrayRef(oshape), "grad_out must have shape ", oshape, ", got ",
+                    grad_out_.sizes());
+  check_face_indices(faces, attr.size(0), p2f);
+  const auto g = grad_out_.to(attr.scalar_type()).contiguous();
+  auto grad_attr = at::zeros_like(attr);
+  auto grad_bary = at::empty(bary.sizes(), attr.options());
+  AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_bwd_cpu", [&] {
+    const scalar_t* a = attr.data_ptr<scalar_t>();
+    const int64_t* fc = faces.data_ptr<int64_t>();
+    const int64_t* pf = p2f.data_ptr<int64_t>();
+    const scalar_t* bc = bary.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* ga = grad_attr.data_ptr<scalar_t>();
+    scalar_t* gb = grad_bary.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        const int64_t f = pf[n];
+        if (f < 0) {
+          gb[3 * n] = gb[3 * n + 1] = gb[3 * n + 2] = scalar_t(0);
+          continue;
+        }
+        const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
+        interp_grad_bary(a, C, v, gp + n * C, gb + 3 * n);
+      }
+    });
+    // scatter to vertices: parallel over channels, fragments in fixed order
+    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t f = pf[n];
+        if (f < 0) continue;
+        for (int i = 0; i < 3; ++i) {
+          const scalar_t w = bc[3 * n + i];
+          scalar_t* dst = ga + fc[3 * f + i] * C;
+          const scalar_t* src = gp + n * C;
+          for (int64_t c = cb; c < ce; ++c) dst[c] += w * src[c];
+        }
+      }
+    });
+  });
+  return {grad_attr, grad_bary};
+}
+
+}  // namespace dnmp

@@ -1,0 +1,304 @@
+// CPU rasterizer: per-vertex projection, per-face setup and culling, binning of
+// faces into screen tiles (counting sort, exact sizes, no capacity limit), and
+// per-tile K-nearest insertion. Work scales with the pixels each face covers.
+//
+// Determinism: each tile's face list is in increasing face order whatever the
+// thread count, and each pixel is written by one tile, so the forward output
+// does not depend on scheduling. The backward computes per-fragment vertex
+// gradients in parallel into a buffer, then adds them up serially in fragment
+// order (in double), so it is bit-identical across runs and thread counts.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/raster_math.h"
+#include "ops.h"
+
+namespace dnmp {
+namespace {
+
+constexpr int kTile = 16;              // tile edge in pixels
+constexpr int64_t kFaceChunk = 16384;  // faces per binning chunk (result does not depend on it)
+
+template <typename T>
+Camera<T> make_camera(const at::Tensor& K, const at::Tensor& M) {
+  auto k = K.accessor<T, 2>();
+  auto m = M.accessor<T, 2>();
+  Camera<T> cam;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) cam.r[r][c] = m[r][c];
+  cam.fx = k[0][0];
+  cam.fy = k[1][1];
+  cam.cx = k[0][2];
+  cam.cy = k[1][2];
+  return cam;
+}
+
+// Pixel-centre range [x0, x1] x [y0, y1] inside the image covered by the face's
+// bounding box; false when empty.
+template <typename T>
+bool pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
+  double fx0 = std::ceil(double(fs.umin)), fx1 = std::floor(double(fs.umax));
+  double fy0 = std::ceil(double(fs.vmin)), fy1 = std::floor(double(fs.vmax));
+  if (fx0 > W - 1 || fx1 < 0 || fy0 > H - 1 || fy1 < 0 || fx0 > fx1 || fy0 > fy1) return false;
+  x0 = fx0 < 0 ? 0 : int(fx0);
+  x1 = fx1 > W - 1 ? W - 1 : int(fx1);
+  y0 = fy0 < 0 ? 0 : int(fy0);
+  y1 = fy1 > H - 1 ? H - 1 : int(fy1);
+  return true;
+}
+
+template <typename T>
+bool face_setup(const std::vector<ProjVert<T>>& pv, const int64_t* faces, int64_t f, FaceSetup<T>& fs) {
+  return setup_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fs);
+}
+
+template <typename T>
+void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, const Camera<T>& cam, int H, int W,
+                    int K, T near, T far, int64_t* out_p2f, T* out_z, T* out_b) {
+  // 1. vertices -> image
+  std::vector<ProjVert<T>> pv(V);
+  at::parallel_for(0, V, 2048, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) pv[i] = project_vertex(cam, verts[3 * i], verts[3 * i + 1], verts[3 * i + 2], near);
+  });
+
+  // 2. per-face setup + culling -> tile counts per chunk of faces
+  const int TX = (W + kTile - 1) / kTile, TY = (H + kTile - 1) / kTile;
+  const int64_t NT = int64_t(TX) * TY;
+  const int64_t NC = std::max<int64_t>(1, std::min<int64_t>((F + kFaceChunk - 1) / kFaceChunk,
+                                                             4 * int64_t(at::get_num_threads())));
+  const int64_t per_chunk = (F + NC - 1) / NC;
+  std::vector<int32_t> box(4 * F);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
+  std::vector<int64_t> counts(NC * NT, 0);
+  at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      int64_t* cnt = counts.data() + c * NT;
+      int64_t fe = std::min(F, (c + 1) * per_chunk);
+      for (int64_t f = c * per_chunk; f < fe; ++f) {
+        FaceSetup<T> fs;
+        int x0, x1, y0, y1;
+        int32_t* bx = box.data() + 4 * f;
+        if (!face_setup(pv, faces, f, fs) || !pixel_box(fs, H, W, x0, x1, y0, y1)) {
+          bx[0] = -1;
+          continue;
+        }
+        bx[0] = x0 / kTile;
+        bx[1] = x1 / kTile;
+        bx[2] = y0 / kTile;
+        bx[3] = y1 / kTile;
+        for (int ty = bx[2]; ty <= bx[3]; ++ty)
+          for (int tx = bx[0]; tx <= bx[1]; ++tx) ++cnt[int64_t(ty) * TX + tx];
+      }
+    }
+  });
+
+  // 3. exclusive prefix sum in (tile, chunk) order -> every tile list is sorted by face index
+  std::vector<int64_t> tile_begin(NT + 1);
+  int64_t total = 0;
+  for (int64_t t = 0; t < NT; ++t) {
+    tile_begin[t] = total;
+    for (int64_t c = 0; c < NC; ++c) {
+      int64_t n = counts[c * NT + t];
+      counts[c * NT + t] = total;
+      total += n;
+    }
+  }
+  tile_begin[NT] = total;
+
+  // 4. fill the lists
+  std::vector<int32_t> list(total);
+  at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      int64_t* off = counts.data() + c * NT;
+      int64_t fe = std::min(F, (c + 1) * per_chunk);
+      for (int64_t f = c * per_chunk; f < fe; ++f) {
+        const int32_t* bx = box.data() + 4 * f;
+        if (bx[0] < 0) continue;
+        for (int ty = bx[2]; ty <= bx[3]; ++ty)
+          for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = int32_t(f);
+      }
+    }
+  });
+
+  // 5. rasterize tiles; threads take the next tile from a shared counter (load
+  //    balance). Output per pixel depends only on its tile's list: deterministic.
+  std::atomic<int64_t> next_tile{0};
+  const int64_t nthreads = at::get_num_threads();
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    std::vector<Frag<T>> buf(size_t(kTile) * kTile * K);
+    std::vector<int> cnt(kTile * kTile);
+    for (;;) {
+      int64_t t = next_tile.fetch_add(1);
+      if (t >= NT) break;
+      const int tx = int(t % TX), ty = int(t / TX);
+      const int px0 = tx * kTile, py0 = ty * kTile;
+      const int px1 = std::min(W, px0 + kTile) - 1, py1 = std::min(H, py0 + kTile) - 1;
+      std::fill(cnt.begin(), cnt.end(), 0);
+      for (int64_t i = tile_begin[t]; i < tile_begin[t + 1]; ++i) {
+        const int64_t f = list[i];
+        FaceSetup<T> fs;
+        int x0, x1, y0, y1;
+        face_setup(pv, faces, f, fs);
+        pixel_box(fs, H, W, x0, x1, y0, y1);
+        x0 = std::max(x0, px0);
+        x1 = std::min(x1, px1);
+        y0 = std::max(y0, py0);
+        y1 = std::min(y1, py1);
+        for (int y = y0; y <= y1; ++y) {
+          for (int x = x0; x <= x1; ++x) {
+            T z, b[3];
+            if (!shade_pixel(fs, T(x), T(y), far, z, b)) continue;
+            const int l = (y - py0) * kTile + (x - px0);
+            insert_k(buf.data() + size_t(l) * K, cnt[l], K, z, f, b);
+          }
+        }
+      }
+      for (int y = py0; y <= py1; ++y) {
+        for (int x = px0; x <= px1; ++x) {
+          const int l = (y - py0) * kTile + (x - px0);
+          const Frag<T>* fr = buf.data() + size_t(l) * K;
+          const int64_t o = (int64_t(y) * W + x) * K;
+          for (int k = 0; k < K; ++k) {
+            if (k < cnt[l]) {
+              out_p2f[o + k] = fr[k].face;
+              out_z[o + k] = fr[k].z;
+              for (int j = 0; j < 3; ++j) out_b[3 * (o + k) + j] = fr[k].b[j];
+            } else {
+              out_p2f[o + k] = -1;
+              out_z[o + k] = T(-1);
+              for (int j = 0; j < 3; ++j) out_b[3 * (o + k) + j] = T(0);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block
+
+template <typename T>
+void rasterize_bwd_view(const T* verts, const int64_t* faces, const Camera<T>& camT, int H, int W, int K,
+                        const int64_t* p2f, const T* gz, const T* gb, std::vector<double>& acc) {
+  double R[3][4];
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) R[r][c] = double(camT.r[r][c]);
+  const double fx = camT.fx, fy = camT.fy, cx = camT.cx, cy = camT.cy;
+  const int64_t N = int64_t(H) * W * K;
+  std::vector<double> buf(size_t(std::min(N, kBwdBlock)) * 9);
+  std::vector<uint8_t> has(size_t(std::min(N, kBwdBlock)));
+  for (int64_t n0 = 0; n0 < N; n0 += kBwdBlock) {
+    const int64_t nb = std::min(kBwdBlock, N - n0);
+    at::parallel_for(0, nb, 1024, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t n = n0 + i;
+        const int64_t f = p2f[n];
+        has[i] = 0;
+        if (f < 0) continue;
+        const double g_z = gz[n];
+        const double g_b[3] = {double(gb[3 * n]), double(gb[3 * n + 1]), double(gb[3 * n + 2])};
+        if (g_z == 0.0 && g_b[0] == 0.0 && g_b[1] == 0.0 && g_b[2] == 0.0) continue;
+        const int64_t pix = n / K;
+        const double x = double(pix % W), y = double(pix / W);
+        const double d[3] = {(x - cx) / fx, (y - cy) / fy, 1.0};
+        double P[3][3];
+        for (int j = 0; j < 3; ++j) {
+          const T* X = verts + 3 * faces[3 * f + j];
+          for (int r = 0; r < 3; ++r)
+            P[j][r] = R[r][0] * double(X[0]) + R[r][1] * double(X[1]) + R[r][2] * double(X[2]) + R[r][3];
+        }
+        double gP[3][3];
+        if (!fragment_backward(P, d, g_b, g_z, gP)) continue;
+        double* o = buf.data() + 9 * i;
+        for (int j = 0; j < 3; ++j)  // world gradient: R^T * gP
+          for (int c = 0; c < 3; ++c) o[3 * j + c] = R[0][c] * gP[j][0] + R[1][c] * gP[j][1] + R[2][c] * gP[j][2];
+        has[i] = 1;
+      }
+    });
+    for (int64_t i = 0; i < nb; ++i) {  // fixed-order reduction
+      if (!has[i]) continue;
+      const int64_t f = p2f[n0 + i];
+      const double* o = buf.data() + 9 * i;
+      for (int j = 0; j < 3; ++j) {
+        double* a = acc.data() + 3 * faces[3 * f + j];
+        a[0] += o[3 * j];
+        a[1] += o[3 * j + 1];
+        a[2] += o[3 * j + 2];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tensor& verts_, const at::Tensor& faces_,
+                                                                 const at::Tensor& intrinsics_,
+                                                                 const at::Tensor& world_to_cam_, int64_t height,
+                                                                 int64_t width, int64_t faces_per_pixel, double near,
+                                                                 double far) {
+  check_rasterize_args(verts_, faces_, intrinsics_, world_to_cam_, height, width, faces_per_pixel, near, far);
+  TORCH_CHECK_VALUE(faces_.size(0) < std::numeric_limits<int32_t>::max(), "too many faces (", faces_.size(0), ")");
+  TORCH_CHECK_VALUE(height < (1 << 30) && width < (1 << 30), "image too large");
+  const auto verts = verts_.contiguous();
+  const auto faces = faces_.to(at::kLong).contiguous();
+  const auto K3 = intrinsics_.to(verts.scalar_type()).contiguous();
+  const auto M4 = world_to_cam_.to(verts.scalar_type()).contiguous();
+  const int64_t B = K3.size(0), H = height, W = width, K = faces_per_pixel;
+  auto p2f = at::empty({B, H, W, K}, verts.options().dtype(at::kLong));
+  auto zbuf = at::empty({B, H, W, K}, verts.options());
+  auto bary = at::empty({B, H, W, K, 3}, verts.options());
+  if (faces.size(0) > 0) {
+    const int64_t V = verts.size(0);
+    const int64_t* fp = faces.data_ptr<int64_t>();
+    for (int64_t i = 0; i < faces.numel(); ++i)
+      TORCH_CHECK_VALUE(fp[i] >= 0 && fp[i] < V, "faces index vertex ", fp[i], " but there are ", V, " vertices");
+  }
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
+    for (int64_t b = 0; b < B; ++b) {
+      const Camera<scalar_t> cam = make_camera<scalar_t>(K3[b], M4[b]);
+      const int64_t plane = H * W * K;
+      rasterize_view<scalar_t>(verts.data_ptr<scalar_t>(), verts.size(0), faces.data_ptr<int64_t>(), faces.size(0),
+                               cam, int(H), int(W), int(K), scalar_t(near), scalar_t(far),
+                               p2f.data_ptr<int64_t>() + b * plane, zbuf.data_ptr<scalar_t>() + b * plane,
+                               bary.data_ptr<scalar_t>() + 3 * b * plane);
+    }
+  });
+  return {p2f, zbuf, bary};
+}
+
+at::Tensor rasterize_bwd_cpu(const at::Tensor& verts_, const at::Tensor& faces_, const at::Tensor& intrinsics_,
+                             const at::Tensor& world_to_cam_, const at::Tensor& pix_to_face_,
+                             const at::Tensor& grad_zbuf_, const at::Tensor& grad_bary_) {
+  check_rasterize_args(verts_, faces_, intrinsics_, world_to_cam_, 1, 1, 1, 0.0, 1.0);
+  check_raster_grads(verts_, intrinsics_, pix_to_face_, grad_zbuf_, grad_bary_);
+  const auto verts = verts_.contiguous();
+  const auto faces = faces_.to(at::kLong).contiguous();
+  const auto K3 = intrinsics_.to(verts.scalar_type()).contiguous();
+  const auto M4 = world_to_cam_.to(verts.scalar_type()).contiguous();
+  const auto p2f = pix_to_face_.contiguous();
+  const auto gz = grad_zbuf_.to(verts.scalar_type()).contiguous();
+  const auto gb = grad_bary_.to(verts.scalar_type()).contiguous();
+  const int64_t B = p2f.size(0), H = p2f.size(1), W = p2f.size(2), K = p2f.size(3);
+  if (p2f.numel() > 0)
+    TORCH_CHECK_VALUE(p2f.max().item<int64_t>() < faces.size(0), "pix_to_face refers to a face index >= F = ",
+                      faces.size(0));
+  std::vector<double> acc(size_t(verts.size(0)) * 3, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
+    const int64_t plane = H * W * K;
+    for (int64_t b = 0; b < B; ++b) {
+      const Camera<scalar_t> cam = make_camera<scalar_t>(K3[b], M4[b]);
+      rasterize_bwd_view<scalar_t>(verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), cam, int(H), int(W),
+                                   int(K), p2f.data_ptr<int64_t>() + b * plane, gz.data_ptr<scalar_t>() + b * plane,
+                                   gb.data_ptr<scalar_t>() + 3 * b * plane, acc);
+    }
+  });
+  auto out = at::from_blob(acc.data(), {verts.size(0), 3}, at::TensorOptions().dtype(at::kDouble));
+  return out.to(verts.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+}
+
+}  // namespace dnmp
