@@ -294,6 +294,7 @@ def convert_kitti_odometry(
     stereo: bool = True,
     stereo_max_depth: float = 25.0,
     voxel: float = 0.05,
+    outlier_neighbors: int = 20,
     name: str | None = None,
     overwrite: bool = False,
     sanity: bool = True,
@@ -309,7 +310,8 @@ def convert_kitti_odometry(
     ``poses/<seq>.txt``), "gt" or "semantickitti". downscale: image size divisor
     (area interpolation; intrinsics scaled with the pixel-centre convention).
     max_depth: metres, LiDAR crop and depth images. stereo: SGBM points from
-    train stereo pairs within ``stereo_max_depth``.
+    train stereo pairs within ``stereo_max_depth``. voxel / outlier_neighbors:
+    point down-sampling size (m) and statistical-outlier neighbours (0 = off).
     """
     log = (lambda *a: None) if quiet else print
     root, out = Path(root), Path(out)
@@ -450,7 +452,7 @@ def convert_kitti_odometry(
                 agr = scan_agreement(chk, out_cams, own, oth, max_depth, where=pose_path, verbose=not quiet)
                 report["scan_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
         keep = crop_to_views(fused, frames, out_cams, max_depth)
-        xyz, _ = clean_points(fused[keep], voxel=voxel)
+        xyz, _ = clean_points(fused[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
         point_clouds.append(write_points(out, "points/lidar.ply", "lidar", xyz))
         report["lidar"] = {"raw": raw_total, "in_view": int(keep.sum()), "written": len(xyz)}
         log(f"lidar: {raw_total} raw points in {len(indices)} scans, {int(keep.sum())} seen by a frame "
@@ -478,7 +480,7 @@ def convert_kitti_odometry(
                 st_tot[k] = st_tot.get(k, 0) + v if k != "num_disparities" else v
         if pts:
             allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0
-            xyz, rgb = clean_points(allp, allc, voxel=voxel)
+            xyz, rgb = clean_points(allp, allc, voxel=voxel, nb_neighbors=outlier_neighbors)
             point_clouds.append(write_points(out, "points/stereo.ply", "stereo", xyz, rgb))
             report["stereo_points"] = {**st_tot, "pairs": len(train_idx), "baseline": baseline, "written": len(xyz)}
             log(f"stereo: {len(train_idx)} train pairs, baseline {baseline:.3f} m, {st_tot['sgbm']} SGBM pixels, "
@@ -524,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-depth", type=float, default=80.0, help="LiDAR crop / depth image range, metres (80)")
     p.add_argument("--stereo-max-depth", type=float, default=25.0, help="stereo points range, metres (25)")
     p.add_argument("--voxel", type=float, default=0.05, help="point voxel size, metres (0.05)")
+    p.add_argument("--outlier-neighbors", type=int, default=20,
+                   help="statistical outlier removal neighbours, 0 = off (20)")
     p.add_argument("--no-stereo", action="store_true", help="skip SGBM stereo points")
     p.add_argument("--no-lidar", action="store_true", help="skip LiDAR points and depth")
     p.add_argument("--no-depth", action="store_true", help="skip per-frame sparse depth images")
@@ -542,7 +546,7 @@ def main(argv=None) -> int:
             cameras=[c.strip() for c in args.cameras.split(",") if c.strip()], poses=args.poses,
             downscale=args.downscale, max_depth=args.max_depth, lidar=not args.no_lidar,
             depth=not args.no_depth, stereo=not args.no_stereo, stereo_max_depth=args.stereo_max_depth,
-            voxel=args.voxel, name=args.name, overwrite=args.overwrite, sanity=not args.no_sanity,
+            voxel=args.voxel, outlier_neighbors=args.outlier_neighbors, name=args.name, overwrite=args.overwrite, sanity=not args.no_sanity,
             quiet=args.quiet,
         )
     except ValueError as e:  # SceneError / ConversionError: one line
