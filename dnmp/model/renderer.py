@@ -163,7 +163,8 @@ class DNMPRenderer(nn.Module):
             intrinsics: float [3, 3]; cam_to_world: float [4, 4] rigid; height, width in pixels.
         Returns:
             dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (metres,
-            expected camera-space z of the primitive layers, 0 where none), coverage
+            camera-space z of the primitive layers averaged with their compositing
+            weights, 0 where no layer), coverage
             float32 [H, W] (1 - background transmittance).
         """
         c2w = cam_to_world.double()
@@ -185,7 +186,8 @@ class DNMPRenderer(nn.Module):
             sl = slice(s, s + self.config.chunk)
             out = self.shade(p2f[sl], bary[sl], dirs[sl])
             rgb.append(out["rgb"])
-            depth.append((out["weights"] * zbuf[sl]).sum(1))
+            w = out["weights"]
+            depth.append((w * zbuf[sl]).sum(1) / w.sum(1).clamp_min(1e-6))
             cov.append(1.0 - out["background_transmittance"])
         return {
             "rgb": torch.cat(rgb).view(height, width, 3).clamp(0, 1),

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny synthetic scene in the dnmp scene format.
+
+A textured wall 6 m in front of a camera that slides sideways; pixels that miss
+the wall see a sky colour. Images are computed analytically (ray-plane hits), so
+they are multi-view consistent and a model can fit them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from dnmp.data import Camera, Frame, PointCloud, write_ply_points, write_scene_json
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"
+WALL_Z = 6.0
+WALL_HALF = (2.0, 1.5)  # half extents in x and y, metres
+SKY = np.array([0.55, 0.7, 0.9])
+
+
+def wall_colour(x, y):
+    return np.stack([0.5 + 0.4 * np.sin(2.0 * x), 0.5 + 0.4 * np.cos(3.0 * y),
+                     0.3 + 0.2 * np.sin(x + y)], axis=-1)
+
+
+def synthetic_image(cam: Camera, c2w: np.ndarray) -> np.ndarray:
+    v, u = np.mgrid[0:cam.height, 0:cam.width].astype(np.float64)
+    d = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], -1)
+    d = d @ c2w[:3, :3].T
+    o = c2w[:3, 3]
+    t = (WALL_Z - o[2]) / d[..., 2]
+    x, y = o[0] + t * d[..., 0], o[1] + t * d[..., 1]
+    hit = (np.abs(x) <= WALL_HALF[0]) & (np.abs(y) <= WALL_HALF[1])
+    img = np.where(hit[..., None], wall_colour(x, y), SKY)
+    return (img * 255 + 0.5).astype(np.uint8)
+
+
+def make_tiny_scene(root: Path, width: int = 40, height: int = 30, frames: int = 5) -> Path:
+    """Write the synthetic scene to `root`; the middle frame is the test frame."""
+    cam = Camera("cam", width, height, fx=0.8 * width, fy=0.8 * width,
+                 cx=(width - 1) / 2, cy=(height - 1) / 2)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(frames):
+        c2w = np.eye(4)
+        c2w[0, 3] = -0.4 + 0.8 * i / max(1, frames - 1)
+        rel = f"images/{i:06d}.png"
+        iio.imwrite(root / rel, synthetic_image(cam, c2w))
+        out.append(Frame(image=rel, camera="cam", cam_to_world=c2w, timestamp=0.1 * i,
+                         split="test" if i == frames // 2 else "train", name=f"{i:06d}"))
+    gx, gy = np.meshgrid(np.linspace(-WALL_HALF[0], WALL_HALF[0], 60),
+                         np.linspace(-WALL_HALF[1], WALL_HALF[1], 45))
+    pts = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, WALL_Z)], 1).astype(np.float32)
+    (root / "points").mkdir(exist_ok=True)
+    write_ply_points(root / "points" / "lidar.ply", pts)
+    write_scene_json(root, "tiny", {"dataset": "synthetic", "sequence": "wall", "licence": "CC0"},
+                     [0, 0, 0], {"cam": cam}, out, [PointCloud("points/lidar.ply", "lidar")])
+    return root
+
+
+@pytest.fixture
+def tiny_scene(tmp_path) -> Path:
+    return make_tiny_scene(tmp_path / "tiny")
+
+
+@pytest.fixture
+def make_scene(tmp_path):
+    """Factory: make_scene(name, **kwargs) writes another synthetic scene under tmp_path."""
+    return lambda name, **kw: make_tiny_scene(tmp_path / name, **kw)
+
+
+@pytest.fixture
+def fast_config_toml(tmp_path) -> Path:
+    p = tmp_path / "fast.toml"
+    p.write_text("steps = 30\nbatch_size = 512\ncheckpoint_every = 10\nlog_every = 5\n"
+                 "lr_features = 0.05\nlr_mlp = 0.01\nhidden = 32\nfeature_dim = 8\n")
+    return p
