@@ -483,6 +483,23 @@ def convert_kitti_odometry(
             xyz, rgb = clean_points(allp, allc, voxel=voxel, nb_neighbors=outlier_neighbors)
             point_clouds.append(write_points(out, "points/stereo.ply", "stereo", xyz, rgb))
             report["stereo_points"] = {**st_tot, "pairs": len(train_idx), "baseline": baseline, "written": len(xyz)}
+            # cross-check against the LiDAR depth of the first train left frame
+            f0 = next(f for f in frames if f.name == f"{l}/{train_idx[0]:06d}")
+            if f0.depth is not None:
+                from dnmp.data.scene import read_depth_png
+
+                d_l = read_depth_png(out / f0.depth)
+                d_s = zbuffer_depth(world_to_cam_points(f0, xyz), out_cams[l], 0.5, max_depth)
+                m = (d_l > 0) & (d_s > 0)
+                if m.any():
+                    rel = np.abs(d_s[m] - d_l[m]) / d_l[m]
+                    agree = float(np.mean(rel < 0.05))
+                    report["stereo_points"]["lidar_agreement"] = agree
+                    log(f"stereo vs LiDAR in {f0.name}: {100 * agree:.1f}% of {int(m.sum())} shared pixels "
+                        f"within 5% (median {100 * float(np.median(rel)):.1f}%)")
+                    if agree < 0.5:
+                        print(f"warning: stereo points disagree with LiDAR in {f0.name} "
+                              f"({100 * agree:.1f}% within 5%); check the stereo calibration")
             log(f"stereo: {len(train_idx)} train pairs, baseline {baseline:.3f} m, {st_tot['sgbm']} SGBM pixels, "
                 f"{st_tot['lr_consistent']} left-right consistent, {st_tot['kept']} kept (texture, "
                 f"<= {stereo_max_depth:g} m), {len(xyz)} after voxels + outlier removal")
