@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/kitti_odometry_00}"
 LICENSE_TMP="$(mktemp)"
 if [ -f scenes/kitti00/LICENSE.md ]; then cp scenes/kitti00/LICENSE.md "$LICENSE_TMP"; fi
-python -m dnmp.converters.kitti_odometry "$DATA" scenes/kitti00 \
+python -m dnmp.cli convert kitti-odometry "$DATA" --out scenes/kitti00 \
     --sequence 00 --first 0 --last 9 --cameras image_2,image_3 --poses auto \
     --downscale 1 --max-depth 80 --stereo-max-depth 25 --voxel 0.05 \
     --name kitti00 --overwrite

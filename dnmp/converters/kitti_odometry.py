@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a KITTI odometry sequence (KITTI folder layout) into a dnmp scene.",
     )
     p.add_argument("root", help="dataset root holding sequences/<seq>/ (and poses/<seq>.txt)")
-    p.add_argument("out", help="output scene folder")
+    p.add_argument("--out", required=True, help="output scene folder")
     p.add_argument("--sequence", "--seq", default="00", help="sequence id (default 00)")
     p.add_argument("--first", type=int, default=0, help="first frame index (default 0)")
     p.add_argument("--last", type=int, default=None, help="last frame index, inclusive (default: last image)")

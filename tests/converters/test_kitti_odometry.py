@@ -247,10 +247,10 @@ def test_main_cli(kitti, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    assert main([str(kitti), str(tmp_path / "o"), "--no-stereo", "--quiet", "--voxel", "0"]) == 0
+    assert main([str(kitti), "--out", str(tmp_path / "o"), "--no-stereo", "--quiet", "--voxel", "0"]) == 0
     assert load_scene(tmp_path / "o").name == "kitti_odometry_00"
     (kitti / "sequences" / "00" / "calib.txt").unlink()
-    assert main([str(kitti), str(tmp_path / "o2"), "--quiet"]) == 2
+    assert main([str(kitti), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "calib.txt" in err
 

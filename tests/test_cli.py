@@ -1,0 +1,118 @@
+"""The `dnmp` command line end to end, and its one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnmp.data import downscale_scene
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"
+BUNDLED = REPO / "scenes" / "kitti00"
+FAST = ("steps = 40\nbatch_size = 2048\ncheckpoint_every = 20\nlog_every = 10\n"
+        "lr_features = 0.05\nlr_mlp = 0.01\ntime_budget_minutes = 0\n")
+
+
+def dnmp(*args, check=True, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "dnmp.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dnmp {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    err = [ln for ln in lines if ln.startswith("dnmp: error:")]
+    assert len(err) == 1, proc.stderr
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    return err[0]
+
+
+def test_help_of_every_command():
+    for cmd in ("train", "render", "eval", "profile", "convert"):
+        out = dnmp(cmd, "--help").stdout
+        assert "usage: dnmp " + cmd in out
+    assert "raster_ms_per_kpx" in dnmp("profile", "--help").stdout
+    assert "--out" in dnmp("convert", "kitti-odometry", "--help").stdout
+
+
+@pytest.mark.skipif(not SHARED_KITTI.is_dir() and not BUNDLED.is_dir(), reason="no KITTI data")
+def test_end_to_end_convert_train_render_eval_profile(tmp_path):
+    scene = tmp_path / "scene"
+    if SHARED_KITTI.is_dir():
+        dnmp("convert", "kitti-odometry", SHARED_KITTI, "--out", scene, "--first", "0", "--last", "5",
+             "--downscale", "4", "--no-stereo", "--quiet")
+    else:  # a user without ../shared: downscale the bundled copy instead
+        downscale_scene(BUNDLED, scene, 4)
+    meta = json.loads((scene / "scene.json").read_text())
+    assert meta["cameras"]["image_2"]["width"] == 310
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(FAST)
+    run = tmp_path / "run"
+    out = dnmp("train", scene, "--out", run, "--config", cfg, "--quiet")
+    summary = json.loads(out.stdout.strip().splitlines()[-2])
+    assert summary["step"] == 40
+    m = json.loads((run / "metrics.json").read_text())
+    # 40 steps on real frames: well above a random model (~10 dB), far from converged
+    assert 12.0 < m["test_psnr"] < 40.0
+    assert m["num_test_frames"] == 3 and m["test_lpips"] is None and "lpips_note" in m
+    assert sorted(p.name for p in (run / "renders" / "test").iterdir())[:2] == [
+        "image_2_000001_gt.png", "image_2_000001_pred.png"]
+
+    dnmp("render", run, "--split", "all", "--video", "--out", tmp_path / "frames")
+    pngs = list((tmp_path / "frames").glob("*.png"))
+    assert len(pngs) == len(meta["frames"])
+    assert (tmp_path / "frames" / "all_image_2.mp4").stat().st_size > 1000
+
+    ev = json.loads(dnmp("eval", run, "--out", tmp_path / "ev").stdout.splitlines()[0])
+    assert ev["test_psnr"] == pytest.approx(m["test_psnr"], abs=1e-4)  # deterministic render
+    written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {"test_psnr", "test_ssim", "test_lpips", "num_test_frames"} <= set(written)
+
+    prof = json.loads(dnmp("profile", run, "--json", "--repeats", "5").stdout)
+    for key in ("raster_ms_per_kpx", "render_ms_per_kpx", "peak_memory_mb_per_kpx"):
+        assert prof[key] is None or prof[key] > 0
+    assert prof["raster_ms_per_kpx"] < prof["render_ms_per_kpx"]
+    assert prof["num_faces"] == 80 * prof["num_primitives"] and len(prof["raster_ms_runs"]) == 5
+
+    # a checkpoint from another scene is refused, naming the checkpoint
+    other = tmp_path / "other"
+    downscale_scene(scene, other, 2)
+    err = one_line_error(dnmp("eval", run, "--scene", other, check=False), "belongs to scene")
+    assert "step_" in err
+
+
+def test_bad_scene_folders_give_one_line_errors(tiny_scene, tmp_path):
+    not_scene = tmp_path / "empty"
+    not_scene.mkdir()
+    one_line_error(dnmp("train", not_scene, "--out", tmp_path / "o1", check=False), str(not_scene))
+    assert not (tmp_path / "o1").exists()
+
+    meta = json.loads((tiny_scene / "scene.json").read_text())
+    meta["version"] = 7
+    (tiny_scene / "scene.json").write_text(json.dumps(meta))
+    one_line_error(dnmp("train", tiny_scene, "--out", tmp_path / "o2", check=False), "scene.json", "7")
+    meta["version"] = 1
+    (tiny_scene / "scene.json").write_text(json.dumps(meta))
+
+    img = tiny_scene / "images" / "000001.png"
+    img.write_bytes(b"not a png at all")
+    one_line_error(dnmp("train", tiny_scene, "--out", tmp_path / "o3", check=False), "000001.png")
+    assert not (tmp_path / "o3").exists()
+    img.unlink()
+    one_line_error(dnmp("train", tiny_scene, "--out", tmp_path / "o4", check=False), "000001.png")
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    one_line_error(dnmp("eval", tmp_path / "nope.pt", check=False), "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    one_line_error(dnmp("render", bad, check=False), "bad.pt")
