@@ -114,10 +114,11 @@ DNMP_HD bool setup_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const Proj
   return true;
 }
 
-// Test the pixel centre (qx, qy). On coverage returns true with the depth and
-// perspective-correct barycentrics; z > far is not covered.
+// Test the pixel centre (qx, qy). On coverage returns true with the depth z and
+// the unnormalised perspective weights a[i] (bary[i] = a[i] / ssum); z > far
+// is not covered.
 template <typename T>
-DNMP_HD bool shade_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T bary[3]) {
+DNMP_HD bool cover_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T a[3], T& ssum) {
   T e[3];
   for (int i = 0; i < 3; ++i) {
     T lhs = fs.du[i] * (qy - fs.av[i]);
@@ -125,16 +126,21 @@ DNMP_HD bool shade_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T bary
     e[i] = fs.s[i] * (lhs - rhs);
     if (!(e[i] > T(0) || (e[i] == T(0) && fs.tie_ok[i]))) return false;
   }
-  T a0 = e[0] / fs.z[0], a1 = e[1] / fs.z[1], a2 = e[2] / fs.z[2];
-  T ssum = (a0 + a1) + a2;
+  a[0] = e[0] / fs.z[0];
+  a[1] = e[1] / fs.z[1];
+  a[2] = e[2] / fs.z[2];
+  ssum = (a[0] + a[1]) + a[2];
   T esum = (e[0] + e[1]) + e[2];
   if (!(esum > T(0))) return false;
   z = esum / ssum;
-  if (!(z <= far) || !is_finite(z)) return false;
-  bary[0] = a0 / ssum;
-  bary[1] = a1 / ssum;
-  bary[2] = a2 / ssum;
-  return true;
+  return z <= far && is_finite(z);
+}
+
+template <typename T>
+DNMP_HD void finish_bary(const T a[3], T ssum, T bary[3]) {
+  bary[0] = a[0] / ssum;
+  bary[1] = a[1] / ssum;
+  bary[2] = a[2] / ssum;
 }
 
 // One entry of a pixel's K-nearest list.
@@ -145,13 +151,18 @@ struct Frag {
   T b[3];
 };
 
-// Insert (z, face) into a list sorted by (z, face) ascending, holding `count`
-// of at most K entries. Faces must arrive in increasing index order per pixel
-// (then ties in z keep the lower index first without comparing indices).
+// Strict order of fragments: nearer first, lower face index on equal depth.
+template <typename T>
+DNMP_HD bool frag_less(T z, int64_t face, const Frag<T>& o) {
+  return z < o.z || (z == o.z && face < o.face);
+}
+
+// Insert (z, face) into a list sorted by frag_less, holding `count` of at most
+// K entries. The order in which faces arrive does not matter.
 template <typename T>
 DNMP_HD void insert_k(Frag<T>* list, int& count, int K, T z, int64_t face, const T b[3]) {
   int pos = count;
-  while (pos > 0 && (z < list[pos - 1].z || (z == list[pos - 1].z && face < list[pos - 1].face))) --pos;
+  while (pos > 0 && frag_less(z, face, list[pos - 1])) --pos;
   if (pos >= K) return;
   int last = count < K ? count : K - 1;
   for (int i = last; i > pos; --i) list[i] = list[i - 1];

@@ -13,7 +13,8 @@ namespace dnmp {
 namespace {
 void check_face_indices(const at::Tensor& faces, int64_t V, const at::Tensor& p2f) {
   if (faces.numel() > 0) {
-    TORCH_CHECK_VALUE(faces.min().item<int64_t>() >= 0 && faces.max().item<int64_t>() < V,
+    auto mm = at::aminmax(faces);
+    TORCH_CHECK_VALUE(std::get<0>(mm).item<int64_t>() >= 0 && std::get<1>(mm).item<int64_t>() < V,
                       "faces index vertices outside [0, ", V, ")");
   }
   if (p2f.numel() > 0)

@@ -11,6 +11,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -61,12 +64,21 @@ bool face_setup(const std::vector<ProjVert<T>>& pv, const int64_t* faces, int64_
 template <typename T>
 void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, const Camera<T>& cam, int H, int W,
                     int K, T near, T far, int64_t* out_p2f, T* out_z, T* out_b) {
+  static const bool prof = std::getenv("DNMP_PROFILE") != nullptr;
+  auto tic = std::chrono::steady_clock::now();
+  auto lap = [&](const char* what) {
+    if (!prof) return;
+    auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "  %-10s %8.2f ms\n", what, std::chrono::duration<double, std::milli>(now - tic).count());
+    tic = now;
+  };
   // 1. vertices -> image
   std::vector<ProjVert<T>> pv(V);
   at::parallel_for(0, V, 2048, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) pv[i] = project_vertex(cam, verts[3 * i], verts[3 * i + 1], verts[3 * i + 2], near);
   });
 
+  lap("project");
   // 2. per-face setup + culling -> tile counts per chunk of faces
   const int TX = (W + kTile - 1) / kTile, TY = (H + kTile - 1) / kTile;
   const int64_t NT = int64_t(TX) * TY;
@@ -74,6 +86,10 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
                                                              4 * int64_t(at::get_num_threads())));
   const int64_t per_chunk = (F + NC - 1) / NC;
   std::vector<int32_t> box(4 * F);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
+  // Lower bound of any depth the face can produce, shrunk by a relative margin
+  // far larger than the few-ulp rounding of the depth formula (a weighted
+  // harmonic mean of the vertex depths), so rejecting on it is exact.
+  std::vector<T> zlow(F);
   std::vector<int64_t> counts(NC * NT, 0);
   at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
@@ -87,6 +103,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           bx[0] = -1;
           continue;
         }
+        zlow[f] = min3(fs.z[0], fs.z[1], fs.z[2]) * T(1 - 1e-5);
         bx[0] = x0 / kTile;
         bx[1] = x1 / kTile;
         bx[2] = y0 / kTile;
@@ -97,6 +114,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     }
   });
 
+  lap("setup");
   // 3. exclusive prefix sum in (tile, chunk) order -> every tile list is sorted by face index
   std::vector<int64_t> tile_begin(NT + 1);
   int64_t total = 0;
@@ -110,6 +128,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   }
   tile_begin[NT] = total;
 
+  lap("prefix");
   // 4. fill the lists
   std::vector<int32_t> list(total);
   at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
@@ -125,6 +144,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     }
   });
 
+  lap("fill");
   // 5. rasterize tiles; threads take the next tile from a shared counter (load
   //    balance). Output per pixel depends only on its tile's list: deterministic.
   std::atomic<int64_t> next_tile{0};
@@ -132,6 +152,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<Frag<T>> buf(size_t(kTile) * kTile * K);
     std::vector<int> cnt(kTile * kTile);
+    std::vector<std::pair<T, int32_t>> order;
     for (;;) {
       int64_t t = next_tile.fetch_add(1);
       if (t >= NT) break;
@@ -139,8 +160,28 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       const int px0 = tx * kTile, py0 = ty * kTile;
       const int px1 = std::min(W, px0 + kTile) - 1, py1 = std::min(H, py0 + kTile) - 1;
       std::fill(cnt.begin(), cnt.end(), 0);
-      for (int64_t i = tile_begin[t]; i < tile_begin[t + 1]; ++i) {
-        const int64_t f = list[i];
+      // Front to back by depth lower bound: lists fill with near fragments first,
+      // so farther faces are rejected cheaply. (The result does not depend on
+      // the order: insertion uses the strict (z, face) order.)
+      order.clear();
+      for (int64_t i = tile_begin[t]; i < tile_begin[t + 1]; ++i) order.emplace_back(zlow[list[i]], list[i]);
+      std::sort(order.begin(), order.end());
+      T tile_far = std::numeric_limits<T>::infinity();  // max over the tile's pixels of the K-th depth
+      bool dirty = false;  // lists changed since tile_far was computed
+      for (size_t i = 0; i < order.size(); ++i) {
+        const T zl = order[i].first;
+        if (dirty && (i & 7) == 0) {
+          dirty = false;
+          tile_far = T(0);
+          for (int y = py0; y <= py1 && tile_far != std::numeric_limits<T>::infinity(); ++y)
+            for (int x = px0; x <= px1; ++x) {
+              const int l = (y - py0) * kTile + (x - px0);
+              const T zk = cnt[l] < K ? std::numeric_limits<T>::infinity() : buf[size_t(l) * K + K - 1].z;
+              tile_far = std::max(tile_far, zk);
+            }
+        }
+        if (zl > tile_far) break;  // this and all later faces are behind every full list
+        const int64_t f = order[i].second;
         FaceSetup<T> fs;
         int x0, x1, y0, y1;
         face_setup(pv, faces, f, fs);
@@ -151,10 +192,15 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         y1 = std::min(y1, py1);
         for (int y = y0; y <= y1; ++y) {
           for (int x = x0; x <= x1; ++x) {
-            T z, b[3];
-            if (!shade_pixel(fs, T(x), T(y), far, z, b)) continue;
             const int l = (y - py0) * kTile + (x - px0);
-            insert_k(buf.data() + size_t(l) * K, cnt[l], K, z, f, b);
+            Frag<T>* lst = buf.data() + size_t(l) * K;
+            if (cnt[l] == K && zl > lst[K - 1].z) continue;  // cannot reach this pixel's K nearest
+            T z, a[3], ssum, b[3];
+            if (!cover_pixel(fs, T(x), T(y), far, z, a, ssum)) continue;
+            if (cnt[l] == K && !frag_less(z, f, lst[K - 1])) continue;
+            finish_bary(a, ssum, b);
+            insert_k(lst, cnt[l], K, z, f, b);
+            dirty = true;
           }
         }
       }
@@ -178,6 +224,8 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       }
     }
   });
+  lap("raster");
+  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld\n", (long long)total, (long long)NT);
 }
 
 constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block

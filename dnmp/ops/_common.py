@@ -62,9 +62,12 @@ def _is_int(x) -> bool:
 
 def check_rasterize_inputs(
     verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far,
-    *, warn_non_finite: bool = True,
+    *, warn_non_finite: bool = True, check_indices: bool = True,
 ) -> RasterInputs:
-    """Validate and normalise rasterize() arguments; raise TypeError/ValueError."""
+    """Validate and normalise rasterize() arguments; raise TypeError/ValueError.
+
+    check_indices=False skips the face index range check (the compiled kernels
+    do it themselves, raising the same ValueError)."""
     _need_tensor("verts", verts)
     _need_tensor("faces", faces)
     _need_tensor("intrinsics", intrinsics)
@@ -122,11 +125,11 @@ def check_rasterize_inputs(
 
     faces64 = faces.to(torch.int64).contiguous()
     V = verts.shape[0]
-    if faces64.numel() > 0:
-        lo, hi = int(faces64.min()), int(faces64.max())
+    if check_indices and faces64.numel() > 0:
+        lo, hi = (int(x) for x in torch.aminmax(faces64))
         if lo < 0 or hi >= V:
             raise ValueError(f"faces index vertices in [{lo}, {hi}] but there are only {V} vertices")
-    if warn_non_finite and V > 0:
+    if warn_non_finite and V > 0 and not bool(torch.isfinite(verts.detach()).all()):
         bad = int((~torch.isfinite(verts.detach())).any(dim=1).sum())
         if bad:
             warnings.warn(
@@ -138,7 +141,7 @@ def check_rasterize_inputs(
     return RasterInputs(verts.contiguous(), faces64, K3, M4, H, W, int(faces_per_pixel), near, far)
 
 
-def check_interpolate_inputs(attributes, faces, fragments):
+def check_interpolate_inputs(attributes, faces, fragments, *, check_indices: bool = True):
     """Validate interpolate() arguments; returns (attributes, faces64, pix_to_face, bary)."""
     _need_tensor("attributes", attributes)
     _need_tensor("faces", faces)
@@ -172,12 +175,12 @@ def check_interpolate_inputs(attributes, faces, fragments):
             )
     faces64 = faces.to(torch.int64).contiguous()
     V = attributes.shape[0]
-    if faces64.numel() > 0:
-        lo, hi = int(faces64.min()), int(faces64.max())
+    if check_indices and faces64.numel() > 0:
+        lo, hi = (int(x) for x in torch.aminmax(faces64))
         if lo < 0 or hi >= V:
             raise ValueError(f"faces index vertices in [{lo}, {hi}] but attributes has only {V} rows")
     p2f64 = p2f.to(torch.int64).contiguous()
-    if p2f64.numel() > 0 and int(p2f64.max()) >= faces64.shape[0]:
+    if check_indices and p2f64.numel() > 0 and int(p2f64.max()) >= faces64.shape[0]:
         raise ValueError(
             f"pix_to_face refers to face {int(p2f64.max())} but faces has only {faces64.shape[0]} rows"
         )

@@ -49,8 +49,11 @@ def rasterize(
     Gradients flow to ``verts`` through zbuf and bary_coords (coverage is not
     differentiated; intrinsics and world_to_cam receive no gradient).
     """
-    r = check_rasterize_inputs(verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far)
-    if load_extension() is None:
+    fast = load_extension() is not None
+    r = check_rasterize_inputs(
+        verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far, check_indices=not fast
+    )
+    if not fast:
         return rasterize_reference_checked(r)
     p2f, zbuf, bary = torch.ops.dnmp.rasterize_fwd(
         r.verts, r.faces, r.intrinsics, r.world_to_cam, r.height, r.width, r.faces_per_pixel, r.near, r.far
@@ -73,7 +76,8 @@ def interpolate(attributes: torch.Tensor, faces: torch.Tensor, fragments) -> tor
         [..., K, C]: sum_i bary_i * attributes[face[i]]; 0 where pix_to_face < 0.
         Differentiable w.r.t. attributes and bary_coords.
     """
-    a, f, p2f, bary = check_interpolate_inputs(attributes, faces, fragments)
-    if load_extension() is None:
+    fast = load_extension() is not None
+    a, f, p2f, bary = check_interpolate_inputs(attributes, faces, fragments, check_indices=not fast)
+    if not fast:
         return interpolate_reference(a, f, (p2f, None, bary))
     return torch.ops.dnmp.interpolate_fwd(a, f, p2f, bary)
