@@ -173,21 +173,60 @@ class DNMPRenderer(nn.Module):
         return self.shade_fragments(frags, intrinsics, cam_to_world, height, width)
 
     @torch.no_grad()
+    def shade_layers(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
+                     zbuf: torch.Tensor, view_dirs: torch.Tensor,
+                     min_transmittance: float = 1e-4) -> dict[str, torch.Tensor]:
+        """Inference-time twin of `shade`: composites layer by layer and skips the
+        radiance MLP for rays whose transmittance fell below `min_transmittance`
+        (early ray termination, as in front-to-back volume rendering). Equal to
+        `shade` up to the dropped contributions (< min_transmittance per ray).
+
+        Args: as `shade`, plus zbuf float32 [N, K] (metres, -1 empty).
+        Returns: dict with rgb [N, 3], depth [N] (weight-averaged z, 0 where no layer),
+            background_transmittance [N].
+        """
+        n, k = pix_to_face.shape
+        faces = self.primitives.faces
+        feats_all = self.primitives.features
+        _, normals_all = self.geometry()
+        trans = torch.ones(n, dtype=feats_all.dtype, device=feats_all.device)
+        colour = torch.zeros(n, 3, dtype=trans.dtype, device=trans.device)
+        wz = torch.zeros_like(trans)
+        wsum = torch.zeros_like(trans)
+        for layer in range(k):
+            idx = torch.nonzero((pix_to_face[:, layer] >= 0) & (trans > min_transmittance)).squeeze(1)
+            if idx.numel() == 0:
+                break
+            fid = pix_to_face[idx, layer]
+            m = idx.numel()
+            frags = ops.Fragments(fid.view(1, 1, m, 1), zbuf[idx, layer].view(1, 1, m, 1),
+                                  bary_coords[idx, layer].reshape(1, 1, m, 1, 3))
+            feats = ops.interpolate(feats_all, faces, frags).view(m, -1)
+            a, c = self.field(feats, view_dirs[idx], normals_all[fid])
+            w = trans[idx] * a
+            colour.index_add_(0, idx, w.unsqueeze(1) * c)
+            wz.index_add_(0, idx, w * zbuf[idx, layer])
+            wsum.index_add_(0, idx, w)
+            trans.index_copy_(0, idx, trans[idx] * (1.0 - a))
+        colour += trans.unsqueeze(1) * self.background(view_dirs)
+        depth = torch.where(wsum > 0, wz / wsum.clamp_min(1e-12), torch.zeros_like(wz))
+        return {"rgb": colour, "depth": depth, "background_transmittance": trans}
+
+    @torch.no_grad()
     def shade_fragments(self, frags: ops.Fragments, intrinsics: torch.Tensor,
                         cam_to_world: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
         """Shade precomputed fragments of one camera (batch size 1); see `render`."""
         k = frags.pix_to_face.shape[-1]
         p2f = frags.pix_to_face.reshape(-1, k)
         bary = frags.bary_coords.reshape(-1, k, 3)
-        zbuf = frags.zbuf.reshape(-1, k).clamp_min(0)
+        zbuf = frags.zbuf.reshape(-1, k)
         dirs = camera_rays(intrinsics, cam_to_world, height, width)
         rgb, depth, cov = [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):
             sl = slice(s, s + self.config.chunk)
-            out = self.shade(p2f[sl], bary[sl], dirs[sl])
+            out = self.shade_layers(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
             rgb.append(out["rgb"])
-            w = out["weights"]
-            depth.append((w * zbuf[sl]).sum(1) / w.sum(1).clamp_min(1e-6))
+            depth.append(out["depth"])
             cov.append(1.0 - out["background_transmittance"])
         return {
             "rgb": torch.cat(rgb).view(height, width, 3).clamp(0, 1),
