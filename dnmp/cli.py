@@ -155,6 +155,43 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_coverage(args) -> int:
+    import torch
+
+    from .model import Primitives, voxelize
+    from .ops import rasterize
+
+    scene = _load_scene(args.scene or bundled_scene())
+    frames = scene.frames_by_split(args.split)
+    if not frames:
+        raise ValueError(f"{scene.root}: no {args.split!r} frames")
+    kinds = sorted(set(scene.point_kinds()))
+    combos = [[k] for k in kinds] + ([kinds] if len(kinds) > 1 else [])
+    result = {"scene": scene.name, "split": args.split, "voxel_size": args.voxel_size,
+              "coverage": {}}
+    for combo in combos:
+        pts = torch.cat([torch.from_numpy(scene.load_points(k)) for k in combo])
+        prims = Primitives(voxelize(pts, args.voxel_size), args.voxel_size, feature_dim=1)
+        verts = prims.vertices().detach()
+        covered = total = 0
+        for f in frames:
+            cam = scene.camera_of(f)
+            frags = rasterize(verts, prims.faces, cam.intrinsics(as_tensor=True),
+                              torch.from_numpy(f.world_to_cam()).float(), (cam.height, cam.width))
+            covered += int((frags.pix_to_face[..., 0] >= 0).sum())
+            total += cam.height * cam.width
+        result["coverage"]["+".join(combo)] = {"primitives": prims.num_primitives,
+                                               "covered_fraction": covered / total}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{scene.name}: fraction of {args.split} pixels covered by primitives "
+              f"(voxel {args.voxel_size} m); the rest is background")
+        for name, r in result["coverage"].items():
+            print(f"  {name:<16s} {r['primitives']:7d} primitives  {100 * r['covered_fraction']:5.1f}%")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .converters import kitti_odometry
 
@@ -223,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
     pr.set_defaults(func=cmd_profile)
+
+    cv = sub.add_parser("coverage", help="how much of the images the primitives cover, per point cloud",
+                        description="Voxelize each point cloud kind of the scene (and all together), "
+                                    "rasterize the frames of a split, and print the fraction of "
+                                    "pixels covered by at least one primitive face.")
+    cv.add_argument("scene", nargs="?", help="scene folder (default: the bundled one)")
+    cv.add_argument("--split", choices=["test", "train"], default="test")
+    cv.add_argument("--voxel-size", type=float, default=0.5, help="voxel edge in metres (0.5)")
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(func=cmd_coverage)
 
     c = sub.add_parser("convert", help="convert a dataset into a dnmp scene",
                        description="Convert a capture into the dnmp scene format. Formats: "

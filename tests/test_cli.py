@@ -37,7 +37,7 @@ def one_line_error(proc, *needles):
 
 
 def test_help_of_every_command():
-    for cmd in ("train", "render", "eval", "profile", "convert"):
+    for cmd in ("train", "render", "eval", "profile", "coverage", "convert"):
         out = dnmp(cmd, "--help").stdout
         assert "usage: dnmp " + cmd in out
     assert "raster_ms_per_kpx" in dnmp("profile", "--help").stdout
