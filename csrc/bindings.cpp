@@ -34,4 +34,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+#ifdef DNMP_SOURCE_HASH
+  m.attr("source_hash") = DNMP_SOURCE_HASH;
+#else
+  m.attr("source_hash") = pybind11::none();
+#endif
 }

@@ -184,8 +184,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         const int64_t f = order[i].second;
         FaceSetup<T> fs;
         int x0, x1, y0, y1;
-        face_setup(pv, faces, f, fs);
-        pixel_box(fs, H, W, x0, x1, y0, y1);
+        if (!face_setup(pv, faces, f, fs) || !pixel_box(fs, H, W, x0, x1, y0, y1)) continue;  // never: binned
         x0 = std::max(x0, px0);
         x1 = std::min(x1, px1);
         y0 = std::max(y0, py0);

@@ -22,6 +22,7 @@ implementations and autograd formulas to them.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import sys
 import threading
@@ -32,11 +33,7 @@ import torch
 
 __all__ = ["load_extension", "backend", "csrc_dir", "CXX_FLAGS", "LD_FLAGS", "NVCC_FLAGS"]
 
-# -fopenmp: ATen's parallel_for only runs threaded when the caller is compiled with OpenMP.
-# -ffp-contract=off: no fused multiply-add, so the kernels round exactly like the torch reference.
-CXX_FLAGS = ["-O3", "-fopenmp", "-march=x86-64-v2", "-ffp-contract=off"]
-LD_FLAGS = ["-fopenmp"]
-NVCC_FLAGS = ["-O3", "--fmad=false", "-std=c++17"]
+from ._build_config import CXX_FLAGS, LD_FLAGS, NVCC_FLAGS, cpp_sources, cuda_sources, source_hash
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -52,10 +49,7 @@ def csrc_dir() -> Path | None:
 
 
 def _sources(root: Path, with_cuda: bool) -> list[Path]:
-    srcs = sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
-    if with_cuda:
-        srcs += sorted((root / "cuda").glob("*.cu"))
-    return srcs
+    return cpp_sources(root) + (cuda_sources(root) if with_cuda else [])
 
 
 def _want_cuda() -> bool:
@@ -71,10 +65,7 @@ def _jit_build():
     if root is None:
         raise RuntimeError("no csrc sources found (neither <repo>/csrc nor dnmp/_csrc)")
     with_cuda = _want_cuda()
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".h", ".cuh", ".cpp", ".cu")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
+    h = hashlib.sha256(source_hash(root).encode())
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{with_cuda}|{CXX_FLAGS}|{NVCC_FLAGS}".encode())
     name = f"dnmp_C_{h.hexdigest()[:16]}"
     build_dir = Path(os.environ.get("DNMP_BUILD_DIR") or Path.home() / ".cache" / "dnmp") / name
@@ -93,6 +84,22 @@ def _jit_build():
     return load(**kwargs)
 
 
+def _check_aot_fresh() -> None:
+    """Raise ImportError, before anything is loaded, when dnmp._C is missing or was
+    built from other sources than the ones beside it (a stale in-place build):
+    stale kernels must never run. setup.py writes the hash next to the binary."""
+    spec = importlib.util.find_spec("dnmp._C")
+    if spec is None or spec.origin is None:
+        raise ImportError("dnmp._C is not built")
+    root = csrc_dir()
+    if root is None:
+        return
+    stamp = Path(spec.origin).with_name("_C.sources.sha256")
+    built = stamp.read_text().strip() if stamp.is_file() else None
+    if built != source_hash(root):
+        raise ImportError(f"dnmp._C at {spec.origin} was built from other sources than {root} (stale build)")
+
+
 def load_extension():
     """The compiled extension module, or None (then the reference is used)."""
     with _lock:
@@ -103,9 +110,11 @@ def load_extension():
             _state["mod"], _state["backend"] = None, "reference"
             return None
         try:
+            _check_aot_fresh()
             from dnmp import _C as mod  # type: ignore[attr-defined]
         except ImportError as e:
-            why = f"dnmp._C not importable ({e})"
+            mod = None
+            why = f"dnmp._C not usable ({e})"
             try:
                 mod = _jit_build()
             except Exception as e2:  # noqa: BLE001 - any build failure means: fall back
