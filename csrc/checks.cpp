@@ -80,4 +80,18 @@ void check_interpolate_args(const at::Tensor& attributes, const at::Tensor& face
   same_device("bary_coords", bary, attributes, "attributes");
 }
 
+void check_face_indices(const at::Tensor& faces, int64_t V, const char* what) {
+  if (faces.numel() == 0) return;
+  auto mm = at::aminmax(faces);
+  const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+  TORCH_CHECK_VALUE(lo >= 0 && hi < V, "faces index vertices in [", lo, ", ", hi, "] but ", what, " has only ", V,
+                    " rows");
+}
+
+void check_pix_to_face(const at::Tensor& pix_to_face, int64_t F) {
+  if (pix_to_face.numel() == 0) return;
+  const int64_t hi = pix_to_face.max().item<int64_t>();
+  TORCH_CHECK_VALUE(hi < F, "pix_to_face refers to face ", hi, " but faces has only ", F, " rows");
+}
+
 }  // namespace dnmp

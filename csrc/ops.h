@@ -30,6 +30,9 @@ void check_rasterize_args(const at::Tensor& verts, const at::Tensor& faces, cons
                           double near, double far);
 void check_raster_grads(const at::Tensor& verts, const at::Tensor& intrinsics, const at::Tensor& pix_to_face,
                         const at::Tensor& grad_zbuf, const at::Tensor& grad_bary);
+// Index range checks (any device): faces in [0, V), pix_to_face < F.
+void check_face_indices(const at::Tensor& faces, int64_t V, const char* what);
+void check_pix_to_face(const at::Tensor& pix_to_face, int64_t F);
 void check_interpolate_args(const at::Tensor& attributes, const at::Tensor& faces, const at::Tensor& pix_to_face,
                             const at::Tensor& bary);
 

@@ -10,18 +10,6 @@
 
 namespace dnmp {
 
-namespace {
-void check_face_indices(const at::Tensor& faces, int64_t V, const at::Tensor& p2f) {
-  if (faces.numel() > 0) {
-    auto mm = at::aminmax(faces);
-    TORCH_CHECK_VALUE(std::get<0>(mm).item<int64_t>() >= 0 && std::get<1>(mm).item<int64_t>() < V,
-                      "faces index vertices outside [0, ", V, ")");
-  }
-  if (p2f.numel() > 0)
-    TORCH_CHECK_VALUE(p2f.max().item<int64_t>() < faces.size(0), "pix_to_face refers to a face index >= F = ",
-                      faces.size(0));
-}
-}  // namespace
 
 at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes_, const at::Tensor& faces_, const at::Tensor& pix_to_face_,
                                const at::Tensor& bary_) {
@@ -30,7 +18,8 @@ at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes_, const at::Tensor& 
   const auto faces = faces_.to(at::kLong).contiguous();
   const auto p2f = pix_to_face_.to(at::kLong).contiguous();
   const auto bary = bary_.to(attr.scalar_type()).contiguous();
-  check_face_indices(faces, attr.size(0), p2f);
+  check_face_indices(faces, attr.size(0), "attributes");
+  check_pix_to_face(p2f, faces.size(0));
   const int64_t C = attr.size(1), N = p2f.numel();
   auto shape = p2f.sizes().vec();
   shape.push_back(C);
@@ -69,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
   oshape.push_back(C);
   TORCH_CHECK_VALUE(grad_out_.sizes() == at::IntArrayRef(oshape), "grad_out must have shape ", oshape, ", got ",
                     grad_out_.sizes());
-  check_face_indices(faces, attr.size(0), p2f);
+  check_face_indices(faces, attr.size(0), "attributes");
+  check_pix_to_face(p2f, faces.size(0));
   const auto g = grad_out_.to(attr.scalar_type()).contiguous();
   auto grad_attr = at::zeros_like(attr);
   auto grad_bary = at::empty(bary.sizes(), attr.options());

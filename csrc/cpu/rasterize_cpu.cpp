@@ -299,12 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tenso
   auto p2f = at::empty({B, H, W, K}, verts.options().dtype(at::kLong));
   auto zbuf = at::empty({B, H, W, K}, verts.options());
   auto bary = at::empty({B, H, W, K, 3}, verts.options());
-  if (faces.size(0) > 0) {
-    const int64_t V = verts.size(0);
-    const int64_t* fp = faces.data_ptr<int64_t>();
-    for (int64_t i = 0; i < faces.numel(); ++i)
-      TORCH_CHECK_VALUE(fp[i] >= 0 && fp[i] < V, "faces index vertex ", fp[i], " but there are ", V, " vertices");
-  }
+  check_face_indices(faces, verts.size(0), "verts");
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
     for (int64_t b = 0; b < B; ++b) {
       const Camera<scalar_t> cam = make_camera<scalar_t>(K3[b], M4[b]);
@@ -331,9 +326,8 @@ at::Tensor rasterize_bwd_cpu(const at::Tensor& verts_, const at::Tensor& faces_,
   const auto gz = grad_zbuf_.to(verts.scalar_type()).contiguous();
   const auto gb = grad_bary_.to(verts.scalar_type()).contiguous();
   const int64_t B = p2f.size(0), H = p2f.size(1), W = p2f.size(2), K = p2f.size(3);
-  if (p2f.numel() > 0)
-    TORCH_CHECK_VALUE(p2f.max().item<int64_t>() < faces.size(0), "pix_to_face refers to a face index >= F = ",
-                      faces.size(0));
+  check_face_indices(faces, verts.size(0), "verts");
+  check_pix_to_face(p2f, faces.size(0));
   std::vector<double> acc(size_t(verts.size(0)) * 3, 0.0);
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
     const int64_t plane = H * W * K;

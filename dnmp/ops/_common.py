@@ -125,10 +125,14 @@ def check_rasterize_inputs(
 
     faces64 = faces.to(torch.int64).contiguous()
     V = verts.shape[0]
-    if check_indices and faces64.numel() > 0:
+    if check_indices and faces64.numel() > 0 and not torch.compiler.is_compiling():
         lo, hi = (int(x) for x in torch.aminmax(faces64))
         if lo < 0 or hi >= V:
             raise ValueError(f"faces index vertices in [{lo}, {hi}] but there are only {V} vertices")
+    if torch.compiler.is_compiling():
+        # data-dependent checks would break the graph; the kernels still check indices
+        # and never cover with non-finite vertices, only the warning is skipped.
+        warn_non_finite = False
     if warn_non_finite and V > 0 and not bool(torch.isfinite(verts.detach()).all()):
         bad = int((~torch.isfinite(verts.detach())).any(dim=1).sum())
         if bad:

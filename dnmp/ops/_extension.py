@@ -102,6 +102,8 @@ def _check_aot_fresh() -> None:
 
 def load_extension():
     """The compiled extension module, or None (then the reference is used)."""
+    if "mod" in _state:  # fast path, lock-free (also keeps torch.compile graphs whole)
+        return _state["mod"]
     with _lock:
         if "mod" in _state:
             return _state["mod"]
