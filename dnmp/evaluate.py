@@ -84,18 +84,19 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write JSON through a temporary file + rename (no half-written metrics file)."""
+    """Write strict JSON through a temporary file + rename (no half-written file).
+    Non-finite floats (e.g. the PSNR of two identical images) are written as null."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False if _finite(data) else True) + "\n")
+    tmp.write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
-def _finite(obj) -> bool:
+def _finite_or_none(obj):
     if isinstance(obj, float):
-        return math.isfinite(obj)
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return all(_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(_finite(v) for v in obj)
-    return True
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj

@@ -133,8 +133,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: 
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     Output folder layout: OUT/checkpoints/step_*.pt, OUT/metrics.json,
-    OUT/renders/test/<frame>_pred.png and <frame>_gt.png, OUT/config.toml-like
-    `config.json` (the settings used).
+    OUT/renders/test/<frame>_pred.png and <frame>_gt.png, OUT/config.json (the
+    settings used).
 
     Raises:
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
