@@ -114,6 +114,21 @@ DNMP_HD bool setup_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const Proj
   return true;
 }
 
+// The part of setup_face needed for culling and binning: same validity test
+// (same arithmetic), plus the screen bounding box and the nearest vertex depth.
+template <typename T>
+DNMP_HD bool cull_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const ProjVert<T>& p2, T box[4], T& zmin) {
+  if (!(p0.ok && p1.ok && p2.ok)) return false;
+  T area = (p1.u - p0.u) * (p2.v - p0.v) - (p1.v - p0.v) * (p2.u - p0.u);
+  if (!(area != T(0)) || !is_finite(area)) return false;
+  box[0] = min3(p0.u, p1.u, p2.u);
+  box[1] = max3(p0.u, p1.u, p2.u);
+  box[2] = min3(p0.v, p1.v, p2.v);
+  box[3] = max3(p0.v, p1.v, p2.v);
+  zmin = min3(p0.z, p1.z, p2.z);
+  return true;
+}
+
 // Test the pixel centre (qx, qy). On coverage returns true with the depth z and
 // the unnormalised perspective weights a[i] (bary[i] = a[i] / ssum); z > far
 // is not covered.

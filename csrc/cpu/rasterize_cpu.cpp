@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common/raster_math.h"
@@ -45,15 +46,20 @@ Camera<T> make_camera(const at::Tensor& K, const at::Tensor& M) {
 // Pixel-centre range [x0, x1] x [y0, y1] inside the image covered by the face's
 // bounding box; false when empty.
 template <typename T>
-bool pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
-  double fx0 = std::ceil(double(fs.umin)), fx1 = std::floor(double(fs.umax));
-  double fy0 = std::ceil(double(fs.vmin)), fy1 = std::floor(double(fs.vmax));
+bool pixel_box(T umin, T umax, T vmin, T vmax, int H, int W, int& x0, int& x1, int& y0, int& y1) {
+  double fx0 = std::ceil(double(umin)), fx1 = std::floor(double(umax));
+  double fy0 = std::ceil(double(vmin)), fy1 = std::floor(double(vmax));
   if (fx0 > W - 1 || fx1 < 0 || fy0 > H - 1 || fy1 < 0 || fx0 > fx1 || fy0 > fy1) return false;
   x0 = fx0 < 0 ? 0 : int(fx0);
   x1 = fx1 > W - 1 ? W - 1 : int(fx1);
   y0 = fy0 < 0 ? 0 : int(fy0);
   y1 = fy1 > H - 1 ? H - 1 : int(fy1);
   return true;
+}
+
+template <typename T>
+bool pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
+  return pixel_box(fs.umin, fs.umax, fs.vmin, fs.vmax, H, W, x0, x1, y0, y1);
 }
 
 template <typename T>
@@ -85,25 +91,26 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   const int64_t NC = std::max<int64_t>(1, std::min<int64_t>((F + kFaceChunk - 1) / kFaceChunk,
                                                              4 * int64_t(at::get_num_threads())));
   const int64_t per_chunk = (F + NC - 1) / NC;
-  std::vector<int32_t> box(4 * F);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
+  std::unique_ptr<int32_t[]> box(new int32_t[4 * F]);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
   // Lower bound of any depth the face can produce, shrunk by a relative margin
   // far larger than the few-ulp rounding of the depth formula (a weighted
   // harmonic mean of the vertex depths), so rejecting on it is exact.
-  std::vector<T> zlow(F);
+  std::unique_ptr<T[]> zlow(new T[F]);
   std::vector<int64_t> counts(NC * NT, 0);
   at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       int64_t* cnt = counts.data() + c * NT;
       int64_t fe = std::min(F, (c + 1) * per_chunk);
       for (int64_t f = c * per_chunk; f < fe; ++f) {
-        FaceSetup<T> fs;
+        T fb[4], zmin;
         int x0, x1, y0, y1;
-        int32_t* bx = box.data() + 4 * f;
-        if (!face_setup(pv, faces, f, fs) || !pixel_box(fs, H, W, x0, x1, y0, y1)) {
+        int32_t* bx = box.get() + 4 * f;
+        if (!cull_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fb, zmin) ||
+            !pixel_box(fb[0], fb[1], fb[2], fb[3], H, W, x0, x1, y0, y1)) {
           bx[0] = -1;
           continue;
         }
-        zlow[f] = min3(fs.z[0], fs.z[1], fs.z[2]) * T(1 - 1e-5);
+        zlow[f] = zmin * T(1 - 1e-5);
         bx[0] = x0 / kTile;
         bx[1] = x1 / kTile;
         bx[2] = y0 / kTile;
@@ -130,16 +137,17 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
 
   lap("prefix");
   // 4. fill the lists
-  std::vector<int32_t> list(total);
+  // entries (depth lower bound, face): the tile loop pops them nearest first
+  std::vector<std::pair<T, int32_t>> list(total);
   at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
       int64_t* off = counts.data() + c * NT;
       int64_t fe = std::min(F, (c + 1) * per_chunk);
       for (int64_t f = c * per_chunk; f < fe; ++f) {
-        const int32_t* bx = box.data() + 4 * f;
+        const int32_t* bx = box.get() + 4 * f;
         if (bx[0] < 0) continue;
         for (int ty = bx[2]; ty <= bx[3]; ++ty)
-          for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = int32_t(f);
+          for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = {zlow[f], int32_t(f)};
       }
     }
   });
@@ -148,11 +156,11 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   // 5. rasterize tiles; threads take the next tile from a shared counter (load
   //    balance). Output per pixel depends only on its tile's list: deterministic.
   std::atomic<int64_t> next_tile{0};
+  std::atomic<int64_t> c_faces{0}, c_tests{0}, c_zrej{0}, c_cov{0}, c_ins{0};
   const int64_t nthreads = at::get_num_threads();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<Frag<T>> buf(size_t(kTile) * kTile * K);
     std::vector<int> cnt(kTile * kTile);
-    std::vector<std::pair<T, int32_t>> order;
     for (;;) {
       int64_t t = next_tile.fetch_add(1);
       if (t >= NT) break;
@@ -161,15 +169,22 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       const int px1 = std::min(W, px0 + kTile) - 1, py1 = std::min(H, py0 + kTile) - 1;
       std::fill(cnt.begin(), cnt.end(), 0);
       // Front to back by depth lower bound: lists fill with near fragments first,
-      // so farther faces are rejected cheaply. (The result does not depend on
-      // the order: insertion uses the strict (z, face) order.)
-      order.clear();
-      for (int64_t i = tile_begin[t]; i < tile_begin[t + 1]; ++i) order.emplace_back(zlow[list[i]], list[i]);
-      std::sort(order.begin(), order.end());
+      // so farther faces are rejected cheaply, and once a face's bound is behind
+      // every pixel's K-th depth, all remaining faces are too. A binary min-heap
+      // (in place, O(n) to build) yields the order lazily: most faces of a tile
+      // are never popped. The result does not depend on the order (insertion
+      // uses the strict (z, face) order).
+      auto* heap_begin = list.data() + tile_begin[t];
+      auto* heap_end = list.data() + tile_begin[t + 1];
+      const auto later = [](const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& y) { return y < x; };
+      std::make_heap(heap_begin, heap_end, later);
       T tile_far = std::numeric_limits<T>::infinity();  // max over the tile's pixels of the K-th depth
       bool dirty = false;  // lists changed since tile_far was computed
-      for (size_t i = 0; i < order.size(); ++i) {
-        const T zl = order[i].first;
+      for (size_t i = 0; heap_end != heap_begin; ++i) {
+        std::pop_heap(heap_begin, heap_end, later);
+        --heap_end;
+        const T zl = heap_end->first;
+        const int64_t f = heap_end->second;
         if (dirty && (i & 7) == 0) {
           dirty = false;
           tile_far = T(0);
@@ -181,7 +196,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
             }
         }
         if (zl > tile_far) break;  // this and all later faces are behind every full list
-        const int64_t f = order[i].second;
+        if (prof) c_faces++;
         FaceSetup<T> fs;
         int x0, x1, y0, y1;
         if (!face_setup(pv, faces, f, fs) || !pixel_box(fs, H, W, x0, x1, y0, y1)) continue;  // never: binned
@@ -193,10 +208,13 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
             Frag<T>* lst = buf.data() + size_t(l) * K;
-            if (cnt[l] == K && zl > lst[K - 1].z) continue;  // cannot reach this pixel's K nearest
+            if (prof) c_tests++;
+            if (cnt[l] == K && zl > lst[K - 1].z) { if (prof) c_zrej++; continue; }  // cannot reach this pixel's K nearest
             T z, a[3], ssum, b[3];
             if (!cover_pixel(fs, T(x), T(y), far, z, a, ssum)) continue;
+            if (prof) c_cov++;
             if (cnt[l] == K && !frag_less(z, f, lst[K - 1])) continue;
+            if (prof) c_ins++;
             finish_bary(a, ssum, b);
             insert_k(lst, cnt[l], K, z, f, b);
             dirty = true;
@@ -224,7 +242,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     }
   });
   lap("raster");
-  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld\n", (long long)total, (long long)NT);
+  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld faces=%lld tests=%lld zrej=%lld cov=%lld ins=%lld\n", (long long)total, (long long)NT, (long long)c_faces, (long long)c_tests, (long long)c_zrej, (long long)c_cov, (long long)c_ins);
 }
 
 constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block
