@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_extension", "backend", "csrc_dir", "CXX_FLAGS", "LD_FLAGS", "NVCC_FLAGS"]
+__all__ = ["load_extension", "backend", "csrc_dir", "kernels_for", "CXX_FLAGS", "LD_FLAGS", "NVCC_FLAGS"]
 
 from ._build_config import CXX_FLAGS, LD_FLAGS, NVCC_FLAGS, cpp_sources, cuda_sources, source_hash
 
@@ -140,3 +140,25 @@ def backend() -> str:
     """"cpp" when the compiled kernels are in use, "reference" for the pure-torch fallback."""
     load_extension()
     return _state["backend"]
+
+
+def kernels_for(device: torch.device) -> bool:
+    """True when compiled kernels can run on `device` (CPU always when built; CUDA
+    only when the extension was built with CUDA). Otherwise the reference is used,
+    with one warning per device type."""
+    mod = load_extension()
+    if mod is None:
+        return False
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda" and bool(getattr(mod, "with_cuda", False)):
+        return True
+    key = f"warned_{device.type}"
+    if key not in _state:
+        _state[key] = True
+        warnings.warn(
+            f"dnmp.ops: no compiled kernels for device type '{device.type}'; using the pure-PyTorch reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False

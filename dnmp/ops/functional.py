@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._common import Fragments, check_interpolate_inputs, check_rasterize_inputs
-from ._extension import load_extension
+from ._extension import kernels_for
 from ._reference import interpolate_reference, rasterize_reference_checked
 
 __all__ = ["rasterize", "interpolate"]
@@ -49,7 +49,7 @@ def rasterize(
     Gradients flow to ``verts`` through zbuf and bary_coords (coverage is not
     differentiated; intrinsics and world_to_cam receive no gradient).
     """
-    fast = load_extension() is not None
+    fast = isinstance(verts, torch.Tensor) and kernels_for(verts.device)
     r = check_rasterize_inputs(
         verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far, check_indices=not fast
     )
@@ -76,7 +76,7 @@ def interpolate(attributes: torch.Tensor, faces: torch.Tensor, fragments) -> tor
         [..., K, C]: sum_i bary_i * attributes[face[i]]; 0 where pix_to_face < 0.
         Differentiable w.r.t. attributes and bary_coords.
     """
-    fast = load_extension() is not None
+    fast = isinstance(attributes, torch.Tensor) and kernels_for(attributes.device)
     a, f, p2f, bary = check_interpolate_inputs(attributes, faces, fragments, check_indices=not fast)
     if not fast:
         return interpolate_reference(a, f, (p2f, None, bary))
