@@ -104,7 +104,7 @@ DNMP_HD bool setup_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const Proj
     fs.s[i] = (j_first ? T(1) : T(-1)) * fsign;
     T odu = fs.s[i] * fs.du[i];
     T odv = fs.s[i] * fs.dv[i];
-    fs.tie_ok[i] = (odv > T(0)) || (odv == T(0) && odu < T(0));
+    fs.tie_ok[i] = (odv < T(0)) || (odv == T(0) && odu > T(0));
     fs.z[i] = p[i]->z;
   }
   fs.umin = min3(p0.u, p1.u, p2.u);

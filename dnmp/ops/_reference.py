@@ -16,9 +16,11 @@ centres:
 * edge function of the edge opposite vertex i evaluated with its endpoints in
   canonical (lexicographic) order, so two faces sharing an edge compute the
   same number with opposite sign,
-* top-left style tie break: a pixel centre exactly on an edge belongs to the
-  face for which the edge, oriented with the interior on its positive side,
-  points "up" (dv > 0) or exactly horizontally "left" (dv == 0, du < 0).
+* top-left tie break: a pixel centre exactly on an edge belongs to the face
+  for which the edge, oriented with the interior on its positive side, has
+  dv < 0, or dv == 0 and du > 0. This equals testing the sample shifted by
+  (+eps, +eps^2) (right, then down): pixels on top and left edges (image y
+  down) are inside, on bottom and right edges outside, as in Direct3D.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _edge_setup(u: torch.Tensor, v: torch.Tensor):
     fsign = torch.sign(area)
     s = esign * fsign[:, None]  # [F,3]
     du, dv = s * (bu - au), s * (bv - av)  # oriented edge direction
-    tie_ok = (dv > 0) | ((dv == 0) & (du < 0))
+    tie_ok = (dv < 0) | ((dv == 0) & (du > 0))
     return au, av, bu, bv, s, tie_ok, area
 
 

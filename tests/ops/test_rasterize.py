@@ -91,9 +91,12 @@ def test_flat_grid_covers_each_pixel_exactly_once(cpp, jitter, flip):
         inside = torch.zeros(H, W, dtype=torch.bool)
         inside[3:18, 2:21] = True  # strictly inside the grid [1,21]x[2,18]
         assert torch.all(a.pix_to_face[0, ..., 0][inside] >= 0), "a pixel inside the mesh is missed"
-        # boundary: top-left rule keeps exactly one of the two boundary rows/columns
+        # boundary: the top-left rule keeps the top row and left column of the
+        # grid [1, 21] x [2, 18] and drops the bottom row and right column
         covered = a.pix_to_face[0, ..., 0] >= 0
-        assert covered.sum() == 20 * 16
+        expect = torch.zeros(H, W, dtype=torch.bool)
+        expect[2:18, 1:21] = True
+        assert torch.equal(covered, expect)
 
 
 def test_flat_grid_tilted_perspective(cpp):
@@ -274,6 +277,18 @@ def test_forward_deterministic_across_threads(cpp):
         torch.set_num_threads(n)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_top_left_rule_single_triangle(cpp):
+    # vertices on pixel centres (1,1), (3,1), (1,3): the top edge, the left edge
+    # and the top-left vertex are inside; the hypotenuse (bottom-right) is not
+    verts = torch.tensor([[0.0, 0, 2], [1, 0, 2], [0, 1, 2]])
+    intr = torch.tensor([[4.0, 0, 1], [0, 4.0, 1], [0, 0, 1]])
+    for faces in (torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 1]])):
+        a, b = both(verts, faces, intr, torch.eye(4), (5, 5))
+        assert_same(a, b)
+        got = {(int(y), int(x)) for y, x in zip(*torch.nonzero(a.pix_to_face[0, ..., 0] >= 0, as_tuple=True))}
+        assert got == {(1, 1), (1, 2), (2, 1)}
 
 
 def test_empty_mesh():
