@@ -53,6 +53,7 @@ def extension_setup():
     with_cuda = (torch.version.cuda is not None and CUDA_HOME is not None) if env_cuda is None else env_cuda == "1"
     rel = lambda ps: [str(p.relative_to(ROOT)) for p in ps]  # noqa: E731
     sources = rel(_cfg["cpp_sources"](CSRC))
+    # the loader compares this with the sources beside the binary (stale in-place builds)
     defines = [f'-DDNMP_SOURCE_HASH="{digest}"']
     cxx = list(_cfg["CXX_FLAGS"]) + defines
     if with_cuda:
@@ -72,17 +73,7 @@ def extension_setup():
             extra_link_args=list(_cfg["LD_FLAGS"]),
         )
 
-    class build_ext_stamped(BuildExtension):
-        """Write the source hash next to the binary: the loader refuses a stale _C."""
-
-        def run(self):
-            super().run()
-            for e in self.extensions:
-                path = Path(self.get_ext_fullpath(e.name))
-                if path.exists():
-                    path.with_name("_C.sources.sha256").write_text(digest + "\n")
-
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": build_ext_stamped.with_options(use_ninja=True)}}
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
 
 
 kw = extension_setup()

@@ -35,8 +35,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
 #ifdef DNMP_SOURCE_HASH
-  m.attr("source_hash") = DNMP_SOURCE_HASH;
+  // setup.py passes the sha256 of csrc/; the loader reads this stamp from the
+  // binary (without loading it) to refuse a build older than its sources.
+  static const char kStamp[] = "DNMP_SOURCE_HASH=" DNMP_SOURCE_HASH;
+  m.attr("source_stamp") = kStamp;
 #else
-  m.attr("source_hash") = pybind11::none();
+  m.attr("source_stamp") = pybind11::none();
 #endif
 }

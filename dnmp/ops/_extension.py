@@ -87,15 +87,17 @@ def _jit_build():
 def _check_aot_fresh() -> None:
     """Raise ImportError, before anything is loaded, when dnmp._C is missing or was
     built from other sources than the ones beside it (a stale in-place build):
-    stale kernels must never run. setup.py writes the hash next to the binary."""
+    stale kernels must never run. setup.py compiles the sources' sha256 into the
+    binary as the string "DNMP_SOURCE_HASH=<hex>", read here from the file."""
     spec = importlib.util.find_spec("dnmp._C")
     if spec is None or spec.origin is None:
         raise ImportError("dnmp._C is not built")
     root = csrc_dir()
     if root is None:
         return
-    stamp = Path(spec.origin).with_name("_C.sources.sha256")
-    built = stamp.read_text().strip() if stamp.is_file() else None
+    blob = Path(spec.origin).read_bytes()
+    at = blob.find(b"DNMP_SOURCE_HASH=")
+    built = blob[at + 17: at + 17 + 64].decode("ascii", "replace") if at >= 0 else None
     if built != source_hash(root):
         raise ImportError(f"dnmp._C at {spec.origin} was built from other sources than {root} (stale build)")
 

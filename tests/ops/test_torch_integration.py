@@ -116,3 +116,22 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     for src, p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, f"{src.name}:\n{out[-4000:]}"
+
+
+def test_stale_aot_build_is_refused(tmp_path, monkeypatch):
+    """An ahead-of-time dnmp._C built from other sources than the csrc/ beside it
+    must not be loaded (the loader compiles just in time instead)."""
+    import importlib.util
+
+    from dnmp.ops import _extension
+
+    if importlib.util.find_spec("dnmp._C") is None:
+        pytest.skip("no ahead-of-time build of dnmp._C here")
+    src = _extension.csrc_dir()
+    copy = tmp_path / "csrc"
+    shutil.copytree(src, copy)
+    with open(copy / "common" / "macros.h", "a") as f:
+        f.write("\n// edited\n")
+    monkeypatch.setattr(_extension, "csrc_dir", lambda: copy)
+    with pytest.raises(ImportError, match="stale build"):
+        _extension._check_aot_fresh()
