@@ -14,9 +14,16 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+try:
+    import dnmp  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def icosphere_level1() -> tuple[torch.Tensor, torch.Tensor]:

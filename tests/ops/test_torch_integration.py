@@ -135,3 +135,19 @@ def test_stale_aot_build_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(_extension, "csrc_dir", lambda: copy)
     with pytest.raises(ImportError, match="stale build"):
         _extension._check_aot_fresh()
+
+
+def test_force_reference_env():
+    """DNMP_FORCE_REFERENCE=1 selects the pure-torch path, without warnings."""
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('error')\n"
+        "import dnmp.ops as o\n"
+        "assert o.backend() == 'reference', o.backend()\n"
+        "fr = o.rasterize(torch.tensor([[0., 0, 2], [1, 0, 2], [0, 1, 2]]), torch.tensor([[0, 1, 2]]),\n"
+        "                 torch.tensor([[4., 0, 1], [0, 4, 1], [0, 0, 1]]), torch.eye(4), (5, 5))\n"
+        "assert int((fr.pix_to_face >= 0).sum()) == 3\n"
+    )
+    env = dict(os.environ, DNMP_FORCE_REFERENCE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
