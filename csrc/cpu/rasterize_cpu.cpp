@@ -256,14 +256,15 @@ void rasterize_bwd_view(const T* verts, const int64_t* faces, const Camera<T>& c
   const double fx = camT.fx, fy = camT.fy, cx = camT.cx, cy = camT.cy;
   const int64_t N = int64_t(H) * W * K;
   std::vector<double> buf(size_t(std::min(N, kBwdBlock)) * 9);
-  std::vector<uint8_t> has(size_t(std::min(N, kBwdBlock)));
+  std::vector<int64_t> vid(size_t(std::min(N, kBwdBlock)) * 3);  // vertex ids, -1: no contribution
+  const int64_t V = int64_t(acc.size() / 3);
   for (int64_t n0 = 0; n0 < N; n0 += kBwdBlock) {
     const int64_t nb = std::min(kBwdBlock, N - n0);
     at::parallel_for(0, nb, 1024, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t n = n0 + i;
         const int64_t f = p2f[n];
-        has[i] = 0;
+        vid[3 * i] = vid[3 * i + 1] = vid[3 * i + 2] = -1;
         if (f < 0) continue;
         const double g_z = gz[n];
         const double g_b[3] = {double(gb[3 * n]), double(gb[3 * n + 1]), double(gb[3 * n + 2])};
@@ -282,20 +283,25 @@ void rasterize_bwd_view(const T* verts, const int64_t* faces, const Camera<T>& c
         double* o = buf.data() + 9 * i;
         for (int j = 0; j < 3; ++j)  // world gradient: R^T * gP
           for (int c = 0; c < 3; ++c) o[3 * j + c] = R[0][c] * gP[j][0] + R[1][c] * gP[j][1] + R[2][c] * gP[j][2];
-        has[i] = 1;
+        for (int j = 0; j < 3; ++j) vid[3 * i + j] = faces[3 * f + j];
       }
     });
-    for (int64_t i = 0; i < nb; ++i) {  // fixed-order reduction
-      if (!has[i]) continue;
-      const int64_t f = p2f[n0 + i];
-      const double* o = buf.data() + 9 * i;
-      for (int j = 0; j < 3; ++j) {
-        double* a = acc.data() + 3 * faces[3 * f + j];
-        a[0] += o[3 * j];
-        a[1] += o[3 * j + 1];
-        a[2] += o[3 * j + 2];
+    // Reduction: each vertex is summed by one owner of a vertex range, always in
+    // fragment order, so the result does not depend on how ranges map to threads.
+    const int64_t nranges = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t span = (V + nranges - 1) / nranges;
+    at::parallel_for(0, nranges, 1, [&](int64_t rb, int64_t re) {
+      const int64_t lo = rb * span, hi = std::min(V, re * span);
+      for (int64_t k = 0; k < 3 * nb; ++k) {
+        const int64_t v = vid[k];
+        if (v < lo || v >= hi) continue;
+        const double* o = buf.data() + 3 * k;  // 9 * (k / 3) + 3 * (k % 3)
+        double* a = acc.data() + 3 * v;
+        a[0] += o[0];
+        a[1] += o[1];
+        a[2] += o[2];
       }
-    }
+    });
   }
 }
 
