@@ -27,7 +27,20 @@ namespace dnmp {
 namespace {
 
 constexpr int kTile = 16;              // tile edge in pixels
-constexpr int64_t kFaceChunk = 16384;  // faces per binning chunk (result does not depend on it)
+constexpr int64_t kFaceChunk = 8192;  // min faces per binning chunk (result does not depend on it)
+
+// Run fn(i) for i in [0, n) on all threads, items taken from a shared counter:
+// a thread slowed down by other load on its core does not hold the others back
+// (results never depend on which thread runs which item).
+template <typename Fn>
+void dynamic_for(int64_t n, const Fn& fn) {
+  if (n <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+  });
+}
 
 template <typename T>
 Camera<T> make_camera(const at::Tensor& K, const at::Tensor& M) {
@@ -80,16 +93,20 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   };
   // 1. vertices -> image
   std::vector<ProjVert<T>> pv(V);
-  at::parallel_for(0, V, 2048, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) pv[i] = project_vertex(cam, verts[3 * i], verts[3 * i + 1], verts[3 * i + 2], near);
+  constexpr int64_t kVertChunk = 8192;
+  dynamic_for((V + kVertChunk - 1) / kVertChunk, [&](int64_t c) {
+    const int64_t e = std::min(V, (c + 1) * kVertChunk);
+    for (int64_t i = c * kVertChunk; i < e; ++i)
+      pv[i] = project_vertex(cam, verts[3 * i], verts[3 * i + 1], verts[3 * i + 2], near);
   });
 
   lap("project");
   // 2. per-face setup + culling -> tile counts per chunk of faces
   const int TX = (W + kTile - 1) / kTile, TY = (H + kTile - 1) / kTile;
   const int64_t NT = int64_t(TX) * TY;
-  const int64_t NC = std::max<int64_t>(1, std::min<int64_t>((F + kFaceChunk - 1) / kFaceChunk,
-                                                             4 * int64_t(at::get_num_threads())));
+  // chunks of faces, taken dynamically; at most 64 and at most ~4M counters
+  const int64_t NC = std::max<int64_t>(
+      1, std::min<int64_t>({(F + kFaceChunk - 1) / kFaceChunk, int64_t(64), std::max<int64_t>(1, (int64_t(1) << 22) / NT)}));
   const int64_t per_chunk = (F + NC - 1) / NC;
   std::unique_ptr<int32_t[]> box(new int32_t[4 * F]);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
   // Lower bound of any depth the face can produce, shrunk by a relative margin
@@ -97,8 +114,8 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   // harmonic mean of the vertex depths), so rejecting on it is exact.
   std::unique_ptr<T[]> zlow(new T[F]);
   std::vector<int64_t> counts(NC * NT, 0);
-  at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
+  dynamic_for(NC, [&](int64_t c) {
+    {
       int64_t* cnt = counts.data() + c * NT;
       int64_t fe = std::min(F, (c + 1) * per_chunk);
       for (int64_t f = c * per_chunk; f < fe; ++f) {
@@ -139,8 +156,8 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   // 4. fill the lists
   // entries (depth lower bound, face): the tile loop pops them nearest first
   std::vector<std::pair<T, int32_t>> list(total);
-  at::parallel_for(0, NC, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
+  dynamic_for(NC, [&](int64_t c) {
+    {
       int64_t* off = counts.data() + c * NT;
       int64_t fe = std::min(F, (c + 1) * per_chunk);
       for (int64_t f = c * per_chunk; f < fe; ++f) {
