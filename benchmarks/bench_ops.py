@@ -12,7 +12,6 @@ a KITTI-like camera at 1241x376, K=4. Prints milliseconds per 1000 pixels
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -27,30 +26,10 @@ except ImportError:  # run from a source checkout without installing
 
 
 def icosphere_level1() -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit ico-sphere, one subdivision: 42 vertices, 80 faces."""
-    t = (1.0 + math.sqrt(5.0)) / 2.0
-    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
-         (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-         (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
-         (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    verts = [torch.tensor(p, dtype=torch.float64) for p in v]
-    mid: dict[tuple[int, int], int] = {}
+    """Unit ico-sphere, one subdivision: 42 vertices, 80 faces (the DNMP primitive)."""
+    from dnmp.model import ico_sphere
 
-    def midpoint(a: int, b: int) -> int:
-        key = (min(a, b), max(a, b))
-        if key not in mid:
-            mid[key] = len(verts)
-            verts.append((verts[a] + verts[b]) / 2)
-        return mid[key]
-
-    faces = []
-    for a, b, c in f:
-        ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-        faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-    V = torch.stack(verts)
-    V = V / V.norm(dim=1, keepdim=True)
-    return V.float(), torch.tensor(faces, dtype=torch.int64)
+    return ico_sphere(1)
 
 
 def street_scene(n_prims: int, seed: int = 0, voxel: float = 0.5, radius: float = 0.43):

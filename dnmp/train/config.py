@@ -21,6 +21,8 @@ class TrainConfig:
         hidden: width of the radiance MLPs.
         feature_freqs, dir_freqs, background_freqs: positional-encoding frequencies
             of features, view directions and the background's directions.
+        background_hidden: width of the background MLP (it also stands in for distant
+            structure that no primitive covers, so it gets fine frequencies and width).
         faces_per_pixel: K layers composited per pixel.
         near, far: rasterization clipping depths (camera z, metres).
     Optimisation (radiance stage: geometry fixed, fragments cached):
@@ -43,14 +45,15 @@ class TrainConfig:
     hidden: int = 64
     feature_freqs: int = 2
     dir_freqs: int = 4
-    background_freqs: int = 6
+    background_freqs: int = 10
+    background_hidden: int = 128
     faces_per_pixel: int = 4
     near: float = 0.05
     far: float = 1e4
     steps: int = 6000
     batch_size: int = 8192
-    lr_features: float = 1e-2
-    lr_mlp: float = 2e-3
+    lr_features: float = 3e-2
+    lr_mlp: float = 5e-3
     lr_final_factor: float = 0.1
     seed: int = 0
     time_budget_minutes: float = 12.0

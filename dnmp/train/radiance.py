@@ -31,7 +31,7 @@ def build_renderer(centres: torch.Tensor, cfg: TrainConfig) -> DNMPRenderer:
                        decoder=ShapeDecoder(cfg.latent_dim), latent_dim=cfg.latent_dim,
                        seed=cfg.seed)
     field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
-    background = BackgroundField(cfg.hidden, cfg.background_freqs)
+    background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
     return DNMPRenderer(prims, field, background,
                         RenderConfig(cfg.faces_per_pixel, cfg.near, cfg.far))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -68,30 +67,11 @@ def grid_mesh(nx: int, ny: int, x0: float, y0: float, step: float, z: float, fli
 
 
 def icosphere(centre, radius):
-    """Level-1 ico-sphere (42 vertices, 80 faces)."""
-    t = (1.0 + math.sqrt(5.0)) / 2.0
-    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
-         (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-         (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
-         (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    verts = [torch.tensor(p, dtype=torch.float64) for p in v]
-    mid = {}
+    """Level-1 ico-sphere (42 vertices, 80 faces) of the given centre and radius."""
+    from dnmp.model import ico_sphere
 
-    def m(a, b):
-        k = (min(a, b), max(a, b))
-        if k not in mid:
-            mid[k] = len(verts)
-            verts.append((verts[a] + verts[b]) / 2)
-        return mid[k]
-
-    faces = []
-    for a, b, c in f:
-        ab, bc, ca = m(a, b), m(b, c), m(c, a)
-        faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-    V = torch.stack(verts)
-    V = V / V.norm(dim=1, keepdim=True) * radius + torch.as_tensor(centre, dtype=torch.float64)
-    return V.float(), torch.tensor(faces, dtype=torch.int64)
+    v, f = ico_sphere(1)
+    return (v.double() * radius + torch.as_tensor(centre, dtype=torch.float64)).float(), f
 
 
 def spheres(n: int, seed: int = 0, radius: float = 0.3):
