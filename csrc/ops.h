@@ -5,7 +5,25 @@
 
 #include <tuple>
 
+#include "common/raster_math.h"
+
 namespace dnmp {
+
+// Camera parameters from host tensors K [3, 3] and world_to_cam [4, 4] (any device's
+// kernels take this plain struct; the tensors must be CPU-accessible).
+template <typename T>
+inline Camera<T> camera_from(const at::Tensor& K, const at::Tensor& M) {
+  auto k = K.accessor<T, 2>();
+  auto m = M.accessor<T, 2>();
+  Camera<T> cam;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) cam.r[r][c] = m[r][c];
+  cam.fx = k[0][0];
+  cam.fy = k[1][1];
+  cam.cx = k[0][2];
+  cam.cy = k[1][2];
+  return cam;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces,
                                                                  const at::Tensor& intrinsics,

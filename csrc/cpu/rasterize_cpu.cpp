@@ -42,20 +42,6 @@ void dynamic_for(int64_t n, const Fn& fn) {
   });
 }
 
-template <typename T>
-Camera<T> make_camera(const at::Tensor& K, const at::Tensor& M) {
-  auto k = K.accessor<T, 2>();
-  auto m = M.accessor<T, 2>();
-  Camera<T> cam;
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 4; ++c) cam.r[r][c] = m[r][c];
-  cam.fx = k[0][0];
-  cam.fy = k[1][1];
-  cam.cx = k[0][2];
-  cam.cy = k[1][2];
-  return cam;
-}
-
 // Pixel-centre range [x0, x1] x [y0, y1] inside the image covered by the face's
 // bounding box; false when empty.
 template <typename T>
@@ -343,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tenso
   check_face_indices(faces, verts.size(0), "verts");
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
     for (int64_t b = 0; b < B; ++b) {
-      const Camera<scalar_t> cam = make_camera<scalar_t>(K3[b], M4[b]);
+      const Camera<scalar_t> cam = camera_from<scalar_t>(K3[b], M4[b]);
       const int64_t plane = H * W * K;
       rasterize_view<scalar_t>(verts.data_ptr<scalar_t>(), verts.size(0), faces.data_ptr<int64_t>(), faces.size(0),
                                cam, int(H), int(W), int(K), scalar_t(near), scalar_t(far),
@@ -373,7 +359,7 @@ at::Tensor rasterize_bwd_cpu(const at::Tensor& verts_, const at::Tensor& faces_,
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
     const int64_t plane = H * W * K;
     for (int64_t b = 0; b < B; ++b) {
-      const Camera<scalar_t> cam = make_camera<scalar_t>(K3[b], M4[b]);
+      const Camera<scalar_t> cam = camera_from<scalar_t>(K3[b], M4[b]);
       rasterize_bwd_view<scalar_t>(verts.data_ptr<scalar_t>(), faces.data_ptr<int64_t>(), cam, int(H), int(W),
                                    int(K), p2f.data_ptr<int64_t>() + b * plane, gz.data_ptr<scalar_t>() + b * plane,
                                    gb.data_ptr<scalar_t>() + 3 * b * plane, acc);

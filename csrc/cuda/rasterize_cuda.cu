@@ -26,20 +26,6 @@ constexpr int kThreads = 256;
 inline int blocks_for(int64_t n) { return int((n + kThreads - 1) / kThreads); }
 
 template <typename T>
-Camera<T> camera_from(const at::Tensor& K /*cpu [3,3]*/, const at::Tensor& M /*cpu [4,4]*/) {
-  auto k = K.accessor<T, 2>();
-  auto m = M.accessor<T, 2>();
-  Camera<T> cam;
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 4; ++c) cam.r[r][c] = m[r][c];
-  cam.fx = k[0][0];
-  cam.fy = k[1][1];
-  cam.cx = k[0][2];
-  cam.cy = k[1][2];
-  return cam;
-}
-
-template <typename T>
 __global__ void project_kernel(const T* verts, int64_t V, Camera<T> cam, T near, ProjVert<T>* pv) {
   int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= V) return;
