@@ -47,12 +47,13 @@ def cmd_train(args) -> int:
 
     scene = _load_scene(args.scene or bundled_scene())
     scene.check_files(decode=True)
-    overrides = {}
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    cfg = load_config(args.config, overrides)
+    cfg = None if args.resume else load_config(args.config)
+    if args.resume and args.config:
+        raise ValueError(f"{args.config}: --resume continues with the checkpoint's settings; "
+                         f"drop --config (only --steps may change)")
     out = Path(args.out) if args.out else Path("runs") / scene.name
-    result = train_radiance(scene, out, cfg, resume=args.resume, progress=not args.quiet)
+    result = train_radiance(scene, out, cfg, resume=args.resume, progress=not args.quiet,
+                            steps=args.steps)
     summary = {k: result.get(k) for k in ("step", "test_psnr", "test_ssim", "test_lpips",
                                            "num_test_frames", "train_seconds")}
     print(json.dumps(summary))
@@ -210,6 +211,18 @@ Without CHECKPOINT an untrained model of the default config is built on the scen
 (rendering cost does not depend on the learned weights)."""
 
 
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dnmp",
@@ -225,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default: runs/<scene name>)")
     t.add_argument("--config", help="TOML file overriding TrainConfig fields (see dnmp/train/config.py)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    t.add_argument("--steps", type=int, help="override the number of training steps")
+    t.add_argument("--steps", type=_int_at_least(0),
+                   help="number of training steps (overrides the config; with --resume, extends "
+                        "or shortens the run)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -233,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Render a trained checkpoint's scene frames to PNG.")
     r.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
     r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
-    r.add_argument("--split", choices=["test", "train", "all"], default="test")
+    r.add_argument("--split", choices=["test", "train", "all"], default="test",
+                   help="which frames (default: test, the held-out frames)")
     r.add_argument("--out", help="output folder (default: RUN/renders/SPLIT)")
     r.add_argument("--video", action="store_true", help="also write one mp4 per camera, frames in time order")
-    r.add_argument("--fps", type=int, default=10)
+    r.add_argument("--fps", type=_int_at_least(1), default=10, help="video frame rate (default 10)")
     r.set_defaults(func=cmd_render)
 
     e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS on the held-out frames",
@@ -255,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (optional)")
     pr.add_argument("--scene", help="scene folder (default: the checkpoint's, else the bundled one)")
     pr.add_argument("--config", help="TOML config for the untrained model (without CHECKPOINT)")
-    pr.add_argument("--faces-per-pixel", type=int, help="override K")
-    pr.add_argument("--repeats", type=int, default=5, help="timed runs (>= 5 recommended)")
+    pr.add_argument("--faces-per-pixel", type=_int_at_least(1), help="override K")
+    pr.add_argument("--repeats", type=_int_at_least(1), default=5, help="timed runs (default 5)")
     pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
     pr.set_defaults(func=cmd_profile)
@@ -266,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "rasterize the frames of a split, and print the fraction of "
                                     "pixels covered by at least one primitive face.")
     cv.add_argument("scene", nargs="?", help="scene folder (default: the bundled one)")
-    cv.add_argument("--split", choices=["test", "train"], default="test")
+    cv.add_argument("--split", choices=["test", "train"], default="test", help="which frames (test)")
     cv.add_argument("--voxel-size", type=float, default=0.5, help="voxel edge in metres (0.5)")
-    cv.add_argument("--json", action="store_true")
+    cv.add_argument("--json", action="store_true", help="print the figures as JSON")
     cv.set_defaults(func=cmd_coverage)
 
     c = sub.add_parser("convert", help="convert a dataset into a dnmp scene",
@@ -289,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SceneError, CheckpointError, ValueError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, OSError) as exc:
+    except KeyboardInterrupt:
+        print("dnmp: interrupted", file=sys.stderr)
+        return 130
+    except (SceneError, CheckpointError, ValueError, OSError) as exc:
         if os.environ.get("DNMP_DEBUG"):
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            msg = f"{exc.filename}: {exc.strerror}"  # e.g. an unwritable --out folder
+        else:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"dnmp: error: {msg}", file=sys.stderr)
         return 2
 

@@ -416,7 +416,12 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
     names = set()
     for i, fj in enumerate(data["frames"]):
         ctx = f"frame {i}"
+        if not isinstance(fj, dict):
+            raise SceneError(jpath, f"{ctx} is not an object")
         _require(fj, ["image", "camera", "cam_to_world", "timestamp", "split"], jpath, ctx)
+        for key in ("image", "camera", "split", "name", "depth"):
+            if key in fj and fj[key] is not None and not isinstance(fj[key], str):
+                raise SceneError(jpath, f"{ctx}: {key!r} must be a string, got {type(fj[key]).__name__}")
         if fj["camera"] not in cameras:
             raise SceneError(
                 jpath, f"{ctx} ({fj['image']}) references unknown camera {fj['camera']!r} "
@@ -444,7 +449,11 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
 
     pcs = []
     for i, pj in enumerate(data.get("point_clouds", []) or []):
+        if not isinstance(pj, dict):
+            raise SceneError(jpath, f"point_clouds[{i}] is not an object")
         _require(pj, ["path", "kind"], jpath, f"point_clouds[{i}]")
+        if not isinstance(pj["path"], str):
+            raise SceneError(jpath, f"point_clouds[{i}]: 'path' must be a string")
         if pj["kind"] not in POINT_KINDS:
             raise SceneError(jpath, f"point_clouds[{i}] has kind {pj['kind']!r}, expected one of {POINT_KINDS}")
         pc = PointCloud(path=pj["path"], kind=pj["kind"], root=root)

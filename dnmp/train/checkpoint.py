@@ -40,7 +40,12 @@ def save_checkpoint(folder: str | Path, step: int, payload: dict, keep: int = 3)
             torch.save(data, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"{final}: cannot write checkpoint ({str(exc).splitlines()[0]}); "
+                      f"earlier checkpoints are intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -73,7 +73,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(names))}")
-        cfg = cls(**d)
+        defaults = cls()
+        for key, value in d.items():
+            want = type(getattr(defaults, key))
+            ok = (isinstance(value, want) and not (want is int and isinstance(value, bool))) or \
+                (want is float and isinstance(value, int) and not isinstance(value, bool))
+            if want is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if not ok:
+                kind = "a list of strings" if want is list else want.__name__
+                raise ValueError(f"{source}: {key} must be {kind}, got {value!r}")
+        cfg = cls(**{k: (float(v) if type(getattr(defaults, k)) is float else v) for k, v in d.items()})
         cfg.validate(source)
         return cfg
 
@@ -81,6 +91,13 @@ class TrainConfig:
         checks = [
             (self.voxel_size > 0, "voxel_size must be > 0"),
             (self.feature_dim >= 1, "feature_dim must be >= 1"),
+            (self.latent_dim >= 1, "latent_dim must be >= 1"),
+            (self.hidden >= 1 and self.background_hidden >= 1, "hidden sizes must be >= 1"),
+            (min(self.feature_freqs, self.dir_freqs, self.background_freqs) >= 0,
+             "positional-encoding frequencies must be >= 0"),
+            (self.lr_features > 0 and self.lr_mlp > 0, "learning rates must be > 0"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.time_budget_minutes >= 0, "time_budget_minutes must be >= 0"),
             (self.faces_per_pixel >= 1, "faces_per_pixel must be >= 1"),
             (0 < self.near < self.far, "need 0 < near < far"),
             (self.steps >= 0, "steps must be >= 0"),

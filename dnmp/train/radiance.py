@@ -49,8 +49,9 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> torch.Tensor:
                          f"it has {sorted(set(scene.point_kinds()))}")
     pts = [torch.from_numpy(scene.load_points(k)) for k in kinds]
     pts = torch.cat(pts) if pts else torch.zeros(0, 3)
-    if pts.shape[0] == 0:
-        raise ValueError(f"{scene.root}: scene has no points to place primitives on (empty scene)")
+    if not torch.isfinite(pts).all(dim=1).any():
+        raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
+                         f"(empty or all-NaN point clouds {kinds})")
     return voxelize(pts, cfg.voxel_size)
 
 
@@ -128,13 +129,16 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_mlp * factor
 
 
-def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-                   progress: bool = True, log=print) -> dict:
+def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
+                   progress: bool = True, log=print, steps: int | None = None) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     Output folder layout: OUT/checkpoints/step_*.pt, OUT/metrics.json,
     OUT/renders/test/<frame>_pred.png and <frame>_gt.png, OUT/config.json (the
     settings used).
+
+    With `resume`, the settings are the checkpoint's (`cfg` must be None) except
+    `steps`, which may extend or shorten the run.
 
     Raises:
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
@@ -152,15 +156,26 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: 
                                   f"run without --resume to start")
         ckpt = load_checkpoint(path)
         check_checkpoint_scene(ckpt, scene)
+        if cfg is not None:
+            raise ValueError(f"{path}: --resume continues with the checkpoint's settings; "
+                             f"drop --config (only --steps may change)")
         cfg = TrainConfig.from_dict(ckpt["config"], str(path))
+        if steps is not None:
+            cfg.steps = steps
         start_step = ckpt["step"]
         log(f"resuming from {path} (step {start_step})")
     elif latest_checkpoint(ckpt_dir) is not None:
         raise FileExistsError(f"{ckpt_dir}: holds checkpoints of an earlier run; pass --resume "
                               f"to continue it or choose another --out")
+    else:
+        cfg = cfg or TrainConfig()
+        if steps is not None:
+            cfg.steps = steps
     train_frames = scene.frames_by_split("train")
     if not train_frames:
         raise ValueError(f"{scene.root}: scene has no 'train' frames")
+    if not scene.frames_by_split("test"):
+        log(f"warning: {scene.root} has no 'test' frames: no held-out renders or metrics")
     torch.manual_seed(cfg.seed)
     renderer = renderer_from_checkpoint(ckpt) if ckpt else build_renderer(scene_centres(scene, cfg), cfg)
     prims = renderer.primitives
@@ -196,6 +211,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: 
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None
+    updating = False  # True while parameters are being changed: no consistent state to save
     try:
         while step < cfg.steps:
             if budget > 0 and time.time() - t_loop > budget:
@@ -209,9 +225,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: 
             for o in opts.values():
                 o.zero_grad(set_to_none=True)
             loss.backward()
+            updating = True
             for o in opts.values():
                 o.step()
             step += 1
+            updating = False
             lv = loss.item()
             if not math.isfinite(lv):
                 raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
@@ -225,16 +243,21 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig, resume: 
                 last_saved = step
     except KeyboardInterrupt:
         bar.close()
+        if not updating and step > last_saved:
+            save(step)  # parameters are those after `step` complete steps
         kept = latest_checkpoint(ckpt_dir)
-        log(f"\ninterrupted at step {step}; last checkpoint kept: "
-            f"{kept if kept else 'none yet'}; continue with --resume")
+        if kept is None:
+            log(f"\ninterrupted at step {step}; no checkpoint was written, nothing to resume")
+        else:
+            log(f"\ninterrupted at step {step}; last checkpoint: {kept}; continue with --resume")
         raise SystemExit(130) from None
     bar.close()
     train_s = time.time() - t_loop
     if step != last_saved or step == 0:
         save(step)
 
-    log("rendering held-out frames ...")
+    if scene.frames_by_split("test"):
+        log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,

@@ -23,6 +23,14 @@ def test_config_toml_overrides_and_unknown_keys(tmp_path):
     p.write_text("near = 5.0\nfar = 1.0\n")
     with pytest.raises(ValueError, match="near < far"):
         load_config(p)
+    for bad, msg in [('steps = "abc"', "steps must be int"), ("steps = 1.5", "steps must be int"),
+                     ("log_every = 0", "log_every"), ('point_kinds = "lidar"', "list of strings"),
+                     ("lr_mlp = -1.0", "learning rates"), ("hidden = 0", "hidden")]:
+        p.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=msg):
+            load_config(p)
+    p.write_text("voxel_size = 1\n")  # an int where a float is expected is fine
+    assert load_config(p).voxel_size == 1.0
     with pytest.raises(FileNotFoundError, match="missing.toml"):
         load_config(tmp_path / "missing.toml")
 

@@ -39,11 +39,12 @@ def test_resume_continues_and_refuses_fresh_overwrite(tiny_scene, tmp_path):
     train_radiance(scene, out, TrainConfig(steps=20, **FAST), progress=False, log=lambda *a: None)
     with pytest.raises(FileExistsError, match="--resume"):
         train_radiance(scene, out, TrainConfig(steps=20, **FAST), progress=False, log=lambda *a: None)
-    ck = load_checkpoint(out)
-    ck["config"]["steps"] = 30  # extend the run: resume uses the checkpoint's config
-    torch.save({k: v for k, v in ck.items() if k != "path"}, ck["path"])
-    res = train_radiance(scene, out, TrainConfig(), resume=True, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="drop --config"):
+        train_radiance(scene, out, TrainConfig(), resume=True, progress=False, log=lambda *a: None)
+    # extend the run: resume keeps the checkpoint's settings, only steps may change
+    res = train_radiance(scene, out, None, resume=True, steps=30, progress=False, log=lambda *a: None)
     assert res["step"] == 30
+    assert load_checkpoint(out)["config"]["steps"] == 30
 
 
 def test_ctrl_c_keeps_last_checkpoint_and_resume_works(tiny_scene, tmp_path, monkeypatch):
@@ -65,9 +66,10 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_works(tiny_scene, tmp_path, mon
     with pytest.raises(SystemExit) as exc:
         train_radiance(scene, out, TrainConfig(steps=40, **FAST), progress=False, log=lambda *a: None)
     assert exc.value.code == 130
-    assert load_checkpoint(out)["step"] == 10
+    # interrupted while shading step 15: the state after 14 complete steps is saved
+    assert load_checkpoint(out)["step"] == 14
     monkeypatch.undo()
-    res = train_radiance(scene, out, TrainConfig(), resume=True, progress=False, log=lambda *a: None)
+    res = train_radiance(scene, out, None, resume=True, progress=False, log=lambda *a: None)
     assert res["step"] == 40
 
 
@@ -77,4 +79,4 @@ def test_resume_refuses_checkpoint_of_another_scene(tiny_scene, make_scene, tmp_
     train_radiance(scene, out, TrainConfig(steps=10, **FAST), progress=False, log=lambda *a: None)
     other = load_scene(make_scene("other", width=32, height=24))
     with pytest.raises(CheckpointError, match="belongs to scene"):
-        train_radiance(other, out, TrainConfig(), resume=True, progress=False, log=lambda *a: None)
+        train_radiance(other, out, None, resume=True, progress=False, log=lambda *a: None)
