@@ -68,7 +68,7 @@ def cmd_render(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from .evaluate import frame_file_stem, render_frame, to_uint8
+    from .evaluate import frame_file_stem, render_frame, to_uint8, write_image_atomic
 
     ckpt, scene, renderer = _checkpoint_and_scene(args)
     frames = scene.frames if args.split == "all" else scene.frames_by_split(args.split)
@@ -81,18 +81,20 @@ def cmd_render(args) -> int:
     with torch.no_grad():
         for frame in tqdm(frames, desc=f"render {args.split}"):
             img = to_uint8(render_frame(renderer, scene, frame)["rgb"])
-            imageio.imwrite(out / f"{frame_file_stem(frame)}.png", img)
+            write_image_atomic(out / f"{frame_file_stem(frame)}.png", img)
             images.setdefault(frame.camera, []).append(img)
     print(f"wrote {len(frames)} PNG frames to {out}")
     if args.video:
         for cam, seq in images.items():
             path = out / f"{args.split}_{cam}.mp4"
+            tmp = out / f".{args.split}_{cam}.tmp.mp4"
             h, w = seq[0].shape[:2]
             pad = ((0, h % 2), (0, w % 2), (0, 0))  # H.264 yuv420p needs even sizes
-            with imageio.get_writer(path, fps=args.fps, codec="libx264", quality=8,
+            with imageio.get_writer(tmp, fps=args.fps, codec="libx264", quality=8,
                                     macro_block_size=1) as writer:
                 for img in seq:
                     writer.append_data(np.pad(img, pad, mode="edge"))
+            os.replace(tmp, path)
             print(f"wrote {path} ({len(seq)} frames, {args.fps} fps)")
     return 0
 
@@ -108,7 +110,14 @@ def cmd_eval(args) -> int:
     result["checkpoint"] = ckpt["path"]
     result["step"] = ckpt["step"]
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", result)
+    merged = {}
+    if (out / "metrics.json").is_file():  # keep what `train` recorded (timings, scene size)
+        try:
+            merged = json.loads((out / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            merged = {}
+    merged.update(result)
+    write_json_atomic(out / "metrics.json", merged)
     print(json.dumps({k: result[k] for k in ("test_psnr", "test_ssim", "test_lpips",
                                              "num_test_frames")}))
     if "lpips_note" in result:
@@ -262,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are not available offline), num_test_frames.")
     e.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
     e.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
-    e.add_argument("--out", help="folder for metrics.json and renders (default: the run folder)")
+    e.add_argument("--out", help="folder for metrics.json (updated in place, other keys kept) and "
+                                 "renders (default: the run folder)")
     e.add_argument("--no-images", action="store_true", help="do not write the renders")
     e.set_defaults(func=cmd_eval)
 

@@ -22,6 +22,19 @@ def frame_file_stem(frame) -> str:
     return str(frame.name).replace("/", "_").replace(os.sep, "_")
 
 
+def write_image_atomic(path: str | Path, img: np.ndarray) -> None:
+    """Write an image (format from the suffix) through a temporary file + rename, so an
+    interrupted or failed write never leaves a truncated image under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        iio.imwrite(tmp, img)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """float [H, W, 3] in [0, 1] -> uint8 (rounded)."""
     return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
@@ -61,8 +74,8 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
         per_frame.append(row)
         if out is not None:
             stem = frame_file_stem(frame)
-            iio.imwrite(out / f"{stem}_pred.png", to_uint8(pred))
-            iio.imwrite(out / f"{stem}_gt.png", to_uint8(gt))
+            write_image_atomic(out / f"{stem}_pred.png", to_uint8(pred))
+            write_image_atomic(out / f"{stem}_gt.png", to_uint8(gt))
 
     def mean(key):
         vals = [r[key] for r in per_frame]

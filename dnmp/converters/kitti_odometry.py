@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -279,7 +280,37 @@ def _frame_range(seq_dir: Path, cameras, first: int, last: int | None):
     return first, last
 
 
-def convert_kitti_odometry(
+def convert_kitti_odometry(root, out, overwrite: bool = False, **options):
+    """Convert a KITTI odometry sequence into the dnmp scene folder ``out``, atomically:
+    everything is written into a hidden sibling folder that replaces ``out`` only when
+    the conversion succeeded, so a failed or interrupted run leaves no half scene.
+    Options and errors: see :func:`_convert_into`. Returns the loaded Scene.
+    """
+    from dnmp.data import load_scene
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConversionError(out, "output folder exists and is not empty (use overwrite / --overwrite)")
+        if not (out / "scene.json").is_file():
+            raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
+    max_depth = options.get("max_depth", 80.0)
+    if not max_depth > 0 or not options.get("stereo_max_depth", 25.0) > 0:
+        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _convert_into(root, staging, overwrite=True, **options)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return load_scene(out)
+
+
+def _convert_into(
     root,
     out,
     sequence: str = "00",
@@ -567,7 +598,7 @@ def main(argv=None) -> int:
             quiet=args.quiet,
         )
     except ValueError as e:  # SceneError / ConversionError: one line
-        print(f"error: {e}", file=sys.stderr)
+        print(f"dnmp: error: {e}", file=sys.stderr)
         return 2
     return 0
 
