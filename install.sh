@@ -18,7 +18,16 @@ if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q "setuptools>=64" wheel
-"$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[test]"
+# Already installed from this checkout (a second README command in the same folder)? Then skip.
+if "$VENV/bin/python" - <<'PYEOF' 2>/dev/null
+import pathlib, sys, dnmp, pytest  # noqa: F401
+sys.exit(0 if pathlib.Path(dnmp.__file__).resolve().parents[1] == pathlib.Path.cwd().resolve() else 1)
+PYEOF
+then
+  echo "install.sh: dnmp already installed in $VENV"
+else
+  "$VENV/bin/python" -m pip install -q "setuptools>=64" wheel
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[test]"
+fi
 "$VENV/bin/python" -c "import dnmp.ops as o; print('dnmp installed; kernels backend:', o.backend())"
