@@ -209,7 +209,8 @@ def cmd_convert(args) -> int:
 
 
 PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
-the resolution of the scene's first test frame, all primitives of the scene):
+the resolution of the scene's first test frame, all primitives of the scene; OpenMP
+threads spin-wait (OMP_WAIT_POLICY=ACTIVE unless set), so run it on an idle machine):
   raster_ms_per_kpx       dnmp.ops.rasterize alone (K faces per pixel), ms per 1000 pixels
   render_ms_per_kpx       full render: rasterize + interpolate + radiance MLP + alpha
                           compositing + background, ms per 1000 pixels
@@ -310,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before torch loads OpenMP: threads that spin while waiting collapse when another
+    # process shares the cores (training measured 5x slower on 2 busy cores), so work
+    # commands wait passively; `profile` measures an otherwise idle machine, where
+    # spinning is faster (full render 1.8x). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.command == "profile" else "PASSIVE")
     from .data.scene import SceneError
     from .train.checkpoint import CheckpointError
 
