@@ -15,7 +15,7 @@ class TrainConfig:
     Model (paper Sec. 3):
         voxel_size: primitive voxel edge s in metres. The paper's fine scale (and
             DESIGN.md's) is 0.5 m; the default 0.25 m gave +0.55 dB held-out PSNR on
-            the bundled drive at equal steps and time (README, "Figures").
+            the bundled drive's frames at equal steps and time (README, "Figures").
         point_kinds: which scene point clouds are voxelized ("lidar", "stereo", ...);
             empty = all.
         feature_dim: per-vertex feature length (paper: 32).
