@@ -60,6 +60,13 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+
+def _check_faces(faces) -> None:
+    if faces.dtype not in _INTS:
+        raise TypeError(f"faces must be int32 or int64, got {faces.dtype}")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must have shape [F, 3], got {list(faces.shape)}")
+
 def check_rasterize_inputs(
     verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far,
     *, warn_non_finite: bool = True, check_indices: bool = True,
@@ -76,10 +83,7 @@ def check_rasterize_inputs(
         raise TypeError(f"verts must be float32 or float64, got {verts.dtype}")
     if verts.dim() != 2 or verts.shape[1] != 3:
         raise ValueError(f"verts must have shape [V, 3], got {list(verts.shape)}")
-    if faces.dtype not in _INTS:
-        raise TypeError(f"faces must be int32 or int64, got {faces.dtype}")
-    if faces.dim() != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces must have shape [F, 3], got {list(faces.shape)}")
+    _check_faces(faces)
     if not intrinsics.is_floating_point():
         raise TypeError(f"intrinsics must be a floating point tensor, got {intrinsics.dtype}")
     if not world_to_cam.is_floating_point():
@@ -158,10 +162,7 @@ def check_interpolate_inputs(attributes, faces, fragments, *, check_indices: boo
         raise TypeError(f"attributes must be float32 or float64, got {attributes.dtype}")
     if attributes.dim() != 2:
         raise ValueError(f"attributes must have shape [V, C], got {list(attributes.shape)}")
-    if faces.dtype not in _INTS:
-        raise TypeError(f"faces must be int32 or int64, got {faces.dtype}")
-    if faces.dim() != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces must have shape [F, 3], got {list(faces.shape)}")
+    _check_faces(faces)
     if p2f.dtype not in _INTS:
         raise TypeError(f"pix_to_face must be int32 or int64, got {p2f.dtype}")
     if bary.dtype not in _FLOATS:
