@@ -60,12 +60,12 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-
 def _check_faces(faces) -> None:
     if faces.dtype not in _INTS:
         raise TypeError(f"faces must be int32 or int64, got {faces.dtype}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must have shape [F, 3], got {list(faces.shape)}")
+
 
 def check_rasterize_inputs(
     verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel, near, far,
