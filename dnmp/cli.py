@@ -203,9 +203,12 @@ def cmd_coverage(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .converters import kitti_odometry
+    import importlib
 
-    return kitti_odometry.main(args.converter_args) or 0
+    from .converters import FORMATS
+
+    module = importlib.import_module(FORMATS[args.format][0])
+    return module.main(args.converter_args) or 0
 
 
 PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
@@ -298,11 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--json", action="store_true", help="print the figures as JSON")
     cv.set_defaults(func=cmd_coverage)
 
+    from .converters import FORMATS
+
     c = sub.add_parser("convert", help="convert a dataset into a dnmp scene",
-                       description="Convert a capture into the dnmp scene format. Formats: "
-                                   "kitti-odometry. Run `dnmp convert kitti-odometry --help`.",
-                       add_help=True)
-    c.add_argument("format", choices=["kitti-odometry"])
+                       description="Convert a capture into the dnmp scene format (DESIGN.md). "
+                                   "Run `dnmp convert FORMAT --help` for a format's options.",
+                       epilog="formats:\n" + "\n".join(f"  {k:<16s}{d}" for k, (_, d) in FORMATS.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("format", choices=list(FORMATS), help="source format (see below)")
     c.add_argument("converter_args", nargs=argparse.REMAINDER,
                    help="arguments of the converter (see `dnmp convert FORMAT --help`)")
     c.set_defaults(func=cmd_convert)

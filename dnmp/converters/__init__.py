@@ -1,4 +1,15 @@
-"""dnmp.converters: dataset converters into the dnmp scene format.
+"""dnmp.converters: dataset converters into the dnmp scene format (DESIGN.md).
 
-One module per source format (``kitti_odometry``, ...); shared steps in ``common``.
+One module per source format; the steps they share (LiDAR fusion, sparse depth,
+recentring, projection checks, summary, overview picture, atomic output) live in
+:mod:`dnmp.converters.common`. Every module exposes ``main(argv) -> int`` (its
+own argparse parser, one-line errors, exit 2) and a ``convert_<format>(source,
+out, overwrite=False, **options)`` function. ``dnmp convert FORMAT ...``
+dispatches through :data:`FORMATS`.
 """
+
+# format name on the command line -> (module, one-line description)
+FORMATS = {
+    "kitti-odometry": ("dnmp.converters.kitti_odometry",
+                       "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt"),
+}

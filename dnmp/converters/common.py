@@ -10,14 +10,20 @@ of column u / row v at image coordinates (u, v).
   outlier removal), :func:`crop_to_views`
 - checks: :func:`projection_sanity`
 - output: :func:`write_scene` (scene.json + a check by reading it back),
-  :func:`print_summary`
+  :func:`print_summary`, :func:`write_overview` (top-down picture),
+  :func:`finish_scene` (summary + overview + conversion_report.json)
+- atomicity: :func:`convert_atomically` (staging folder renamed into place)
+- command line: :func:`run_cli` (one-line errors, exit 2)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -329,3 +335,123 @@ def print_summary(scene, ref_camera: str | None = None) -> dict:
     info["bytes"] = size
     print(f"  size on disk: {size / 1e6:.1f} MB")
     return info
+
+
+def write_overview(scene, path, size: int = 900, max_points: int = 200_000) -> Path:
+    """Draw a top-down picture of the scene (PNG, ``size`` x ``size`` pixels):
+    points (grey, coloured by height), camera centres along the trajectory and
+    each camera's viewing direction as an arrow (train cyan, test orange), and a
+    10 m scale bar. "Up" is estimated as minus the mean camera y axis (driving
+    cameras are mounted roughly level, DESIGN.md's cameras have y down), so the
+    picture works whatever the dataset's world axes are.
+    """
+    import cv2
+
+    frames = list(scene.frames)
+    if not frames:
+        raise ConversionError(scene.root, "scene has no frames to draw")
+    c2w = np.stack([f.cam_to_world for f in frames])
+    up = -c2w[:, :3, 1].mean(0)
+    up /= max(np.linalg.norm(up), 1e-12)
+    # Horizontal axes: the mean forward direction, made orthogonal to up.
+    fwd = c2w[:, :3, 2].mean(0)
+    fwd = fwd - up * (fwd @ up)
+    if np.linalg.norm(fwd) < 1e-6:
+        fwd = np.cross(up, [1.0, 0, 0]) if abs(up[0]) < 0.9 else np.cross(up, [0, 1.0, 0])
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, up)
+    pts = [scene.load_points(pc.kind) for pc in scene.point_clouds]
+    pts = np.concatenate(pts).astype(np.float64) if pts else np.zeros((0, 3))
+    if len(pts) > max_points:
+        pts = pts[np.random.default_rng(0).choice(len(pts), max_points, replace=False)]
+    centres = c2w[:, :3, 3]
+    xy = lambda p: np.stack([p @ right, p @ fwd], -1)
+    all_xy = np.concatenate([xy(centres), xy(pts)]) if len(pts) else xy(centres)
+    lo, hi = np.percentile(all_xy, 1, axis=0), np.percentile(all_xy, 99, axis=0)
+    lo = np.minimum(lo, xy(centres).min(0)) - 2
+    hi = np.maximum(hi, xy(centres).max(0)) + 2
+    scale = (size - 40) / max(float((hi - lo).max()), 1e-6)
+
+    def to_px(p2):
+        q = (p2 - lo) * scale + 20
+        return np.stack([q[:, 0], size - q[:, 1]], -1)  # forward is up in the picture
+
+    img = np.full((size, size, 3), 255, np.uint8)
+    if len(pts):
+        q = np.round(to_px(xy(pts))).astype(int)
+        h = pts @ up
+        hn = np.clip((h - np.percentile(h, 2)) / max(np.ptp(np.percentile(h, [2, 98])), 1e-6), 0, 1)
+        col = (200 - 160 * hn).astype(np.uint8)
+        ok = (q[:, 0] >= 0) & (q[:, 0] < size) & (q[:, 1] >= 0) & (q[:, 1] < size)
+        img[q[ok, 1], q[ok, 0]] = col[ok, None]
+    arrow = max(1.5, 0.04 * float((hi - lo).max()))
+    for f, T in zip(frames, c2w):
+        a = to_px(xy(T[None, :3, 3]))[0]
+        b = to_px(xy(T[None, :3, 3] + arrow * T[None, :3, 2]))[0]
+        color = (0, 140, 255) if f.split == "test" else (200, 160, 0)  # BGR for cv2
+        cv2.arrowedLine(img, tuple(int(x) for x in a), tuple(int(x) for x in b), color, 2, tipLength=0.3)
+    bar = 10 * scale
+    cv2.line(img, (20, size - 15), (int(20 + bar), size - 15), (0, 0, 0), 2)
+    cv2.putText(img, "10 m", (int(25 + bar), size - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.putText(img, f"{scene.name}: train (blue) / test (orange) cameras", (20, 20),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise ConversionError(path, "could not write the overview picture")
+    return path
+
+
+def finish_scene(scene, report: dict, quiet: bool = False, ref_camera: str | None = None) -> dict:
+    """Last step of every converter: print the summary (unless quiet), draw
+    ``overview.png`` and write ``conversion_report.json`` into the scene folder.
+    Returns the summary dict."""
+    info = print_summary(scene, ref_camera) if not quiet else {}
+    overview = write_overview(scene, Path(scene.root) / "overview.png")
+    if not quiet:
+        print(f"  overview picture: {overview.name} in the scene folder (top-down: points, cameras)")
+    report = dict(report)
+    report["summary"] = info
+    with open(Path(scene.root) / "conversion_report.json", "w") as fh:
+        json.dump(report, fh, indent=1, default=float)
+        fh.write("\n")
+    return info
+
+
+def convert_atomically(out, overwrite: bool, convert_into: Callable[[Path], object]):
+    """Run ``convert_into(staging)`` into a hidden sibling folder of ``out`` and
+    rename it into place only when it succeeded, so a failed or interrupted
+    conversion leaves no half-written scene (and an existing scene intact
+    until the new one is complete). Refuses a non-empty ``out`` unless
+    ``overwrite``, and never overwrites a folder that is not a dnmp scene.
+    Returns the loaded Scene."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ConversionError(out, "output folder exists and is not empty (use overwrite / --overwrite)")
+        if not (out / "scene.json").is_file():
+            raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        convert_into(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return load_scene(out)
+
+
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run a converter's work for its ``main``: SceneError/ConversionError (and
+    other ValueErrors, which our readers raise for bad input) become one line
+    ``dnmp: error: ...`` on stderr and exit status 2."""
+    try:
+        fn()
+    except ValueError as e:
+        print(f"dnmp: error: {e}", file=sys.stderr)
+        return 2
+    return 0

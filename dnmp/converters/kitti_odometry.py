@@ -47,9 +47,10 @@ import numpy as np
 from dnmp.converters.common import (
     ConversionError,
     clean_points,
+    convert_atomically,
+    finish_scene,
     crop_to_views,
     make_rigid,
-    print_summary,
     projection_sanity,
     rigid_inverse,
     scan_agreement,
@@ -286,28 +287,11 @@ def convert_kitti_odometry(root, out, overwrite: bool = False, **options):
     the conversion succeeded, so a failed or interrupted run leaves no half scene.
     Options and errors: see :func:`_convert_into`. Returns the loaded Scene.
     """
-    from dnmp.data import load_scene
-
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConversionError(out, "output folder exists and is not empty (use overwrite / --overwrite)")
-        if not (out / "scene.json").is_file():
-            raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
     max_depth = options.get("max_depth", 80.0)
     if not max_depth > 0 or not options.get("stereo_max_depth", 25.0) > 0:
         raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        _convert_into(root, staging, overwrite=True, **options)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
-    return load_scene(out)
+    return convert_atomically(out, overwrite, lambda staging: _convert_into(root, staging, overwrite=True, **options))
 
 
 def _convert_into(
@@ -545,14 +529,7 @@ def _convert_into(
     }
     scene = write_scene(out, name or f"kitti_odometry_{sequence}", source, world_offset, out_cams,
                         frames, point_clouds)
-    if not quiet:
-        info = print_summary(scene, held_out_cam)
-    else:
-        info = {}
-    report["summary"] = {k: v for k, v in info.items()}
-    with open(out / "conversion_report.json", "w") as fh:
-        json.dump(report, fh, indent=1, default=float)
-        fh.write("\n")
+    finish_scene(scene, report, quiet, held_out_cam)
     return scene
 
 
