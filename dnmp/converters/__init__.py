@@ -12,4 +12,6 @@ dispatches through :data:`FORMATS`.
 FORMATS = {
     "kitti-odometry": ("dnmp.converters.kitti_odometry",
                        "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt"),
+    "dgp": ("dnmp.converters.dgp",
+            "DGP format (DDAD, TRI): scene_dataset_v1.0.json, scene_*.json, calibration/, rgb/, point_cloud/"),
 }

@@ -455,3 +455,56 @@ def run_cli(fn: Callable[[], object]) -> int:
         print(f"dnmp: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+# ----------------------------------------------------------------------------
+# Shared by the multi-sensor converters (waymo, nuscenes, dgp, colmap)
+# ----------------------------------------------------------------------------
+
+
+def quat_to_rotation(w, x, y, z, where, what: str = "rotation") -> np.ndarray:
+    """Rotation matrix float64 [3, 3] of the Hamilton quaternion (w, x, y, z)
+    (the convention of nuScenes, DGP/DDAD and COLMAP). The quaternion is not
+    normalised here: a non-unit one gives a non-orthonormal matrix, which
+    :func:`make_rigid` then refuses (or re-orthonormalises when it is only
+    rounding). Raises ConversionError on non-finite values."""
+    q = np.array([w, x, y, z], np.float64)
+    if q.shape != (4,) or not np.all(np.isfinite(q)):
+        raise ConversionError(where, f"{what} quaternion is not 4 finite numbers")
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def pose_from_quat(q_wxyz, t, where, what: str = "pose") -> np.ndarray:
+    """Rigid float64 4x4 from a (w, x, y, z) quaternion and a translation
+    (metres), checked by :func:`make_rigid` (non-unit quaternions refused)."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_rotation(*q_wxyz, where=where, what=what)
+    T[:3, 3] = np.asarray(t, np.float64).reshape(3)
+    return make_rigid(T, where, what)
+
+
+def undistort_image(img: np.ndarray, cam: Camera, coeffs) -> np.ndarray:
+    """Remove lens distortion with OpenCV (``cv2.undistort``), keeping the
+    pinhole intrinsics ``cam`` (OpenCV pixel-centre convention) for the output.
+    ``coeffs``: OpenCV order (k1, k2, p1, p2[, k3[, k4, k5, k6]])."""
+    import cv2
+
+    K = np.array([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1.0]])
+    return cv2.undistort(img, K, np.asarray(coeffs, np.float64))
+
+
+def every_nth_split(n_items: int, every: int, offset: int | None = None) -> list:
+    """Split labels for items in order: every ``every``-th item is "test"
+    (positions offset, offset + every, ...; default offset every // 2, so
+    held-out items sit between training ones), 0 = all "train"."""
+    if every <= 0:
+        return ["train"] * n_items
+    if every == 1:
+        raise ValueError("test split every 1 would hold out every frame; use >= 2 (or 0 for none)")
+    off = every // 2 if offset is None else offset
+    return ["test" if i % every == off % every else "train" for i in range(n_items)]
