@@ -14,4 +14,6 @@ FORMATS = {
                        "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt"),
     "dgp": ("dnmp.converters.dgp",
             "DGP format (DDAD, TRI): scene_dataset_v1.0.json, scene_*.json, calibration/, rgb/, point_cloud/"),
+    "colmap": ("dnmp.converters.colmap",
+               "COLMAP sparse model (text or binary: cameras, images, points3D) + images/; up to scale"),
 }

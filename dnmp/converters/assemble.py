@@ -261,7 +261,7 @@ def assemble_scene(
 # ----------------------------------------------------------------------------
 
 
-def add_common_args(p, lidar: bool = True) -> None:
+def add_common_args(p, lidar: bool = True, voxel: float = 0.05) -> None:
     """Add --out, --downscale, --max-depth, --voxel, --outlier-neighbors,
     (--no-lidar, --no-depth,) --no-sanity, --name, --overwrite, --quiet."""
     p.add_argument("--out", required=True, help="output scene folder")
@@ -269,7 +269,7 @@ def add_common_args(p, lidar: bool = True) -> None:
     if lidar:
         p.add_argument("--max-depth", type=float, default=80.0,
                        help="LiDAR crop / depth image range, metres (80)")
-    p.add_argument("--voxel", type=float, default=0.05, help="point voxel size, metres (0.05)")
+    p.add_argument("--voxel", type=float, default=voxel, help=f"point voxel size, metres ({voxel:g}; 0 = off)")
     p.add_argument("--outlier-neighbors", type=int, default=20,
                    help="statistical outlier removal neighbours, 0 = off (20)")
     if lidar:
