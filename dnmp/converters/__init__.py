@@ -16,4 +16,6 @@ FORMATS = {
             "DGP format (DDAD, TRI): scene_dataset_v1.0.json, scene_*.json, calibration/, rgb/, point_cloud/"),
     "colmap": ("dnmp.converters.colmap",
                "COLMAP sparse model (text or binary: cameras, images, points3D) + images/; up to scale"),
+    "nuscenes": ("dnmp.converters.nuscenes",
+                 "nuScenes: <version>/ JSON tables (scene, sample, sample_data, ego_pose, ...), samples/, sweeps/"),
 }
