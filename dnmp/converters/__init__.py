@@ -10,8 +10,12 @@ dispatches through :data:`FORMATS`.
 
 # format name on the command line -> (module, one-line description)
 FORMATS = {
+    "kitti": ("dnmp.converters.kitti",
+              "KITTI raw (<date>/<date>_drive_NNNN_sync, OXTS poses) or odometry (sequences/), auto-detected"),
     "kitti-odometry": ("dnmp.converters.kitti_odometry",
                        "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt"),
+    "kitti360": ("dnmp.converters.kitti360",
+                 "KITTI-360: data_2d_raw/, data_poses/, calibration/, data_3d_raw/ (DNMP paper windows: --preset)"),
     "dgp": ("dnmp.converters.dgp",
             "DGP format (DDAD, TRI): scene_dataset_v1.0.json, scene_*.json, calibration/, rgb/, point_cloud/"),
     "colmap": ("dnmp.converters.colmap",
