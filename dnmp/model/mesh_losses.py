@@ -59,15 +59,28 @@ def _lengths(name: str, lengths: torch.Tensor | None, b: int, n: int, device) ->
     return lengths
 
 
-def _nearest_sq(a: torch.Tensor, b: torch.Tensor, b_valid: torch.Tensor) -> torch.Tensor:
-    """Squared distance from each point of a [B, N, 3] to its nearest valid point of b [B, M, 3]."""
+def _nearest_indices(x: torch.Tensor, y: torch.Tensor, x_valid, y_valid):
+    """Index of the nearest valid y of each x [B, N] and of the nearest valid x of each y [B, M]."""
     with torch.no_grad():
-        # The index search uses the cheap |a|^2 + |b|^2 - 2ab expansion (no [B, N, M, 3]
-        # intermediate); the distance itself is then recomputed exactly from the chosen
-        # pair, so it is 0 for coincident points and its gradient is exact.
-        d = torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist")
-        d = d.masked_fill(~b_valid.unsqueeze(1), float("inf"))
-        idx = d.argmin(dim=2)
+        # One squared-distance matrix serves both directions. It uses the cheap
+        # |x|^2 + |y|^2 - 2 x.y expansion (no [B, N, M, 3] intermediate); the distances
+        # themselves are then recomputed exactly from the chosen pairs, so they are 0 for
+        # coincident points and their gradients are exact.
+        x2 = (x * x).sum(-1)
+        y2 = (y * y).sum(-1)
+        d = torch.baddbmm(x2.unsqueeze(2) + y2.unsqueeze(1), x, y.transpose(1, 2), alpha=-2.0)
+        if y_valid is not None:
+            d.masked_fill_(~y_valid.unsqueeze(1), float("inf"))
+        x_to_y = d.argmin(dim=2)
+        if y_valid is not None:  # undo, then mask the other side for the other direction
+            d.masked_fill_(~y_valid.unsqueeze(1), 0.0)
+        if x_valid is not None:
+            d.masked_fill_(~x_valid.unsqueeze(2), float("inf"))
+        y_to_x = d.argmin(dim=1)
+    return x_to_y, y_to_x
+
+
+def _gather_sq(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     nn = torch.gather(b, 1, idx.unsqueeze(-1).expand(-1, -1, 3))
     return ((a - nn) ** 2).sum(-1)
 
@@ -103,10 +116,18 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor |
     b, n, m = x.shape[0], x.shape[1], y.shape[1]
     xl = _lengths("x_lengths", x_lengths, b, n, x.device)
     yl = _lengths("y_lengths", y_lengths, b, m, x.device)
-    x_valid = torch.arange(n, device=x.device).unsqueeze(0) < xl.unsqueeze(1)
-    y_valid = torch.arange(m, device=x.device).unsqueeze(0) < yl.unsqueeze(1)
-    dx = _nearest_sq(x, y, y_valid) * x_valid
-    dy = _nearest_sq(y, x, x_valid) * y_valid
+    x_valid = y_valid = None  # None: no padding, skip the masking work
+    if x_lengths is not None and bool((xl < n).any()):
+        x_valid = torch.arange(n, device=x.device).unsqueeze(0) < xl.unsqueeze(1)
+    if y_lengths is not None and bool((yl < m).any()):
+        y_valid = torch.arange(m, device=x.device).unsqueeze(0) < yl.unsqueeze(1)
+    x_to_y, y_to_x = _nearest_indices(x, y, x_valid, y_valid)
+    dx = _gather_sq(x, y, x_to_y)
+    dy = _gather_sq(y, x, y_to_x)
+    if x_valid is not None:
+        dx = dx * x_valid
+    if y_valid is not None:
+        dy = dy * y_valid
     return dx.sum(1) / xl.to(x.dtype) + dy.sum(1) / yl.to(x.dtype)
 
 
