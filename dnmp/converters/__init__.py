@@ -22,4 +22,6 @@ FORMATS = {
                "COLMAP sparse model (text or binary: cameras, images, points3D) + images/; up to scale"),
     "nuscenes": ("dnmp.converters.nuscenes",
                  "nuScenes: <version>/ JSON tables (scene, sample, sample_data, ego_pose, ...), samples/, sweeps/"),
+    "waymo": ("dnmp.converters.waymo",
+              "Waymo Open Dataset v2: <component>/<segment>.parquet (camera_image, camera_calibration, lidar, ...)"),
 }

@@ -45,8 +45,8 @@ class PlannedFrame:
     name: unique frame id ``<camera>/<stem>``; cam_to_world: float64 [4, 4],
     OpenCV camera -> dataset world (metres); timestamp: seconds (any origin;
     made relative to the earliest frame); split: "train" / "test";
-    image: a source file (copied byte for byte when nothing changes it) or a
-    callable returning uint8 [H, W, 3]; scan: index into the scan list whose
+    image: a source file or encoded JPEG/PNG bytes (stored as they are when
+    nothing changes the pixels) or a callable returning uint8 [H, W, 3]; scan: index into the scan list whose
     points give this frame's sparse depth (None = no depth).
     """
 
@@ -55,7 +55,7 @@ class PlannedFrame:
     cam_to_world: np.ndarray
     timestamp: float
     split: str
-    image: Path | Callable[[], np.ndarray]
+    image: Path | bytes | Callable[[], np.ndarray]
     scan: int | None = None
 
 
@@ -180,6 +180,10 @@ def assemble_scene(
         if isinstance(pf.image, Path) and plain and pf.image.suffix.lower() in (".png", ".jpg", ".jpeg"):
             img = read_image_file(pf.image)  # decoded to check it, then copied byte for byte
             rel = f"images/{pf.camera}/{stem}{pf.image.suffix.lower()}"
+        elif isinstance(pf.image, bytes):
+            img = decode_image_bytes(pf.image, pf.name)
+            ext = ".png" if pf.image[:4] == b"\x89PNG" else ".jpg"
+            rel = f"images/{pf.camera}/{stem}{ext if plain else '.png'}"
         else:
             img = read_image_file(pf.image) if isinstance(pf.image, Path) else pf.image()
             rel = f"images/{pf.camera}/{stem}.png"
@@ -189,14 +193,16 @@ def assemble_scene(
                                   f"is {cam.width}x{cam.height}")
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if rel.endswith(".png") or not plain:
+        if plain and isinstance(pf.image, bytes):
+            dst.write_bytes(pf.image)  # the encoded image as stored (no re-encoding)
+        elif plain and isinstance(pf.image, Path) and pf.image.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            shutil.copyfile(pf.image, dst)  # byte-exact
+        else:
             import imageio.v3 as iio
 
             if pf.camera in distortion:
                 img = undistort_image(img, cam, distortion[pf.camera])
             iio.imwrite(dst, downscale_image(img, downscale) if downscale != 1 else img)
-        else:
-            shutil.copyfile(pf.image, dst)
         out_frames.append(Frame(image=rel, camera=pf.camera, cam_to_world=shift @ pf.cam_to_world,
                                 timestamp=pf.timestamp - t0, split=pf.split, name=pf.name, root=out))
 
