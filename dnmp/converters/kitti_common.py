@@ -283,7 +283,7 @@ def icp_poses(
         xyz = np.asarray(xyz, np.float64)
         xyz = xyz[np.linalg.norm(xyz, axis=1) > min_range]  # the car itself
         p = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz)).voxel_down_sample(vs)
-        p.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * vs, max_nn=30))
+        p.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * vs, max_nn=15))
         return p
 
     poses = [np.eye(4)]
