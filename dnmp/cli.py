@@ -43,8 +43,9 @@ def _checkpoint_and_scene(args):
 
 def cmd_train(args) -> int:
     from .train.config import load_config
-    from .train.radiance import train_radiance
+    from .train.pipeline import parse_stages, train
 
+    stages = parse_stages(args.stages)
     scene = _load_scene(args.scene or bundled_scene())
     scene.check_files(decode=True)
     cfg = None if args.resume else load_config(args.config)
@@ -52,10 +53,14 @@ def cmd_train(args) -> int:
         raise ValueError(f"{args.config}: --resume continues with the checkpoint's settings; "
                          f"drop --config (only --steps may change)")
     out = Path(args.out) if args.out else Path("runs") / scene.name
-    result = train_radiance(scene, out, cfg, resume=args.resume, progress=not args.quiet,
-                            steps=args.steps)
+    result = train(scene, out, cfg, stages=stages, resume=args.resume, progress=not args.quiet,
+                   steps=args.steps)
     summary = {k: result.get(k) for k in ("step", "test_psnr", "test_ssim", "test_lpips",
-                                           "num_test_frames", "train_seconds")}
+                                           "num_test_frames", "train_seconds") if k in result}
+    geo = result.get("geometry", {})
+    for name in ("test_depth_template", "test_depth_optimized"):
+        if geo.get(name):
+            summary[f"{name}_median_m"] = geo[name]["median_m"]
     print(json.dumps(summary))
     print(f"wrote {out / 'metrics.json'}, checkpoints in {out / 'checkpoints'}, "
           f"held-out renders in {out / 'renders' / 'test'}")
@@ -261,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a scene (default: the bundled KITTI drive)",
-                       description="Voxelize the scene's points into primitives and train the "
-                                   "radiance stage; writes OUT/checkpoints/, OUT/metrics.json and "
-                                   "held-out renders beside ground truth in OUT/renders/test/.")
+                       description="Voxelize the scene's points into primitives (0.25 m fine and "
+                                   "1.0 m coarse scales by default), fit their shapes to the LiDAR "
+                                   "depth of the training frames (geometry stage), then train the "
+                                   "radiance stage; writes OUT/checkpoints/ (geometry.pt, step_*.pt), "
+                                   "OUT/metrics.json (PSNR/SSIM, held-out depth error before/after "
+                                   "the geometry stage) and held-out renders in OUT/renders/test/.")
     t.add_argument("scene", nargs="?", help=f"scene folder (default: {bundled_scene()})")
     t.add_argument("--out", help="output folder (default: runs/<scene name>)")
     t.add_argument("--config", help="TOML file overriding TrainConfig fields (see dnmp/train/config.py)")
@@ -271,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_int_at_least(0),
                    help="number of training steps (overrides the config; with --resume, extends "
                         "or shortens the run)")
+    t.add_argument("--stages", default="geometry,radiance",
+                   help="comma-separated stages to run (default geometry,radiance); "
+                        "'radiance' alone starts from OUT/checkpoints/geometry.pt if present, "
+                        "else from template spheres")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

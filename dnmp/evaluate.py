@@ -96,6 +96,50 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     return result
 
 
+@torch.no_grad()
+def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
+                 max_range: float = 40.0) -> dict:
+    """Absolute error of the rendered surface depth against LiDAR on `split` frames.
+
+    The rendered depth of a pixel is the camera-space z of its first non-empty
+    layer in compositing order (fine scale's nearest face, else the coarse
+    scale's), i.e. the primitive surface, not the colour-weighted depth. Only
+    pixels with LiDAR depth in (0, max_range] metres count.
+
+    Returns {"median_m", "p90_m", "mean_m" (over the LiDAR pixels the primitives
+    cover), "covered" (fraction of LiDAR pixels covered), "pixels" (LiDAR pixels),
+    "frames", "max_range_m"}; errors are None when nothing is covered.
+    Raises:
+        ValueError: no `split` frame has a depth image.
+    """
+    frames = [f for f in scene.frames_by_split(split) if f.depth is not None]
+    if not frames:
+        raise ValueError(f"{scene.root}: no {split!r} frame has a depth image (LiDAR)")
+    errs, total = [], 0
+    for frame in frames:
+        cam = scene.camera_of(frame)
+        gt = torch.from_numpy(scene.load_depth(frame))
+        w2c = torch.from_numpy(frame.world_to_cam()).float()
+        frags = renderer.rasterize(cam.intrinsics(as_tensor=True), w2c, (cam.height, cam.width))
+        z = frags.zbuf[0]  # [H, W, K_total], layers in compositing order
+        hit = z > 0
+        first = torch.argmax(hit.to(torch.uint8), dim=-1, keepdim=True)
+        z0 = torch.where(hit.any(-1), torch.gather(z, -1, first)[..., 0], torch.zeros(()))
+        m = (gt > 0) & (gt <= max_range)
+        total += int(m.sum())
+        cov = m & (z0 > 0)
+        errs.append((z0[cov] - gt[cov]).abs())
+    e = torch.cat(errs).double()
+    out = {"frames": len(frames), "pixels": total, "max_range_m": max_range,
+           "covered": e.numel() / max(1, total)}
+    if e.numel():
+        out.update(median_m=float(e.median()), p90_m=float(np.percentile(e.numpy(), 90)),
+                   mean_m=float(e.mean()))
+    else:
+        out.update(median_m=None, p90_m=None, mean_m=None)
+    return out
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
     """Write strict JSON through a temporary file + rename (no half-written file).
     Non-finite floats (e.g. the PSNR of two identical images) are written as null."""

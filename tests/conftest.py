@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dnmp.data import Camera, Frame, PointCloud, write_ply_points, write_scene_json
+from dnmp.data.scene import write_depth_png
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"
@@ -40,8 +41,22 @@ def synthetic_image(cam: Camera, c2w: np.ndarray) -> np.ndarray:
     return (img * 255 + 0.5).astype(np.uint8)
 
 
-def make_tiny_scene(root: Path, width: int = 40, height: int = 30, frames: int = 5) -> Path:
-    """Write the synthetic scene to `root`; the middle frame is the test frame."""
+def wall_depth(cam: Camera, c2w: np.ndarray) -> np.ndarray:
+    """Camera-space z (metres) of the wall at every pixel centre, 0 where the ray
+    misses it (the wall is parallel to the image plane: z = WALL_Z - camera z)."""
+    v, u = np.mgrid[0:cam.height, 0:cam.width].astype(np.float64)
+    z = WALL_Z - c2w[2, 3]
+    x = c2w[0, 3] + (u - cam.cx) / cam.fx * z
+    y = c2w[1, 3] + (v - cam.cy) / cam.fy * z
+    hit = (np.abs(x) <= WALL_HALF[0]) & (np.abs(y) <= WALL_HALF[1])
+    return np.where(hit, z, 0.0)
+
+
+def make_tiny_scene(root: Path, width: int = 40, height: int = 30, frames: int = 5,
+                    depth: bool = False) -> Path:
+    """Write the synthetic scene to `root`; the middle frame is the test frame.
+    With `depth`, every frame gets a LiDAR-like depth image of the wall (every
+    other pixel, as LiDAR is sparse)."""
     cam = Camera("cam", width, height, fx=0.8 * width, fy=0.8 * width,
                  cx=(width - 1) / 2, cy=(height - 1) / 2)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -51,8 +66,15 @@ def make_tiny_scene(root: Path, width: int = 40, height: int = 30, frames: int =
         c2w[0, 3] = -0.4 + 0.8 * i / max(1, frames - 1)
         rel = f"images/{i:06d}.png"
         iio.imwrite(root / rel, synthetic_image(cam, c2w))
+        drel = None
+        if depth:
+            drel = f"depth/{i:06d}.png"
+            (root / "depth").mkdir(exist_ok=True)
+            dep = wall_depth(cam, c2w)
+            dep[1::2, :] = 0
+            write_depth_png(root / drel, dep)
         out.append(Frame(image=rel, camera="cam", cam_to_world=c2w, timestamp=0.1 * i,
-                         split="test" if i == frames // 2 else "train", name=f"{i:06d}"))
+                         split="test" if i == frames // 2 else "train", name=f"{i:06d}", depth=drel))
     gx, gy = np.meshgrid(np.linspace(-WALL_HALF[0], WALL_HALF[0], 60),
                          np.linspace(-WALL_HALF[1], WALL_HALF[1], 45))
     pts = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, WALL_Z)], 1).astype(np.float32)

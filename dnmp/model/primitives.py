@@ -80,30 +80,61 @@ class ShapeDecoder(nn.Module):
 
 
 class Primitives(nn.Module):
-    """A set of P primitives at fixed voxel centres.
+    """A set of P primitives at fixed voxel centres, at one or more scales.
+
+    Paper Sec. 3.2 uses two scales (0.5 m and 1.0 m voxels); the primitives of all
+    scales live in one set, scale after scale (fine first), so that vertex, face
+    and feature indices are global. ``scale_counts[s]`` primitives belong to scale s.
 
     Buffers / parameters:
         centres: float32 [P, 3] voxel centres (scene frame, metres), buffer.
+        voxel_sizes: float32 [P] voxel edge of each primitive's scale (metres), buffer.
+        scale_counts: int64 [S] primitives per scale, buffer.
         latents: float32 [P, D] shape codes, kept unit-norm.
         offsets: float32 [P, 3] centre offsets in metres (0 at start).
         features: float32 [P * 42, C] per-vertex features, rows p*42 .. p*42+41
             belong to primitive p.
     """
 
-    def __init__(self, centres: torch.Tensor, voxel_size: float, feature_dim: int = 32,
-                 latent_dim: int = 8, decoder: ShapeDecoder | None = None, seed: int = 0):
+    def __init__(self, centres: torch.Tensor, voxel_size, feature_dim: int = 32,
+                 latent_dim: int = 8, decoder: ShapeDecoder | None = None, seed: int = 0,
+                 scale_counts=None, init_latent: torch.Tensor | None = None):
+        """
+        Args:
+            centres: float [P, 3] voxel centres (all scales, scale after scale).
+            voxel_size: float (one scale) or a sequence of S floats, one per scale.
+            scale_counts: S ints summing to P (default: one scale holding all P).
+            decoder: the shape decoder (default: an untrained one, which decodes
+                every latent to the template ico-sphere).
+            init_latent: float [D] latent every primitive starts from (e.g. the
+                template sphere's latent of a trained decoder); default random unit.
+        Raises:
+            ValueError: wrong shapes, no primitive, counts that do not add up.
+        """
         super().__init__()
         if centres.ndim != 2 or centres.shape[1] != 3:
             raise ValueError(f"centres must be [P, 3], got {tuple(centres.shape)}")
         if centres.shape[0] == 0:
             raise ValueError("Primitives: no occupied voxel (empty scene)")
-        g = torch.Generator().manual_seed(seed)
-        self.voxel_size = float(voxel_size)
-        self.decoder = decoder if decoder is not None else ShapeDecoder(latent_dim)
         p = centres.shape[0]
+        sizes = [float(voxel_size)] if isinstance(voxel_size, (int, float)) else [float(v) for v in voxel_size]
+        counts = [p] if scale_counts is None else [int(c) for c in scale_counts]
+        if len(sizes) != len(counts) or sum(counts) != p or min(counts) < 0:
+            raise ValueError(f"Primitives: scale_counts {counts} must give one count per voxel size "
+                             f"{sizes} and add up to {p} centres")
+        if not all(v > 0 for v in sizes):
+            raise ValueError(f"Primitives: voxel sizes must be > 0, got {sizes}")
+        g = torch.Generator().manual_seed(seed)
+        self.decoder = decoder if decoder is not None else ShapeDecoder(latent_dim)
         nv = self.decoder.num_verts
         self.register_buffer("centres", centres.float().contiguous())
-        self.latents = nn.Parameter(F.normalize(torch.randn(p, latent_dim, generator=g), dim=-1))
+        self.register_buffer("voxel_sizes", torch.cat([torch.full((c,), v) for c, v in zip(counts, sizes)]))
+        self.register_buffer("scale_counts", torch.tensor(counts, dtype=torch.int64))
+        if init_latent is None:
+            latents = torch.randn(p, latent_dim, generator=g)
+        else:
+            latents = init_latent.detach().float().reshape(1, latent_dim).repeat(p, 1)
+        self.latents = nn.Parameter(F.normalize(latents, dim=-1))
         self.offsets = nn.Parameter(torch.zeros(p, 3))
         self.features = nn.Parameter(0.1 * torch.randn(p * nv, feature_dim, generator=g))
         faces = self.decoder.template_faces
@@ -111,8 +142,14 @@ class Primitives(nn.Module):
         self.register_buffer("faces", (faces.unsqueeze(0) + base).view(-1, 3).contiguous(), persistent=False)
 
     @property
-    def radius(self) -> float:
-        return self.voxel_size * math.sqrt(3.0) / 2.0
+    def voxel_size(self) -> float:
+        """Voxel edge of the finest (first) scale, metres."""
+        return float(self.voxel_sizes[0])
+
+    @property
+    def radii(self) -> torch.Tensor:
+        """float32 [P] circumscribed radius s * sqrt(3) / 2 of each primitive's voxel."""
+        return self.voxel_sizes * (math.sqrt(3.0) / 2.0)
 
     @property
     def num_primitives(self) -> int:
@@ -122,9 +159,36 @@ class Primitives(nn.Module):
     def num_faces(self) -> int:
         return self.faces.shape[0]
 
+    @property
+    def faces_per_primitive(self) -> int:
+        return self.decoder.template_faces.shape[0]
+
+    def scale_ranges(self) -> list[tuple[int, int]]:
+        """[(first, end)) primitive index range of each scale, fine to coarse."""
+        ends = torch.cumsum(self.scale_counts, 0).tolist()
+        return list(zip([0] + ends[:-1], ends))
+
+    def decode(self, index: torch.Tensor | None = None, latents: torch.Tensor | None = None,
+               offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded vertices of some primitives, float32 [S, 42, 3], scene frame, metres.
+
+        Args:
+            index: int64 [S] primitive indices (default: all P).
+            latents, offsets: float [S, D] / [S, 3] to use instead of the stored rows
+                (the geometry stage passes rows gathered with sparse gradients).
+        Differentiable w.r.t. latents, offsets and decoder weights.
+        """
+        idx = slice(None) if index is None else index
+        lat = self.latents[idx] if latents is None else latents
+        off = self.offsets[idx] if offsets is None else offsets
+        shape = self.decoder(F.normalize(lat, dim=-1))
+        return self.centres[idx].unsqueeze(1) + off.unsqueeze(1) + shape * self.radii[idx].view(-1, 1, 1)
+
     def vertices(self) -> torch.Tensor:
-        """Decoded vertices, float32 [P * 42, 3], scene frame, metres (differentiable
-        w.r.t. latents, offsets and decoder weights)."""
-        shape = self.decoder(F.normalize(self.latents, dim=-1))
-        v = self.centres.unsqueeze(1) + self.offsets.unsqueeze(1) + shape * self.radius
-        return v.reshape(-1, 3)
+        """Decoded vertices of all primitives, float32 [P * 42, 3], scene frame, metres."""
+        return self.decode().reshape(-1, 3)
+
+    def local_faces(self, count: int) -> torch.Tensor:
+        """int64 [count * 80, 3] faces of ``count`` consecutive decoded primitives
+        (vertex rows p*42 .. p*42+41 for the p-th)."""
+        return self.faces[: count * self.faces_per_primitive]

@@ -22,12 +22,15 @@ from .primitives import Primitives
 class RenderConfig:
     """Rasterization settings.
 
-    faces_per_pixel: K, layers composited per pixel (4 for the 0.5 m primitives).
+    faces_per_pixel: K, layers composited per pixel for the finest scale (4 for
+        the 0.5 m primitives, paper Sec. 3.3).
+    coarse_faces_per_pixel: K of every coarser scale (2 for the 1.0 m primitives).
     near, far: clipping depths in metres (camera-space z), as in `dnmp.ops.rasterize`.
     chunk: pixels shaded at once when rendering whole images (memory bound).
     """
 
     faces_per_pixel: int = 4
+    coarse_faces_per_pixel: int = 2
     near: float = 0.05
     far: float = 1e4
     chunk: int = 1 << 16
@@ -101,13 +104,36 @@ class DNMPRenderer(nn.Module):
     def refresh_geometry(self) -> None:
         self._geometry = None
 
+    def layers_per_scale(self) -> list[int]:
+        """K of each primitive scale, fine to coarse."""
+        n = len(self.primitives.scale_ranges())
+        return [self.config.faces_per_pixel] + [self.config.coarse_faces_per_pixel] * (n - 1)
+
     def rasterize(self, intrinsics: torch.Tensor, world_to_cam: torch.Tensor,
                   image_size: tuple[int, int]) -> ops.Fragments:
-        """Fragments of all primitives for one or B cameras (see `dnmp.ops.rasterize`)."""
+        """Fragments of all primitives for one or B cameras (see `dnmp.ops.rasterize`).
+
+        Each scale is rasterized on its own with its own K and the layers are
+        concatenated fine scale first, so compositing puts fine over coarse over
+        background (paper Sec. 3.3); within a scale layers are near to far. The
+        last dimension is sum(K_s); face indices are global.
+        """
         verts, _ = self.geometry()
         c = self.config
-        return ops.rasterize(verts, self.primitives.faces, intrinsics, world_to_cam, image_size,
-                             faces_per_pixel=c.faces_per_pixel, near=c.near, far=c.far)
+        prims = self.primitives
+        per_face = prims.faces_per_primitive
+        out = []
+        for (a, b), k in zip(prims.scale_ranges(), self.layers_per_scale()):
+            faces = prims.faces[a * per_face: b * per_face]
+            frags = ops.rasterize(verts, faces, intrinsics, world_to_cam, image_size,
+                                  faces_per_pixel=k, near=c.near, far=c.far)
+            if a > 0:
+                p2f = frags.pix_to_face
+                frags = frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f))
+            out.append(frags)
+        if len(out) == 1:
+            return out[0]
+        return ops.Fragments(*(torch.cat(t, dim=-1 if i < 2 else -2) for i, t in enumerate(zip(*out))))
 
     # -- shading --------------------------------------------------------------------
     def shade(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,

@@ -6,7 +6,9 @@ A checkpoint is a `torch.save`d dict:
     rng (torch RNG state), scene {name, fingerprint, path}.
 Saved as `step_XXXXXXX.pt` in the checkpoint folder, through a temporary file in
 the same folder, fsync and `os.replace`, so an interrupted save never leaves a
-truncated checkpoint under the final name.
+truncated checkpoint under the final name. The geometry stage's result is
+`geometry.pt` (stage "geometry", no optimizer state) in the same folder.
+Version 2: primitives of several scales (model state has voxel_sizes, scale_counts).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 FORMAT = "dnmp-checkpoint"
-VERSION = 1
+VERSION = 2
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -30,9 +32,26 @@ class CheckpointError(ValueError):
 def save_checkpoint(folder: str | Path, step: int, payload: dict, keep: int = 3) -> Path:
     """Write `payload` (+ format, version, step) as folder/step_{step:07d}.pt atomically;
     delete all but the newest `keep` checkpoints. Returns the path written."""
-    folder = Path(folder)
+    final = write_checkpoint_file(Path(folder) / f"step_{step:07d}.pt", step, payload)
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+GEOMETRY_NAME = "geometry.pt"
+
+
+def save_geometry_checkpoint(folder: str | Path, payload: dict) -> Path:
+    """Write the geometry stage's result as folder/geometry.pt (atomically, step 0); the
+    radiance stage of a later `dnmp train --stages radiance` starts from it."""
+    return write_checkpoint_file(Path(folder) / GEOMETRY_NAME, 0, {"stage": "geometry", **payload})
+
+
+def write_checkpoint_file(final: Path, step: int, payload: dict) -> Path:
+    """Write `payload` (+ format, version, step) to `final` through a temporary file in
+    the same folder, fsync and rename, so a crash leaves the old file or the new one."""
+    folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:07d}.pt"
     data = {"format": FORMAT, "version": VERSION, "step": int(step), **payload}
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
     try:
@@ -49,8 +68,6 @@ def save_checkpoint(folder: str | Path, step: int, payload: dict, keep: int = 3)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
     return final
 
 

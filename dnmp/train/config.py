@@ -25,8 +25,27 @@ class TrainConfig:
             of features, view directions and the background's directions.
         background_hidden: width of the background MLP (it also stands in for distant
             structure that no primitive covers, so it gets fine frequencies and width).
-        faces_per_pixel: K layers composited per pixel.
+        faces_per_pixel: K layers composited per pixel (fine scale).
+        coarse_voxel_size: voxel edge of the coarse primitive scale (paper: 1.0 m),
+            composited behind the fine layers; 0 = one scale only.
+        coarse_faces_per_pixel: K of the coarse scale (paper: 2).
+        shape_decoder: "pretrained" (the auto-encoder decoder shipped in the package,
+            frozen), "template" (untrained: every latent decodes to the ico-sphere),
+            or a path to weights written by `dnmp train-autoencoder`.
         near, far: rasterization clipping depths (camera z, metres).
+    Geometry stage (paper Sec. 3.2; decoder frozen, latents + centre offsets fitted
+    to LiDAR depth of the training frames):
+        geometry_steps: SparseAdam steps (0 skips the stage).
+        geometry_windows, geometry_window: each step renders this many square
+            windows of this many pixels, centred on random LiDAR pixels of random
+            training frames (only the primitives seen there are decoded).
+        geometry_lr_latent, geometry_lr_offset: learning rates (latent units, metres).
+        depth_max_range: LiDAR depths beyond this (metres) are not used.
+        w_laplacian, w_normal: weights of the Laplacian-smoothing and
+            normal-consistency regularisers (on the unit-frame meshes).
+        w_offset: weight of the hinge keeping offsets within half a voxel.
+        geometry_refresh_every: steps between re-rasterizations of the training
+            frames that decide which primitives each window sees.
     Optimisation (radiance stage: geometry fixed, fragments cached):
         steps: Adam steps; batch_size: random rays per step.
         lr_features: SparseAdam learning rate of vertex features.
@@ -50,6 +69,19 @@ class TrainConfig:
     background_freqs: int = 10
     background_hidden: int = 128
     faces_per_pixel: int = 4
+    coarse_voxel_size: float = 1.0
+    coarse_faces_per_pixel: int = 2
+    shape_decoder: str = "pretrained"
+    geometry_steps: int = 300
+    geometry_windows: int = 8
+    geometry_window: int = 64
+    geometry_lr_latent: float = 1e-2
+    geometry_lr_offset: float = 2e-3
+    depth_max_range: float = 40.0
+    w_laplacian: float = 0.1
+    w_normal: float = 0.01
+    w_offset: float = 100.0
+    geometry_refresh_every: int = 100
     near: float = 0.05
     far: float = 1e4
     steps: int = 6000
@@ -98,7 +130,19 @@ class TrainConfig:
             (self.lr_features > 0 and self.lr_mlp > 0, "learning rates must be > 0"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes must be >= 0"),
-            (self.faces_per_pixel >= 1, "faces_per_pixel must be >= 1"),
+            (self.faces_per_pixel >= 1 and self.coarse_faces_per_pixel >= 1,
+             "faces_per_pixel and coarse_faces_per_pixel must be >= 1"),
+            (self.coarse_voxel_size == 0 or self.coarse_voxel_size > self.voxel_size,
+             "coarse_voxel_size must be 0 (off) or larger than voxel_size"),
+            (self.geometry_steps >= 0 and self.geometry_windows >= 1 and self.geometry_window >= 1,
+             "geometry_steps must be >= 0, geometry_windows and geometry_window >= 1"),
+            (self.geometry_lr_latent > 0 and self.geometry_lr_offset > 0,
+             "geometry learning rates must be > 0"),
+            (self.depth_max_range > 0, "depth_max_range must be > 0"),
+            (min(self.w_laplacian, self.w_normal, self.w_offset) >= 0,
+             "regulariser weights must be >= 0"),
+            (self.geometry_refresh_every >= 1, "geometry_refresh_every must be >= 1"),
+            (self.shape_decoder != "", "shape_decoder must be 'pretrained', 'template' or a path"),
             (0 < self.near < self.far, "need 0 < near < far"),
             (self.steps >= 0, "steps must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),

@@ -25,19 +25,53 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, sa
 from .config import TrainConfig
 
 
-def build_renderer(centres: torch.Tensor, cfg: TrainConfig) -> DNMPRenderer:
-    """A DNMP renderer with one primitive per voxel centre (float32 [P, 3], scene frame)."""
-    prims = Primitives(centres, cfg.voxel_size, feature_dim=cfg.feature_dim,
-                       decoder=ShapeDecoder(cfg.latent_dim), latent_dim=cfg.latent_dim,
-                       seed=cfg.seed)
+def make_decoder(cfg: TrainConfig) -> tuple[ShapeDecoder, torch.Tensor | None]:
+    """The shape decoder `cfg.shape_decoder` names, frozen, and the latent of its
+    template sphere (None for the untrained "template" decoder: any latent decodes
+    to the sphere). See `dnmp.model.autoencoder` (paper Sec. 3.1).
+
+    Raises:
+        ValueError: weights missing, corrupt or of another latent size.
+    """
+    if cfg.shape_decoder == "template":
+        decoder, latent = ShapeDecoder(cfg.latent_dim), None
+    else:
+        from ..model.autoencoder import load_shape_decoder, template_latent
+
+        path = None if cfg.shape_decoder == "pretrained" else cfg.shape_decoder
+        decoder = load_shape_decoder(path, latent_dim=cfg.latent_dim)
+        latent = template_latent(decoder)
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    return decoder, latent
+
+
+def build_renderer(centres: list[torch.Tensor], cfg: TrainConfig,
+                   decoder: ShapeDecoder | None = None,
+                   init_latent: torch.Tensor | None = None) -> DNMPRenderer:
+    """A DNMP renderer with one primitive per voxel centre.
+
+    Args:
+        centres: one float32 [P_s, 3] tensor (scene frame) per scale, fine first
+            (voxel sizes cfg.voxel_size, then cfg.coarse_voxel_size).
+        decoder, init_latent: the shape decoder and the latent every primitive
+            starts from (default: `make_decoder(cfg)`).
+    """
+    if decoder is None:
+        decoder, init_latent = make_decoder(cfg)
+    sizes = [cfg.voxel_size, cfg.coarse_voxel_size][: len(centres)]
+    prims = Primitives(torch.cat(centres), sizes, feature_dim=cfg.feature_dim,
+                       decoder=decoder, latent_dim=cfg.latent_dim, seed=cfg.seed,
+                       scale_counts=[len(c) for c in centres], init_latent=init_latent)
     field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
     background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
     return DNMPRenderer(prims, field, background,
-                        RenderConfig(cfg.faces_per_pixel, cfg.near, cfg.far))
+                        RenderConfig(cfg.faces_per_pixel, cfg.coarse_faces_per_pixel, cfg.near, cfg.far))
 
 
-def scene_centres(scene: Scene, cfg: TrainConfig) -> torch.Tensor:
-    """Voxel centres of the scene's point clouds of kinds `cfg.point_kinds` (all if empty).
+def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
+    """Voxel centres of the scene's point clouds of kinds `cfg.point_kinds` (all if
+    empty), one float32 [P_s, 3] tensor per scale (fine, then coarse if enabled).
 
     Raises:
         ValueError: naming the scene when there are no points to voxelize.
@@ -52,14 +86,24 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> torch.Tensor:
     if not torch.isfinite(pts).all(dim=1).any():
         raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
                          f"(empty or all-NaN point clouds {kinds})")
-    return voxelize(pts, cfg.voxel_size)
+    sizes = [cfg.voxel_size] + ([cfg.coarse_voxel_size] if cfg.coarse_voxel_size > 0 else [])
+    return [voxelize(pts, s) for s in sizes]
 
 
 def renderer_from_checkpoint(ckpt: dict) -> DNMPRenderer:
     """Rebuild the renderer saved in a checkpoint dict (see `checkpoint.load_checkpoint`)."""
     cfg = TrainConfig.from_dict(ckpt["config"], ckpt.get("path", "checkpoint"))
     state = ckpt["model"]
-    renderer = build_renderer(state["primitives.centres"], cfg)
+    try:
+        counts = state["primitives.scale_counts"].tolist()
+        centres = list(torch.split(state["primitives.centres"], counts))
+        hidden = state["primitives.decoder.mlp.0.weight"].shape[0]
+    except (KeyError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt.get('path')}: model state lacks primitives ({exc})") from None
+    decoder = ShapeDecoder(cfg.latent_dim, hidden=hidden)
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    renderer = build_renderer(centres, cfg, decoder=decoder)
     try:
         renderer.load_state_dict(state)
     except RuntimeError as exc:
@@ -75,6 +119,16 @@ def check_checkpoint_scene(ckpt: dict, scene: Scene) -> None:
         raise CheckpointError(
             f"{ckpt.get('path')}: checkpoint belongs to scene {info.get('name')!r} "
             f"({info.get('path')}), not to {scene.name!r} ({scene.root})")
+
+
+def describe_primitives(renderer: DNMPRenderer) -> str:
+    """One line: primitives and faces per scale, voxel sizes and K."""
+    prims = renderer.primitives
+    parts = []
+    for (a, b), k in zip(prims.scale_ranges(), renderer.layers_per_scale()):
+        size = float(prims.voxel_sizes[a]) if b > a else float("nan")
+        parts.append(f"{b - a} primitives of {size:g} m (K={k})")
+    return f"{' + '.join(parts)}, {prims.num_faces} faces"
 
 
 class RayCache:
@@ -130,7 +184,9 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
 
 
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
-                   progress: bool = True, log=print, steps: int | None = None) -> dict:
+                   progress: bool = True, log=print, steps: int | None = None,
+                   renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
+                   extra_metrics: dict | None = None) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     Output folder layout: OUT/checkpoints/step_*.pt, OUT/metrics.json,
@@ -139,6 +195,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
 
     With `resume`, the settings are the checkpoint's (`cfg` must be None) except
     `steps`, which may extend or shorten the run.
+
+    `renderer` is the model to start from (e.g. after the geometry stage; default:
+    template primitives on the scene's points), `budget_seconds` overrides the
+    loop's time budget (`cfg.time_budget_minutes`), and `extra_metrics` are merged
+    into metrics.json (e.g. the geometry stage's figures).
 
     Raises:
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
@@ -177,11 +238,16 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     if not scene.frames_by_split("test"):
         log(f"warning: {scene.root} has no 'test' frames: no held-out renders or metrics")
     torch.manual_seed(cfg.seed)
-    renderer = renderer_from_checkpoint(ckpt) if ckpt else build_renderer(scene_centres(scene, cfg), cfg)
+    if ckpt:
+        renderer = renderer_from_checkpoint(ckpt)
+        extra_metrics = {**ckpt.get("extra_metrics", {}), **(extra_metrics or {})}
+    elif renderer is None:
+        renderer = build_renderer(scene_centres(scene, cfg), cfg)
+    renderer.refresh_geometry()
+    extra_metrics = extra_metrics or {}
     prims = renderer.primitives
     log(f"scene {scene.name!r}: {len(train_frames)} train / {len(scene.frames_by_split('test'))} "
-        f"test frames; {prims.num_primitives} primitives ({prims.num_faces} faces), "
-        f"voxel {cfg.voxel_size} m, K={cfg.faces_per_pixel}")
+        f"test frames; {describe_primitives(renderer)}")
     opts = _make_optimizers(renderer, cfg)
     if ckpt:
         for name, opt in opts.items():
@@ -203,10 +269,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             "rng": torch.get_rng_state(),
             "scene": {"name": scene.name, "fingerprint": scene.fingerprint(),
                       "path": str(scene.root)},
+            "extra_metrics": extra_metrics,
         }, keep=cfg.keep_checkpoints)
 
     step, last_saved = start_step, start_step
-    budget = cfg.time_budget_minutes * 60.0
+    budget = cfg.time_budget_minutes * 60.0 if budget_seconds is None else budget_seconds
     t_loop = time.time()
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
@@ -215,7 +282,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     try:
         while step < cfg.steps:
             if budget > 0 and time.time() - t_loop > budget:
-                log(f"time budget of {cfg.time_budget_minutes} min reached at step {step}")
+                log(f"time budget of {budget / 60:.1f} min reached at step {step}")
                 break
             _set_lr(opts, cfg, step)
             idx = torch.randint(0, len(cache), (cfg.batch_size,))
@@ -261,7 +328,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     result = {"step": step, "train_seconds": round(train_s, 1),
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
-              "train_pixel_coverage": cache.coverage}
+              "train_pixel_coverage": cache.coverage, **extra_metrics}
     if scene.frames_by_split("test"):
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
     write_json_atomic(out / "metrics.json", result)

@@ -1,0 +1,212 @@
+"""Geometry stage (paper Sec. 3.2): fit primitive shapes to LiDAR depth.
+
+The shape decoder is frozen; each primitive's unit-norm latent and its centre
+offset (bounded by a hinge to half a voxel) are optimised so that the depth of
+the nearest rasterized face (zbuf of layer 0, differentiated through the
+rasterizer's backward pass to the vertices) matches the LiDAR depth of the
+training frames, with Laplacian-smoothing and normal-consistency regularisers on
+the decoded meshes. Each scale (fine, coarse) is fitted on its own.
+
+A step renders a few small windows centred on random LiDAR pixels of random
+training frames and decodes only the primitives those windows saw at the last
+visibility refresh, so its cost follows the batch, not the scene size.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .. import ops
+from ..data.scene import Scene
+from ..model import DNMPRenderer
+from ..model.mesh_losses import mesh_laplacian_smoothing, mesh_normal_consistency
+from .config import TrainConfig
+
+
+class _FrameDepth:
+    """One training frame's LiDAR pixels (within range) and camera."""
+
+    def __init__(self, scene: Scene, frame, max_range: float):
+        cam = scene.camera_of(frame)
+        depth = scene.load_depth(frame)
+        v, u = np.nonzero((depth > 0) & (depth <= max_range))
+        self.frame = frame
+        self.height, self.width = cam.height, cam.width
+        self.intrinsics = cam.intrinsics(as_tensor=True).float()
+        self.world_to_cam = torch.from_numpy(frame.world_to_cam()).float()
+        self.depth = torch.from_numpy(depth)
+        self.pixels = torch.from_numpy(np.stack([v, u], 1)).long()  # [M, 2] rows, cols
+
+
+def offset_hinge(offsets: torch.Tensor, voxel_sizes: torch.Tensor) -> torch.Tensor:
+    """Hinge keeping each primitive's centre inside its voxel: mean over primitives
+    of sum_xyz relu(|offset| - s/2)^2 / s^2 (dimensionless; 0 inside the voxel).
+
+    Args: offsets float [S, 3] metres; voxel_sizes float [S] metres.
+    """
+    half = (voxel_sizes / 2).unsqueeze(1)
+    return (F.relu(offsets.abs() - half) ** 2 / half.pow(2) / 4).sum(1).mean()
+
+
+def window_cameras(fd: _FrameDepth, centres: torch.Tensor, size: int):
+    """Square windows of ``size`` pixels around pixel centres ``centres`` int64 [N, 2]
+    (row, col), clamped inside the image. Returns (top-left int64 [N, 2], intrinsics
+    float32 [N, 3, 3] of the window cameras: the principal point shifted by the
+    window's top-left corner, DESIGN.md pixel-centre convention)."""
+    h, w = min(size, fd.height), min(size, fd.width)
+    top = (centres[:, 0] - h // 2).clamp(0, fd.height - h)
+    left = (centres[:, 1] - w // 2).clamp(0, fd.width - w)
+    k = fd.intrinsics.unsqueeze(0).repeat(len(centres), 1, 1)
+    k[:, 0, 2] -= left.float()
+    k[:, 1, 2] -= top.float()
+    return torch.stack([top, left], 1), k
+
+
+def window_depth_l1(prims, index: torch.Tensor, latents: torch.Tensor, offsets: torch.Tensor,
+                    intrinsics: torch.Tensor, world_to_cam: torch.Tensor, gt: torch.Tensor,
+                    cfg: TrainConfig):
+    """L1 depth loss of some primitives rendered into N windows (paper Sec. 3.2).
+
+    Args:
+        prims: the `Primitives`; index: int64 [S] primitives to decode and rasterize.
+        latents, offsets: float [S, D] / [S, 3] their latents and offsets (rows
+            gathered from the parameters; gradients flow back to them).
+        intrinsics: float32 [N, 3, 3] window cameras; world_to_cam: float32 [4, 4].
+        gt: float32 [N, h, w] LiDAR depth of the window pixels (metres, 0 = none).
+    Returns:
+        (loss, shape): mean |zbuf_0 - gt| in metres over pixels with LiDAR depth in
+        (0, cfg.depth_max_range] that a face covers (None if there is none), and the
+        decoded unit-frame meshes float [S, 42, 3] for the regularisers. The depth is
+        the rasterizer's zbuf of layer 0, differentiable w.r.t. the vertices.
+    """
+    shape = prims.decoder(F.normalize(latents, dim=-1))
+    verts = prims.centres[index].unsqueeze(1) + offsets.unsqueeze(1) + \
+        shape * prims.radii[index].view(-1, 1, 1)
+    n, h, w = gt.shape
+    frags = ops.rasterize(verts.reshape(-1, 3), prims.local_faces(index.numel()), intrinsics,
+                          world_to_cam.expand(n, 4, 4), (h, w), faces_per_pixel=1,
+                          near=cfg.near, far=cfg.far)
+    z = frags.zbuf[..., 0]
+    m = (z > 0) & (gt > 0) & (gt <= cfg.depth_max_range)
+    if not m.any():
+        return None, shape
+    return (z[m] - gt[m]).abs().mean(), shape
+
+
+def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progress: bool = True,
+                   log=print) -> dict:
+    """Run the geometry stage in place on ``renderer.primitives`` (latents, offsets).
+
+    Uses the training frames that have depth images (LiDAR, DESIGN.md scene
+    format). Returns {"steps", "seconds", "ms_per_step", "peak_rss_mib", "loss_depth"
+    (L1 metres, running mean at the end)}.
+
+    Raises:
+        ValueError: no training frame has LiDAR depth within `cfg.depth_max_range`.
+    """
+    prims = renderer.primitives
+    frames = [f for f in scene.frames_by_split("train") if f.depth is not None]
+    data = [_FrameDepth(scene, f, cfg.depth_max_range) for f in frames]
+    data = [d for d in data if len(d.pixels)]
+    if not data:
+        raise ValueError(f"{scene.root}: no training frame has LiDAR depth within "
+                         f"{cfg.depth_max_range} m; the geometry stage needs it (use --stages radiance)")
+    per_face = prims.faces_per_primitive
+    nv = prims.decoder.num_verts
+    template_faces = prims.decoder.template_faces
+    scales = [(a, b) for a, b in prims.scale_ranges() if b > a]
+    lat_opt = torch.optim.SparseAdam([prims.latents], lr=cfg.geometry_lr_latent)
+    off_opt = torch.optim.SparseAdam([prims.offsets], lr=cfg.geometry_lr_offset)
+    prims.latents.requires_grad_(True)
+    prims.offsets.requires_grad_(True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    visible: list[list[torch.Tensor]] = []  # [scale][frame] -> int64 [H, W] primitive of layer 0
+
+    def refresh() -> None:
+        visible.clear()
+        renderer.refresh_geometry()
+        verts, _ = renderer.geometry()
+        for a, b in scales:
+            faces = prims.faces[a * per_face: b * per_face]
+            per_frame = []
+            for d in data:
+                frags = ops.rasterize(verts, faces, d.intrinsics, d.world_to_cam,
+                                      (d.height, d.width), faces_per_pixel=1,
+                                      near=cfg.near, far=cfg.far)
+                p2f = frags.pix_to_face[0, ..., 0]
+                per_frame.append(torch.where(p2f >= 0, p2f // per_face + a, p2f))
+            visible.append(per_frame)
+
+    t0 = time.time()
+    running = None
+    bar = tqdm(total=cfg.geometry_steps, desc="geometry", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    win = cfg.geometry_window
+    for step in range(cfg.geometry_steps):
+        if step % cfg.geometry_refresh_every == 0:
+            refresh()
+        fi = torch.randint(0, len(data), (cfg.geometry_windows,), generator=gen)
+        depth_loss, reg_loss, n_terms, touched = 0.0, 0.0, 0, []
+        for s, (a, b) in enumerate(scales):
+            # windows of (possibly) several frames; one rasterize call per frame
+            for f in fi.unique().tolist():
+                d = data[f]
+                n = int((fi == f).sum())
+                pick = d.pixels[torch.randint(0, len(d.pixels), (n,), generator=gen)]
+                topleft, k = window_cameras(d, pick, win)
+                h, w = min(win, d.height), min(win, d.width)
+                rows = topleft[:, :1, None] + torch.arange(h).view(1, h, 1)
+                cols = topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)
+                seen = visible[s][f][rows, cols]  # [n, h, w]
+                idx = torch.unique(seen[seen >= 0])
+                if idx.numel() == 0:
+                    continue
+                touched.append(idx)
+                lat = F.embedding(idx, prims.latents, sparse=True)
+                off = F.embedding(idx, prims.offsets, sparse=True)
+                gt = d.depth[rows, cols]
+                loss_d, shape = window_depth_l1(prims, idx, lat, off, k, d.world_to_cam, gt, cfg)
+                if loss_d is not None:
+                    depth_loss = depth_loss + loss_d
+                    n_terms += 1
+                reg = cfg.w_laplacian * mesh_laplacian_smoothing(shape, template_faces).mean() + \
+                    cfg.w_normal * mesh_normal_consistency(shape, template_faces).mean() + \
+                    cfg.w_offset * offset_hinge(off, prims.voxel_sizes[idx])
+                reg_loss = reg_loss + reg
+        if n_terms == 0:
+            continue
+        loss = depth_loss / n_terms + reg_loss / n_terms
+        lat_opt.zero_grad(set_to_none=True)
+        off_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lat_opt.step()
+        off_opt.step()
+        with torch.no_grad():
+            # keep latents on the unit sphere and offsets within one voxel (a hard
+            # bound behind the hinge); only the rows this step touched
+            t = torch.unique(torch.cat(touched))
+            prims.latents[t] = F.normalize(prims.latents[t], dim=-1)
+            lim = prims.voxel_sizes[t].unsqueeze(1)
+            prims.offsets[t] = torch.maximum(torch.minimum(prims.offsets[t], lim), -lim)
+        dl = float(depth_loss.detach()) / n_terms
+        if not math.isfinite(dl):
+            raise FloatingPointError(f"geometry stage: depth loss became {dl} at step {step}")
+        running = dl if running is None else 0.95 * running + 0.05 * dl
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(depth_l1=f"{running:.3f} m")
+    bar.close()
+    prims.latents.requires_grad_(False)
+    prims.offsets.requires_grad_(False)
+    renderer.refresh_geometry()
+    seconds = time.time() - t0
+    return {"steps": cfg.geometry_steps, "seconds": round(seconds, 1),
+            "ms_per_step": round(1000 * seconds / max(1, cfg.geometry_steps), 1),
+            "loss_depth_l1_m": running}
