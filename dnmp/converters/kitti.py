@@ -119,7 +119,8 @@ def oxts_poses(oxts: np.ndarray) -> list:
 def read_oxts(path: Path) -> np.ndarray:
     """One OXTS record (float64 [>=6]) from ``oxts/data/NNNNNNNNNN.txt``."""
     if not path.is_file():
-        raise ConversionError(path, "OXTS pose file is missing (fewer OXTS records than frames?)")
+        raise ConversionError(path, "OXTS pose file is missing (fewer OXTS records than frames?); "
+                              "--poses lidar estimates poses from the scans instead")
     try:
         v = np.array([float(x) for x in path.read_text().split()], np.float64)
     except ValueError:

@@ -313,7 +313,7 @@ def _convert_into(
     persp = read_key_values(persp_path)
     c2p_path = calib_dir / "calib_cam_to_pose.txt"
     cam_to_pose = read_cam_to_pose(c2p_path)
-    full_cams, rect_to_pose = {}, {}
+    full_cams, rect_to_pose, p_offset = {}, {}, {}
     for c in cameras:
         k = c[-2:]
         P = need(persp, f"P_rect_{k}", 12, persp_path, c).reshape(3, 4)
@@ -321,7 +321,8 @@ def _convert_into(
         R = np.eye(4)
         R[:3, :3] = need(persp, f"R_rect_{k}", 9, persp_path, c).reshape(3, 3)
         R = make_rigid(R, persp_path, f"R_rect_{k}")
-        full_cams[c], _ = camera_from_P(P, c, int(round(S[0])), int(round(S[1])), persp_path, f"P_rect_{k}")
+        full_cams[c], p_offset[c] = camera_from_P(P, c, int(round(S[0])), int(round(S[1])), persp_path,
+                                                  f"P_rect_{k}")
         if c not in cam_to_pose:
             raise ConversionError(c2p_path, f"missing calibration key {c} (needed for {c})")
         rect_to_pose[c] = cam_to_pose[c] @ rigid_inverse(R)  # rectified camera -> pose (devkit)
@@ -410,6 +411,12 @@ def _convert_into(
         stereo_pair = ("image_00", "image_01",
                        check_rectified_pair(full_cams["image_00"], full_cams["image_01"], np.zeros(3),
                                             -rel[:3, 3], persp_path))
+        # P_rect_01's last column encodes the same baseline; the devkit does not use it, so only report
+        p_base = float(p_offset["image_00"][0] - p_offset["image_01"][0])
+        report["stereo_baseline"] = {"from_cam_to_pose": stereo_pair[2], "from_P_rect": p_base}
+        if abs(p_base - stereo_pair[2]) > 0.02:
+            print(f"warning: {persp_path}: P_rect_01 implies a {p_base:.3f} m baseline, calib_cam_to_pose "
+                  f"+ R_rect a {stereo_pair[2]:.3f} m one; using the latter (devkit)")
 
     # LiDAR
     scans, extra = None, None

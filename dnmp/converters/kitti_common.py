@@ -435,7 +435,7 @@ def write_drive_scene(
     by_index = {}
     for p in _tqdm(plan, quiet, desc="images", unit="img"):
         native = read_image_native(p.source)
-        img = read_image(p.source)
+        img = np.repeat(native[..., None], 3, axis=2) if native.ndim == 2 else native[..., :3]
         fc = cameras[p.camera]
         if img.shape[:2] != (fc.height, fc.width):
             raise ConversionError(p.source, f"image is {img.shape[1]}x{img.shape[0]}, calibration of {p.camera} "

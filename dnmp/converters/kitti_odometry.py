@@ -105,7 +105,7 @@ def read_calib(path: Path) -> dict:
 def read_poses(path: Path, first: int, last: int) -> dict:
     """{frame: rigid float64 4x4} for frames first..last from a KITTI pose file."""
     if not path.is_file():
-        raise ConversionError(path, "pose file is missing")
+        raise ConversionError(path, "pose file is missing (--poses lidar estimates poses from the scans)")
     lines = [l for l in path.read_text().splitlines() if l.strip()]
     if len(lines) <= last:
         raise ConversionError(

@@ -48,7 +48,6 @@ CAM_AXES = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0.0]])
 C2P = {"00": rigid(CAM_AXES, [1.5, 0.1, 0.9]) @ R_RECT["00"]}
 # image_01 is 0.6 m to the right of image_00 once both are rectified
 C2P["01"] = C2P["00"] @ rigid_inverse(R_RECT["00"]) @ translation([BASELINE, 0, 0]) @ R_RECT["01"]
-T_VELO_CAM0 = rigid(np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0.0]]).T.T @ np.eye(3), [0.0, 0.0, 0.0])
 T_VELO_CAM0 = rigid(rz(0.01) @ np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0.0]]), [0.8, -0.3, -0.1])
 
 
@@ -244,6 +243,7 @@ def test_main_ok_with_stereo(k360, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "o" / "conversion_report.json").read_text())
     assert rep["stereo_points"]["baseline"] == pytest.approx(BASELINE)
+    assert rep["stereo_baseline"]["from_P_rect"] == pytest.approx(BASELINE)
 
 
 def test_truncated_velodyne(k360, tmp_path, capsys):

@@ -254,6 +254,22 @@ def test_lidar_poses_raw(raw, tmp_path):
                                    atol=0.03)
 
 
+def test_lidar_poses_without_oxts(tmp_path, capsys):
+    """A capture with LiDAR + calibration but no poses: --poses lidar still converts."""
+    root = write_raw(tmp_path / "k", oxts_frames=0)
+    rc, err = run_main(capsys, root, tmp_path / "o", "--poses", "lidar", "--cameras", "image_02")
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "o" / "conversion_report.json").read_text())
+    assert rep["poses"] == "lidar" and "vs_oxts" not in rep["lidar_poses"]
+    s = load_scene(tmp_path / "o")
+    f0, f3 = s.frame("image_02/0000000000"), s.frame("image_02/0000000003")
+    rel = f0.world_to_cam() @ f3.cam_to_world
+    want = rigid_inverse(cam_pose(0, "02")) @ cam_pose(3, "02")
+    np.testing.assert_allclose(rel[:3, 3], want[:3, 3], atol=0.02)
+    rc, err = run_main(capsys, root, tmp_path / "o2")
+    assert rc == 2 and "--poses lidar" in err
+
+
 def test_autodetect_odometry(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_kitti_odometry import write_kitti
