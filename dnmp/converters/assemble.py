@@ -106,6 +106,8 @@ def decode_image_bytes(data: bytes, where) -> np.ndarray:
 
 
 def as_rgb8(img: np.ndarray, where) -> np.ndarray:
+    """HxW or HxWxC uint8 -> contiguous uint8 [H, W, 3] (grey repeated, alpha
+    dropped); other dtypes raise ConversionError naming ``where``."""
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]

@@ -175,6 +175,7 @@ class _Reader:
 
 
 def read_cameras_binary(path: Path) -> dict:
+    """cameras.bin -> {camera_id: (model name, width, height, params float64)}."""
     r = _Reader(path)
     out = {}
     for _ in range(r.read("Q")[0]):
@@ -188,6 +189,7 @@ def read_cameras_binary(path: Path) -> dict:
 
 
 def read_images_binary(path: Path) -> list:
+    """images.bin -> [(image_id, qvec w,x,y,z, tvec, camera_id, name)] (2-D points skipped)."""
     r = _Reader(path)
     out = []
     for _ in range(r.read("Q")[0]):
@@ -201,6 +203,7 @@ def read_images_binary(path: Path) -> list:
 
 
 def read_points3d_binary(path: Path):
+    """points3D.bin -> (xyz float64 [N, 3], rgb uint8 [N, 3]) (tracks skipped)."""
     r = _Reader(path)
     xyz, rgb = [], []
     for _ in range(r.read("Q")[0]):
@@ -348,6 +351,7 @@ def _convert_into(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``dnmp convert`` for COLMAP."""
     p = argparse.ArgumentParser(
         prog="dnmp convert colmap",
         description="Convert a COLMAP sparse model (text or binary) and its images into a dnmp scene. "
@@ -365,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Command-line entry: 0 on success, 2 with one line ``dnmp: error: ...`` on bad input."""
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_colmap(args.source, args.out, model=args.model, images=args.images,
                                           scale=args.scale, undistort=args.undistort, test_every=args.test_every,

@@ -316,6 +316,7 @@ def _convert_into(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``dnmp convert`` for DGP."""
     p = argparse.ArgumentParser(prog="dnmp convert dgp",
                                 description="Convert a DGP-format scene (DDAD, TRI) into a dnmp scene.")
     p.add_argument("source", help="DGP dataset root (scene_dataset_v1.0.json), scene folder or scene JSON")
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Command-line entry: 0 on success, 2 with one line ``dnmp: error: ...`` on bad input."""
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_dgp(args.source, args.out, scene=args.scene, cameras=split_list(args.cameras),
                                        test_every=args.test_every, **common_kwargs(args)))

@@ -262,6 +262,7 @@ def _convert_into(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``dnmp convert`` for nuScenes."""
     p = argparse.ArgumentParser(prog="dnmp convert nuscenes",
                                 description="Convert one nuScenes scene (JSON tables, samples/, sweeps/) "
                                             "into a dnmp scene.")
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Command-line entry: 0 on success, 2 with one line ``dnmp: error: ...`` on bad input."""
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_nuscenes(
         args.dataroot, args.out, scene=args.scene, version=args.version, cameras=split_list(args.cameras),

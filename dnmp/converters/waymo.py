@@ -87,6 +87,7 @@ LPOSE = "[LiDARPoseComponent].range_image_return1"
 
 
 def component_path(root: Path, component: str, segment: str) -> Path:
+    """<root>/<component>/<segment>.parquet, the v2 file layout."""
     return root / component / f"{segment}.parquet"
 
 
@@ -127,6 +128,7 @@ def _matrix(v, where, what) -> np.ndarray:
 
 
 def list_segments(root: Path) -> list:
+    """Segment names that have a camera_image table, sorted."""
     d = root / "camera_image"
     if not d.is_dir():
         raise ConversionError(d, "no camera_image/ folder (expected a Waymo v2 root with component folders)")
@@ -363,6 +365,7 @@ def _convert_into(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``dnmp convert`` for Waymo v2."""
     p = argparse.ArgumentParser(prog="dnmp convert waymo",
                                 description="Convert a Waymo Open Dataset v2 segment (Parquet component tables: "
                                             "camera_image, camera_calibration, vehicle_pose, lidar, "
@@ -382,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Command-line entry: 0 on success, 2 with one line ``dnmp: error: ...`` on bad input."""
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_waymo(
         args.root, args.out, segment=args.segment, cameras=split_list(args.cameras), lasers=split_list(args.lasers),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _rig import CV_TO_VEHICLE, apply, cylinder_points, inv, nearest_dist, rigid, rot_to_quat, rot_z  # noqa: E402
+from _rig import CV_TO_VEHICLE, apply, inv, nearest_dist, rigid, rot_to_quat, rot_z  # noqa: E402
 
 from dnmp.converters.common import ConversionError, zbuffer_depth  # noqa: E402
 from dnmp.converters.nuscenes import convert_nuscenes, main  # noqa: E402
@@ -37,7 +37,11 @@ def ego(t):
 
 
 def world_points():
-    return cylinder_points(radius=14.0, z0=-0.43, centre=ORIGIN[:2] + [5, 0]) + [0, 0, ORIGIN[2]]
+    """A wall ahead of the drive and one behind it (no ground: a cloud all
+    around the cameras would hide a rotated camera from the sanity check)."""
+    gy, gz = np.meshgrid(np.arange(-12.0, 12.01, 0.5), np.arange(-0.43, 4.0, 0.5))
+    wall = np.stack([np.zeros(gy.size), gy.ravel(), gz.ravel()], 1)
+    return np.concatenate([wall + [30.0, 0, 0], wall + [-15.0, 0, 0]]) + ORIGIN
 
 
 def rec(T):
@@ -188,3 +192,16 @@ def test_main_cli(tmp_path, capsys):
     assert main([str(root), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dnmp: error:") and "sensor.json" in err
+
+
+def test_convention_bug_is_caught(tmp_path):
+    """Camera calibrated_sensor rows written ego -> sensor (inverted) fail the sanity check."""
+    root = write_nuscenes(tmp_path / "ns")
+    p = root / "v1.0-mini" / "calibrated_sensor.json"
+    rows = json.loads(p.read_text())
+    for r in rows:
+        if r["token"].startswith("cs_CAM"):
+            r.update(rec(inv(SENSOR[r["token"][3:]])))
+    p.write_text(json.dumps(rows))
+    with pytest.raises(ConversionError, match="convention"):
+        convert(root, tmp_path / "o")
