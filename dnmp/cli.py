@@ -207,6 +207,20 @@ def cmd_coverage(args) -> int:
     return 0
 
 
+def cmd_export_mesh(args) -> int:
+    from .export import export_mesh
+    from .train.checkpoint import load_checkpoint
+    from .train.radiance import renderer_from_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    renderer = renderer_from_checkpoint(ckpt)
+    scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
+    info = export_mesh(renderer, args.out, colour=args.colour, scales=scales)
+    print(f"wrote {info['path']}: {info['primitives']} primitives, {info['vertices']} vertices, "
+          f"{info['faces']} faces (scene frame, metres; from {ckpt['path']})")
+    return 0
+
+
 def cmd_convert(args) -> int:
     import importlib
 
@@ -351,6 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads (default: torch's)")
     ae.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     ae.set_defaults(func=cmd_train_autoencoder)
+
+    em = sub.add_parser("export-mesh", help="write all decoded primitives as one mesh file",
+                        description="Decode every primitive of a checkpoint (latent -> shape decoder "
+                                    "-> vertices) and write them as one triangle mesh with open3d "
+                                    "(format from the suffix: .ply, .obj, .off, .glb), in the scene "
+                                    "frame in metres.")
+    em.add_argument("checkpoint", help="checkpoint file (step_*.pt or geometry.pt), or a run folder "
+                                       "(newest step_*.pt)")
+    em.add_argument("--out", required=True, help="mesh file to write, e.g. mesh.ply")
+    em.add_argument("--colour", "--color", action="store_true",
+                    help="colour vertices with the radiance field's view-independent colour "
+                         "(RGB averaged over 12 view directions)")
+    em.add_argument("--scale", choices=["all", "fine", "coarse"], default="all",
+                    help="which primitive scale(s) to export (default all)")
+    em.set_defaults(func=cmd_export_mesh)
 
     from .converters import FORMATS
 
