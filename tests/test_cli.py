@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"
 BUNDLED = REPO / "scenes" / "kitti00"
 FAST = ("steps = 40\nbatch_size = 2048\ncheckpoint_every = 20\nlog_every = 10\n"
-        "lr_features = 0.05\nlr_mlp = 0.01\ntime_budget_minutes = 0\n")
+        "lr_features = 0.05\nlr_mlp = 0.01\ntime_budget_minutes = 0\ngeometry_steps = 20\n")
 
 
 def dnmp(*args, check=True, timeout=600):
@@ -37,7 +37,8 @@ def one_line_error(proc, *needles):
 
 
 def test_help_of_every_command():
-    for cmd in ("train", "render", "eval", "profile", "coverage", "convert"):
+    for cmd in ("train", "render", "eval", "profile", "coverage", "convert", "export-mesh",
+                "train-autoencoder"):
         out = dnmp(cmd, "--help").stdout
         assert "usage: dnmp " + cmd in out
     assert "raster_ms_per_kpx" in dnmp("profile", "--help").stdout
@@ -64,6 +65,13 @@ def test_end_to_end_convert_train_render_eval_profile(tmp_path):
     # 40 steps on real frames: well above a random model (~10 dB), far from converged
     assert 12.0 < m["test_psnr"] < 40.0
     assert m["num_test_frames"] == 3 and m["test_lpips"] is None and "lpips_note" in m
+    geo = m["geometry"]
+    assert geo["steps"] == 20 and geo["test_depth_template"]["median_m"] > 0
+    assert geo["test_depth_optimized"]["median_m"] > 0 and geo["test_depth_optimized"]["frames"] == 3
+    assert (run / "checkpoints" / "geometry.pt").is_file()
+
+    out = dnmp("export-mesh", run, "--out", tmp_path / "mesh.ply", "--colour").stdout
+    assert "wrote" in out and (tmp_path / "mesh.ply").stat().st_size > 1000
     assert sorted(p.name for p in (run / "renders" / "test").iterdir())[:2] == [
         "image_2_000001_gt.png", "image_2_000001_pred.png"]
 

@@ -313,7 +313,7 @@ def print_summary(scene, ref_camera: str | None = None) -> dict:
         for split in ("train", "test"):
             n = sum(1 for f in scene.frames if f.camera == cname and f.split == split)
             info["frames"][f"{cname}/{split}"] = n
-    print(f"scene {scene.name!r} at {scene.root}")
+    print(f"scene {scene.name!r}")
     print("  frames: " + ", ".join(f"{k} {v}" for k, v in info["frames"].items()))
     all_pts = []
     for pc in scene.point_clouds:
