@@ -293,8 +293,8 @@ def template_latent(decoder: ShapeDecoder, candidates: int = 4096, steps: int = 
         for _ in range(steps):
             loss = err(z[None])[0]
             (grad,) = torch.autograd.grad(loss, [z])  # only the latent: decoder grads untouched
-            if float(loss) < best_e:
-                best, best_e = z.detach().clone(), float(loss)
+            if loss.item() < best_e:
+                best, best_e = z.detach().clone(), loss.item()
             opt.zero_grad(set_to_none=True)
             z.grad = grad
             opt.step()

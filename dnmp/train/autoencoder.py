@@ -64,6 +64,7 @@ class AutoencoderConfig:
     heldout_cell: float = 4.0         # metres
     fit_steps: int = 100              # per-patch ico-sphere fitting steps
     fit_lr: float = 0.02
+    refine_steps: int = 100           # held-out evaluation: latent refinement steps
     w_laplacian: float = 0.05         # regulariser weights (unit frame, Chamfer in unit^2)
     w_normal: float = 0.005
     w_fitted: float = 0.1             # auxiliary per-vertex term to the fitted meshes
@@ -358,7 +359,7 @@ def train_autoencoder(sources, out, cfg: AutoencoderConfig | None = None, progre
     if held.points.shape[0]:
         with torch.no_grad():
             z, ae = model(held.points)
-        refined = model.decoder(optimise_latents(model.decoder, held.points, z,
+        refined = model.decoder(optimise_latents(model.decoder, held.points, z, steps=cfg.refine_steps,
                                                  w_laplacian=cfg.w_laplacian, w_normal=cfg.w_normal)).detach()
         template = ico_sphere(1)[0].expand(held.points.shape[0], -1, -1)
         figures = chamfer_report({"template": template, "fitted": held.fitted, "autoencoder": ae,
