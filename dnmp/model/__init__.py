@@ -4,6 +4,7 @@ from .icosphere import ico_sphere
 from .primitives import Primitives, ShapeDecoder, voxelize
 from .field import BackgroundField, RadianceField
 from .renderer import DNMPRenderer, RenderConfig, camera_rays
+from .autoencoder import MeshAutoEncoder, ShapeWeightsError, load_shape_decoder, template_latent
 
 __all__ = [
     "ico_sphere",
@@ -15,4 +16,8 @@ __all__ = [
     "DNMPRenderer",
     "RenderConfig",
     "camera_rays",
+    "MeshAutoEncoder",
+    "ShapeWeightsError",
+    "load_shape_decoder",
+    "template_latent",
 ]
