@@ -151,7 +151,7 @@ class RayCache:
             bary.append(frags.bary_coords.view(-1, k, 3))
             rgb.append(torch.from_numpy(scene.load_image(frame)).view(-1, 3))
             dirs.append(camera_rays(cam.intrinsics(as_tensor=True), c2w, cam.height, cam.width))
-            covered += int((frags.pix_to_face[..., 0] >= 0).sum())
+            covered += int((frags.pix_to_face >= 0).any(-1).sum())
         self.pix_to_face = torch.cat(p2f)
         self.bary = torch.cat(bary)
         self.rgb = torch.cat(rgb)
