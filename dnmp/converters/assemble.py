@@ -21,12 +21,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dnmp.converters.common import (
+from dnmp.converters.common import (  # noqa: F401  (as_rgb8: re-exported)
     ConversionError,
+    as_rgb8,
+    check_downscale,
     clean_points,
     crop_to_views,
     finish_scene,
+    logger,
+    progress,
     projection_sanity,
+    read_image_native,
     transform,
     translation,
     undistort_image,
@@ -80,16 +85,7 @@ class ExtraPoints:
 
 def read_image_file(path: Path) -> np.ndarray:
     """uint8 [H, W, 3] from a PNG/JPEG file (grey repeated, alpha dropped)."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(path, "image is missing")
-    try:
-        img = np.asarray(iio.imread(path))
-    except Exception as e:
-        raise ConversionError(path, f"corrupt or unreadable image ({type(e).__name__})") from None
-    return as_rgb8(img, path)
+    return as_rgb8(read_image_native(path), Path(path))
 
 
 def decode_image_bytes(data: bytes, where) -> np.ndarray:
@@ -103,25 +99,6 @@ def decode_image_bytes(data: bytes, where) -> np.ndarray:
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return as_rgb8(img, where)
-
-
-def as_rgb8(img: np.ndarray, where) -> np.ndarray:
-    """HxW or HxWxC uint8 -> contiguous uint8 [H, W, 3] (grey repeated, alpha
-    dropped); other dtypes raise ConversionError naming ``where``."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        raise ConversionError(where, f"expected an 8-bit image, got {img.dtype}")
-    return np.ascontiguousarray(img)
-
-
-def _tqdm(it, quiet, **kw):
-    if quiet:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, **kw)
 
 
 def assemble_scene(
@@ -162,20 +139,19 @@ def assemble_scene(
     its error blames. Raises ConversionError for images whose size
     differs from their camera's.
     """
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     out = Path(out)
     distortion = distortion or {}
     if not frames:
         raise ConversionError(out, "no frames selected")
-    if not downscale >= 1:
-        raise ConversionError(out, f"downscale must be >= 1, got {downscale}")
+    check_downscale(downscale, out)
     world_offset = np.mean([f.cam_to_world[:3, 3] for f in frames], axis=0)
     shift = translation(-world_offset)
     t0 = min(f.timestamp for f in frames)
     out_cams = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
 
     out_frames = []
-    for pf in _tqdm(frames, quiet, desc="images", unit="img"):
+    for pf in progress(frames, quiet, desc="images", unit="img"):
         cam = cameras[pf.camera]
         plain = downscale == 1 and pf.camera not in distortion
         stem = pf.name.split("/", 1)[1] if "/" in pf.name else pf.name
@@ -216,7 +192,7 @@ def assemble_scene(
 
     if scans:
         per_scan, raw_total = [], 0
-        for k, sc in enumerate(_tqdm(scans, quiet, desc="lidar", unit="scan")):
+        for k, sc in enumerate(progress(scans, quiet, desc="lidar", unit="scan")):
             world = transform(shift, np.asarray(sc.load(), np.float64).reshape(-1, 3))
             raw_total += len(world)
             per_scan.append(world)

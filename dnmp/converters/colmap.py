@@ -47,6 +47,7 @@ from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
     every_nth_split,
+    logger,
     make_rigid,
     quat_to_rotation,
     rigid_inverse,
@@ -290,21 +291,20 @@ def _convert_into(
     scale: float = 1.0,
     undistort: bool = False,
     test_every: int = 4,
-    downscale: float = 1.0,
     voxel: float = 0.0,
-    outlier_neighbors: int = 20,
     name: str | None = None,
-    sanity: bool = True,
-    min_sanity_fraction: float = 0.2,
     quiet: bool = False,
+    **pipeline,
 ):
     """source: the COLMAP project folder. model: the sparse model folder
     (default sparse/0, sparse or source). images: image folder (default
     <source>/images). scale: metres per model unit (COLMAP is up to scale).
     undistort: allow distorted models (OpenCV undistort, same K). test_every:
     every N-th image by name is held out (0 = none). voxel: point voxel size in
-    model units after scaling (default 0 = keep every sfm point)."""
-    log = (lambda *a: None) if quiet else print
+    model units after scaling (default 0 = keep every sfm point).
+    The remaining options (downscale, outlier_neighbors, sanity, min_sanity_fraction)
+    are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    log = logger(quiet)
     source = Path(source)
     mdir = find_model(source, Path(model) if model else None)
     img_dir = Path(images) if images else source / "images"
@@ -345,9 +345,8 @@ def _convert_into(
            "note": "COLMAP reconstructions are up to scale unless --scale was set from a known length"}
     return assemble_scene(
         Path(out), name=name or f"colmap_{source.resolve().name}", source=src, cameras=cams, frames=frames,
-        extra_points=extra, distortion=dist, downscale=downscale, voxel=voxel, outlier_neighbors=outlier_neighbors,
-        sanity=sanity, min_sanity_fraction=min_sanity_fraction, sanity_max_depth=np.inf,
-        sanity_where=mdir / f"images.{kind}", report=report, quiet=quiet)
+        extra_points=extra, distortion=dist, voxel=voxel, sanity_max_depth=np.inf,
+        sanity_where=mdir / f"images.{kind}", report=report, quiet=quiet, **pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

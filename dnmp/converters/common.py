@@ -13,6 +13,8 @@ of column u / row v at image coordinates (u, v).
   :func:`print_summary`, :func:`write_overview` (top-down picture),
   :func:`finish_scene` (summary + overview + conversion_report.json)
 - atomicity: :func:`convert_atomically` (staging folder renamed into place)
+- images: :func:`read_image_native`, :func:`as_rgb8`; option checks:
+  :func:`check_downscale`; progress and logging: :func:`progress`, :func:`logger`
 - command line: :func:`run_cli` (one-line errors, exit 2)
 """
 
@@ -41,6 +43,58 @@ from dnmp.data.scene import (
 class ConversionError(SceneError):
     """A converter's input is unsupported or broken (one-line message naming
     the file)."""
+
+
+# ----------------------------------------------------------------------------
+# Images, option checks, progress
+# ----------------------------------------------------------------------------
+
+
+def read_image_native(path) -> np.ndarray:
+    """The decoded image as stored (uint8 [H, W] or [H, W, C]); refuses a
+    missing or unreadable file and other bit depths (ConversionError naming it)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(path, "image is missing")
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as e:
+        raise ConversionError(path, f"corrupt or unreadable image ({type(e).__name__})") from None
+    if img.dtype != np.uint8:
+        raise ConversionError(path, f"expected an 8-bit image, got {img.dtype}")
+    return img
+
+
+def as_rgb8(img: np.ndarray, where) -> np.ndarray:
+    """HxW or HxWxC uint8 -> contiguous uint8 [H, W, 3] (grey repeated, alpha
+    dropped); other dtypes raise ConversionError naming ``where``."""
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        raise ConversionError(where, f"expected an 8-bit image, got {img.dtype}")
+    return np.ascontiguousarray(img)
+
+
+def check_downscale(downscale: float, where) -> None:
+    if not downscale >= 1:
+        raise ConversionError(where, f"downscale must be >= 1, got {downscale}")
+
+
+def progress(it, quiet: bool, **kw):
+    """``tqdm(it, **kw)``, or ``it`` itself when quiet."""
+    if quiet:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, **kw)
+
+
+def logger(quiet: bool) -> Callable:
+    """``print``, or a function that prints nothing when quiet."""
+    return (lambda *a: None) if quiet else print
 
 
 # ----------------------------------------------------------------------------

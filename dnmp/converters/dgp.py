@@ -50,6 +50,7 @@ from dnmp.converters.assemble import (
 from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
+    logger,
     every_nth_split,
     make_rigid,
     pose_from_quat,
@@ -197,23 +198,19 @@ def _convert_into(
     scene=None,
     cameras: Sequence[str] | None = None,
     test_every: int | None = None,
-    downscale: float = 1.0,
-    max_depth: float = 80.0,
     lidar: bool = True,
-    depth: bool = True,
-    voxel: float = 0.05,
-    outlier_neighbors: int = 20,
     name: str | None = None,
-    sanity: bool = True,
-    min_sanity_fraction: float = 0.2,
     quiet: bool = False,
+    **pipeline,
 ):
     """source: DGP dataset root (with scene_dataset_v1.0.json), a scene folder
     or a scene JSON. scene: index or name (default the first). cameras: names
     (default every camera datum of the scene). test_every: None = middle sample
     held out for <= 5 samples, else every 4th; N = every N-th sample (offset
-    N // 2); 0 = none. Other options as in kitti_odometry."""
-    log = (lambda *a: None) if quiet else print
+    N // 2); 0 = none.
+    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
+    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    log = logger(quiet)
     scene_json = pick_scene(Path(source), scene)
     sdir = scene_json.parent
     sj = _load_json(scene_json)
@@ -310,9 +307,8 @@ def _convert_into(
            "licence": "see the dataset's LICENSE (DDAD: CC BY-NC-SA 4.0; TRI dgp test data: MIT)"}
     return assemble_scene(
         Path(out), name=name or f"dgp_{sdir.name}", source=src, cameras=cams, frames=frames, scans=scans,
-        downscale=downscale, max_depth=max_depth, depth=depth, voxel=voxel, outlier_neighbors=outlier_neighbors,
-        sanity=sanity, min_sanity_fraction=min_sanity_fraction, sanity_where=scene_json, report=report,
-        ref_camera=cameras[0], quiet=quiet)
+        sanity_where=scene_json, report=report,
+        ref_camera=cameras[0], quiet=quiet, **pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ from dnmp.converters.assemble import (
 from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
+    logger,
     every_nth_split,
     pose_from_quat,
     run_cli,
@@ -146,24 +147,20 @@ def _convert_into(
     lidar_sweeps: bool = True,
     test_every: int = 4,
     min_range: float = 2.0,
-    downscale: float = 1.0,
-    max_depth: float = 80.0,
     lidar: bool = True,
-    depth: bool = True,
-    voxel: float = 0.05,
-    outlier_neighbors: int = 20,
     name: str | None = None,
-    sanity: bool = True,
-    min_sanity_fraction: float = 0.2,
     quiet: bool = False,
+    **pipeline,
 ):
     """dataroot: nuScenes root (holding <version>/ and samples/). scene: scene
     name (default the first scene). cameras: channels (default the six
     CAM_*). keyframes_only: only images of annotated samples (2 Hz).
     lidar_sweeps: fuse the intermediate LIDAR_TOP sweeps too, not only the
     keyframe ones. test_every: every N-th keyframe held out (0 = none).
-    min_range: metres, drops ego-vehicle returns. Others as in kitti_odometry."""
-    log = (lambda *a: None) if quiet else print
+    min_range: metres, drops ego-vehicle returns.
+    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
+    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    log = logger(quiet)
     dataroot = Path(dataroot)
     vdir = find_version_dir(dataroot, version)
     T = load_tables(vdir)
@@ -256,9 +253,7 @@ def _convert_into(
            "licence": "nuScenes terms of use (CC BY-NC-SA 4.0, non-commercial)"}
     return assemble_scene(
         Path(out), name=name or f"nuscenes_{sc.get('name')}", source=src, cameras=cams, frames=frames,
-        scans=scans, downscale=downscale, max_depth=max_depth, depth=depth, voxel=voxel,
-        outlier_neighbors=outlier_neighbors, sanity=sanity, min_sanity_fraction=min_sanity_fraction,
-        sanity_where=cal_where, report=report, ref_camera=cameras[0], quiet=quiet)
+        scans=scans, sanity_where=cal_where, report=report, ref_camera=cameras[0], quiet=quiet, **pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,7 @@ from dnmp.converters.assemble import (
 from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
+    logger,
     every_nth_split,
     make_rigid,
     run_cli,
@@ -204,24 +205,20 @@ def _convert_into(
     last: int | None = None,
     test_every: int = 4,
     undistort: bool = False,
-    downscale: float = 1.0,
-    max_depth: float = 80.0,
     lidar: bool = True,
-    depth: bool = True,
-    voxel: float = 0.05,
-    outlier_neighbors: int = 20,
     name: str | None = None,
-    sanity: bool = True,
-    min_sanity_fraction: float = 0.2,
     quiet: bool = False,
+    **pipeline,
 ):
     """root: folder with the v2 component folders. segment: context name
     (default the first camera_image file). cameras: FRONT, FRONT_LEFT,
     FRONT_RIGHT, SIDE_LEFT, SIDE_RIGHT (default all present). lasers: TOP,
     FRONT, SIDE_LEFT, SIDE_RIGHT, REAR (default all present). first/last:
     frame indices (inclusive) in timestamp order. test_every: every N-th frame
-    held out (0 = none). undistort: accept k1..k3 != 0 (OpenCV undistort)."""
-    log = (lambda *a: None) if quiet else print
+    held out (0 = none). undistort: accept k1..k3 != 0 (OpenCV undistort).
+    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
+    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    log = logger(quiet)
     root = Path(root)
     segs = list_segments(root)
     if not segs:
@@ -359,9 +356,7 @@ def _convert_into(
            "licence": "Waymo Dataset License Agreement for Non-Commercial Use"}
     return assemble_scene(
         Path(out), name=name or f"waymo_{segment}", source=src, cameras=cams, frames=frames, scans=scans,
-        distortion=dist, downscale=downscale, max_depth=max_depth, depth=depth, voxel=voxel,
-        outlier_neighbors=outlier_neighbors, sanity=sanity, min_sanity_fraction=min_sanity_fraction,
-        sanity_where=cal_path, report=report, ref_camera=cameras[0], quiet=quiet)
+        distortion=dist, sanity_where=cal_path, report=report, ref_camera=cameras[0], quiet=quiet, **pipeline)
 
 
 def build_parser() -> argparse.ArgumentParser:
