@@ -136,11 +136,13 @@ def cmd_profile(args) -> int:
 
     from .profile import profile_renderer
 
+    from .train.config import TrainConfig, load_config
+
     if args.checkpoint:
-        _, scene, renderer = _checkpoint_and_scene(args)
+        ckpt, scene, renderer = _checkpoint_and_scene(args)
+        cfg = TrainConfig.from_dict(ckpt["config"], ckpt["path"])
         source = args.checkpoint
     else:
-        from .train.config import load_config
         from .train.radiance import build_renderer, scene_centres
 
         scene = _load_scene(args.scene or bundled_scene())
@@ -157,6 +159,11 @@ def cmd_profile(args) -> int:
                            repeats=args.repeats, memory=not args.no_memory)
     res.update({"scene": scene.name, "frame": frame.name, "model": source,
                 "backend": __import__("dnmp.ops", fromlist=["backend"]).backend()})
+    if args.geometry:
+        from .profile import profile_geometry
+
+        res.update(profile_geometry(renderer, scene, cfg, repeats=max(args.repeats, 5),
+                                    memory=not args.no_memory))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -167,6 +174,13 @@ def cmd_profile(args) -> int:
         print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms)")
         print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
         print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
+        if args.geometry:
+            gm = res["geometry_step_peak_memory_mb"]
+            print(f"  geometry step : {res['geometry_step_ms']:.1f} ms ({res['geometry_windows']} windows "
+                  f"of {res['geometry_window']}^2 px per scale), peak memory "
+                  + ("unmeasured" if gm is None else f"{gm:.1f} MiB")
+                  + f"; visibility refresh {res['geometry_refresh_ms']:.0f} ms every "
+                  f"{res['geometry_refresh_every']} steps")
     return 0
 
 
@@ -255,7 +269,12 @@ threads spin-wait (OMP_WAIT_POLICY=ACTIVE unless set), so run it on an idle mach
                           compositing + background, ms per 1000 pixels
   peak_memory_mb_per_kpx  peak CPU memory allocated by torch tensors during one full
                           render (torch profiler memory timeline), MiB per 1000 pixels
-  num_primitives, num_faces  scene size
+  num_primitives, num_faces  scene size (all scales)
+With --geometry, also the geometry stage (paper Sec. 3.2):
+  geometry_step_ms        one step: windows of LiDAR pixels, decode the primitives they
+                          see, rasterize, depth L1 + regularisers, backward, SparseAdam
+  geometry_refresh_ms     re-rasterizing the training frames to decide visibility
+  geometry_step_peak_memory_mb  peak torch CPU memory of one step, MiB
 Without CHECKPOINT an untrained model of the default config is built on the scene
 (rendering cost does not depend on the learned weights)."""
 
@@ -331,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--faces-per-pixel", type=_int_at_least(1), help="override K")
     pr.add_argument("--repeats", type=_int_at_least(1), default=5, help="timed runs (default 5)")
     pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    pr.add_argument("--geometry", action="store_true",
+                    help="also time the geometry stage's step and refresh, and its peak memory "
+                         "(on a copy of the model; needs the scene's LiDAR depth)")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
     pr.set_defaults(func=cmd_profile)
 

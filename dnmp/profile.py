@@ -81,3 +81,41 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
         "peak_memory_mb_per_kpx": None if peak is None else peak / kpx,
         "peak_memory_mb": peak,
     }
+
+
+def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warmup: int = 2,
+                     memory: bool = True) -> dict:
+    """Time the geometry stage (paper Sec. 3.2) on a copy of `renderer` (the model
+    passed in is not changed).
+
+    Figures:
+        geometry_step_ms: median wall time of one step (`cfg.geometry_windows` windows
+            of `cfg.geometry_window`^2 pixels per scale: decode the primitives seen,
+            rasterize, L1 + regularisers, backward, SparseAdam), after `warmup` steps.
+        geometry_refresh_ms: one visibility refresh (all training frames, every
+            `cfg.geometry_refresh_every` steps).
+        geometry_step_peak_memory_mb: peak torch CPU memory of one step (None if
+            unmeasurable).
+    """
+    import copy
+
+    from .train.geometry import GeometryFitter
+
+    fitter = GeometryFitter(copy.deepcopy(renderer), scene, cfg)
+    t = time.perf_counter()
+    fitter.refresh()
+    refresh_ms = (time.perf_counter() - t) * 1e3
+    for _ in range(warmup):
+        fitter.step()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fitter.step()
+        times.append((time.perf_counter() - t) * 1e3)
+    peak = peak_memory_mb(fitter.step) if memory else None
+    return {"geometry_step_ms": statistics.median(times),
+            "geometry_step_ms_runs": [round(x, 1) for x in times],
+            "geometry_refresh_ms": refresh_ms,
+            "geometry_refresh_every": cfg.geometry_refresh_every,
+            "geometry_windows": cfg.geometry_windows, "geometry_window": cfg.geometry_window,
+            "geometry_step_peak_memory_mb": peak}

@@ -85,7 +85,9 @@ def test_end_to_end_convert_train_render_eval_profile(tmp_path):
     written = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"test_psnr", "test_ssim", "test_lpips", "num_test_frames"} <= set(written)
 
-    prof = json.loads(dnmp("profile", run, "--json", "--repeats", "5").stdout)
+    prof = json.loads(dnmp("profile", run, "--json", "--repeats", "5", "--geometry").stdout)
+    assert prof["geometry_step_ms"] > 0 and len(prof["geometry_step_ms_runs"]) == 5
+    assert prof["geometry_refresh_ms"] > 0
     for key in ("raster_ms_per_kpx", "render_ms_per_kpx", "peak_memory_mb_per_kpx"):
         assert prof[key] is None or prof[key] > 0
     assert prof["raster_ms_per_kpx"] < prof["render_ms_per_kpx"]

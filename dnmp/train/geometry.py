@@ -100,94 +100,101 @@ def window_depth_l1(prims, index: torch.Tensor, latents: torch.Tensor, offsets: 
     return (z[m] - gt[m]).abs().mean(), shape
 
 
-def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progress: bool = True,
-                   log=print) -> dict:
-    """Run the geometry stage in place on ``renderer.primitives`` (latents, offsets).
+class GeometryFitter:
+    """The geometry stage's state and one optimisation step (paper Sec. 3.2).
 
-    Uses the training frames that have depth images (LiDAR, DESIGN.md scene
-    format). Returns {"steps", "seconds", "ms_per_step", "peak_rss_mib", "loss_depth"
-    (L1 metres, running mean at the end)}.
+    Holds the training frames' LiDAR pixels, the SparseAdam optimisers of the
+    latents and offsets, and per scale and frame the primitive seen at every
+    pixel (layer 0) from the last `refresh()`. `step()` samples
+    `cfg.geometry_windows` windows and updates only the primitives they see.
 
-    Raises:
+    Raises (constructor):
         ValueError: no training frame has LiDAR depth within `cfg.depth_max_range`.
     """
-    prims = renderer.primitives
-    frames = [f for f in scene.frames_by_split("train") if f.depth is not None]
-    data = [_FrameDepth(scene, f, cfg.depth_max_range) for f in frames]
-    data = [d for d in data if len(d.pixels)]
-    if not data:
-        raise ValueError(f"{scene.root}: no training frame has LiDAR depth within "
-                         f"{cfg.depth_max_range} m; the geometry stage needs it (use --stages radiance)")
-    per_face = prims.faces_per_primitive
-    nv = prims.decoder.num_verts
-    template_faces = prims.decoder.template_faces
-    scales = [(a, b) for a, b in prims.scale_ranges() if b > a]
-    lat_opt = torch.optim.SparseAdam([prims.latents], lr=cfg.geometry_lr_latent)
-    off_opt = torch.optim.SparseAdam([prims.offsets], lr=cfg.geometry_lr_offset)
-    prims.latents.requires_grad_(True)
-    prims.offsets.requires_grad_(True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    visible: list[list[torch.Tensor]] = []  # [scale][frame] -> int64 [H, W] primitive of layer 0
 
-    def refresh() -> None:
-        visible.clear()
-        renderer.refresh_geometry()
-        verts, _ = renderer.geometry()
-        for a, b in scales:
+    def __init__(self, renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig):
+        self.renderer, self.cfg = renderer, cfg
+        self.prims = prims = renderer.primitives
+        frames = [f for f in scene.frames_by_split("train") if f.depth is not None]
+        self.data = [d for d in (_FrameDepth(scene, f, cfg.depth_max_range) for f in frames)
+                     if len(d.pixels)]
+        if not self.data:
+            raise ValueError(f"{scene.root}: no training frame has LiDAR depth within "
+                             f"{cfg.depth_max_range} m; the geometry stage needs it "
+                             f"(use --stages radiance)")
+        self.scales = [(a, b) for a, b in prims.scale_ranges() if b > a]
+        self.lat_opt = torch.optim.SparseAdam([prims.latents], lr=cfg.geometry_lr_latent)
+        self.off_opt = torch.optim.SparseAdam([prims.offsets], lr=cfg.geometry_lr_offset)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.visible: list[list[torch.Tensor]] = []  # [scale][frame] -> int64 [H, W]
+        prims.latents.requires_grad_(True)
+        prims.offsets.requires_grad_(True)
+
+    def refresh(self) -> None:
+        """Rasterize every training frame with the current shapes (layer 0 per scale)
+        to know which primitive each pixel sees."""
+        prims, cfg = self.prims, self.cfg
+        per_face = prims.faces_per_primitive
+        self.visible.clear()
+        self.renderer.refresh_geometry()
+        verts, _ = self.renderer.geometry()
+        for a, b in self.scales:
             faces = prims.faces[a * per_face: b * per_face]
             per_frame = []
-            for d in data:
+            for d in self.data:
                 frags = ops.rasterize(verts, faces, d.intrinsics, d.world_to_cam,
                                       (d.height, d.width), faces_per_pixel=1,
                                       near=cfg.near, far=cfg.far)
                 p2f = frags.pix_to_face[0, ..., 0]
                 per_frame.append(torch.where(p2f >= 0, p2f // per_face + a, p2f))
-            visible.append(per_frame)
+            self.visible.append(per_frame)
 
-    t0 = time.time()
-    running = None
-    bar = tqdm(total=cfg.geometry_steps, desc="geometry", disable=not progress,
-               mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
-    win = cfg.geometry_window
-    for step in range(cfg.geometry_steps):
-        if step % cfg.geometry_refresh_every == 0:
-            refresh()
-        fi = torch.randint(0, len(data), (cfg.geometry_windows,), generator=gen)
+    def step(self) -> float | None:
+        """One SparseAdam step on the latents and offsets the sampled windows see.
+        Returns the depth L1 (metres, mean over windows) or None when no window had a
+        covered LiDAR pixel (nothing updated)."""
+        prims, cfg, gen = self.prims, self.cfg, self.gen
+        if not self.visible:
+            self.refresh()
+        template_faces = prims.decoder.template_faces
+        win = cfg.geometry_window
+        fi = torch.randint(0, len(self.data), (cfg.geometry_windows,), generator=gen)
         depth_loss, reg_loss, n_terms, touched = 0.0, 0.0, 0, []
-        for s, (a, b) in enumerate(scales):
-            # windows of (possibly) several frames; one rasterize call per frame
-            for f in fi.unique().tolist():
-                d = data[f]
-                n = int((fi == f).sum())
-                pick = d.pixels[torch.randint(0, len(d.pixels), (n,), generator=gen)]
-                topleft, k = window_cameras(d, pick, win)
-                h, w = min(win, d.height), min(win, d.width)
-                rows = topleft[:, :1, None] + torch.arange(h).view(1, h, 1)
-                cols = topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)
-                seen = visible[s][f][rows, cols]  # [n, h, w]
-                idx = torch.unique(seen[seen >= 0])
-                if idx.numel() == 0:
-                    continue
-                touched.append(idx)
-                lat = F.embedding(idx, prims.latents, sparse=True)
-                off = F.embedding(idx, prims.offsets, sparse=True)
-                gt = d.depth[rows, cols]
-                loss_d, shape = window_depth_l1(prims, idx, lat, off, k, d.world_to_cam, gt, cfg)
-                if loss_d is not None:
-                    depth_loss = depth_loss + loss_d
-                    n_terms += 1
-                reg = cfg.w_laplacian * mesh_laplacian_smoothing(shape, template_faces).mean() + \
-                    cfg.w_normal * mesh_normal_consistency(shape, template_faces).mean() + \
-                    cfg.w_offset * offset_hinge(off, prims.voxel_sizes[idx])
-                reg_loss = reg_loss + reg
-        if n_terms == 0:
-            continue
-        loss = depth_loss / n_terms + reg_loss / n_terms
-        lat_opt.zero_grad(set_to_none=True)
-        off_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        lat_opt.step()
-        off_opt.step()
+        with torch.enable_grad():
+            for s in range(len(self.scales)):
+                # windows of several frames: one rasterize call per (scale, frame)
+                for f in fi.unique().tolist():
+                    d = self.data[f]
+                    n = int((fi == f).sum())
+                    pick = d.pixels[torch.randint(0, len(d.pixels), (n,), generator=gen)]
+                    topleft, k = window_cameras(d, pick, win)
+                    h, w = min(win, d.height), min(win, d.width)
+                    rows = topleft[:, :1, None] + torch.arange(h).view(1, h, 1)
+                    cols = topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)
+                    seen = self.visible[s][f][rows, cols]  # [n, h, w]
+                    idx = torch.unique(seen[seen >= 0])
+                    if idx.numel() == 0:
+                        continue
+                    touched.append(idx)
+                    lat = F.embedding(idx, prims.latents, sparse=True)
+                    off = F.embedding(idx, prims.offsets, sparse=True)
+                    loss_d, shape = window_depth_l1(prims, idx, lat, off, k, d.world_to_cam,
+                                                    d.depth[rows, cols], cfg)
+                    if loss_d is not None:
+                        depth_loss = depth_loss + loss_d
+                        n_terms += 1
+                    reg_loss = reg_loss + \
+                        cfg.w_laplacian * mesh_laplacian_smoothing(shape, template_faces).mean() + \
+                        cfg.w_normal * mesh_normal_consistency(shape, template_faces).mean() + \
+                        cfg.w_offset * offset_hinge(off, prims.voxel_sizes[idx])
+            if n_terms == 0:
+                return None
+            loss = (depth_loss + reg_loss) / n_terms
+            self.lat_opt.zero_grad(set_to_none=True)
+            self.off_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        self.lat_opt.step()
+        self.off_opt.step()
         with torch.no_grad():
             # keep latents on the unit sphere and offsets within one voxel (a hard
             # bound behind the hinge); only the rows this step touched
@@ -195,17 +202,47 @@ def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progr
             prims.latents[t] = F.normalize(prims.latents[t], dim=-1)
             lim = prims.voxel_sizes[t].unsqueeze(1)
             prims.offsets[t] = torch.maximum(torch.minimum(prims.offsets[t], lim), -lim)
-        dl = float(depth_loss.detach()) / n_terms
-        if not math.isfinite(dl):
-            raise FloatingPointError(f"geometry stage: depth loss became {dl} at step {step}")
-        running = dl if running is None else 0.95 * running + 0.05 * dl
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(depth_l1=f"{running:.3f} m")
-    bar.close()
-    prims.latents.requires_grad_(False)
-    prims.offsets.requires_grad_(False)
-    renderer.refresh_geometry()
+        return float(depth_loss.detach()) / n_terms
+
+
+def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progress: bool = True,
+                   log=print) -> dict:
+    """Run the geometry stage in place on ``renderer.primitives`` (latents, offsets):
+    `cfg.geometry_steps` steps of `GeometryFitter`, re-deciding visibility every
+    `cfg.geometry_refresh_every` steps.
+
+    Uses the training frames that have depth images (LiDAR, DESIGN.md scene
+    format). Returns {"steps", "seconds", "ms_per_step", "loss_depth_l1_m" (running
+    mean at the end, metres)}.
+
+    Raises:
+        ValueError: no training frame has LiDAR depth within `cfg.depth_max_range`.
+        FloatingPointError: the loss became NaN/Inf.
+    """
+    prims = renderer.primitives
+    fitter = GeometryFitter(renderer, scene, cfg)
+    t0 = time.time()
+    running = None
+    bar = tqdm(total=cfg.geometry_steps, desc="geometry", disable=not progress,
+               mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    try:
+        for step in range(cfg.geometry_steps):
+            if step % cfg.geometry_refresh_every == 0:
+                fitter.refresh()
+            dl = fitter.step()
+            bar.update(1)
+            if dl is None:
+                continue
+            if not math.isfinite(dl):
+                raise FloatingPointError(f"geometry stage: depth loss became {dl} at step {step}")
+            running = dl if running is None else 0.95 * running + 0.05 * dl
+            if step % 10 == 0:
+                bar.set_postfix(depth_l1=f"{running:.3f} m")
+    finally:
+        bar.close()
+        prims.latents.requires_grad_(False)
+        prims.offsets.requires_grad_(False)
+        renderer.refresh_geometry()
     seconds = time.time() - t0
     return {"steps": cfg.geometry_steps, "seconds": round(seconds, 1),
             "ms_per_step": round(1000 * seconds / max(1, cfg.geometry_steps), 1),
