@@ -45,25 +45,20 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    make_rigid,
-    rigid_inverse,
-    translation,
-)
+from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli, translation
 from dnmp.converters.kitti_common import (
     PlannedImage,
     add_drive_options,
     add_pose_options,
     camera_from_P,
-    check_rectified_pair,
+    convert_drive_atomically,
     drive_options,
-    icp_poses,
+    lidar_odometry,
     need,
-    pose_errors,
     read_key_values,
-    read_velodyne,
+    report_drift,
+    select_cameras,
+    stereo_pair_of,
     stereo_plan,
     write_drive_scene,
 )
@@ -225,10 +220,7 @@ def convert_kitti_raw(source, out, overwrite: bool = False, **options):
     """Convert a KITTI raw drive into the dnmp scene folder ``out``, atomically
     (see :func:`dnmp.converters.common.convert_atomically`). Options and
     errors: :func:`_convert_raw_into`. Returns the loaded Scene."""
-    out = Path(out)
-    if not options.get("max_depth", 80.0) > 0 or not options.get("stereo_max_depth", 25.0) > 0:
-        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
-    return convert_atomically(out, overwrite, lambda staging: _convert_raw_into(source, staging, **options))
+    return convert_drive_atomically(_convert_raw_into, source, out, overwrite, options)
 
 
 def _convert_raw_into(
@@ -262,17 +254,10 @@ def _convert_raw_into(
     calibration key, a truncated scan, too few OXTS records or timestamps, a
     non-rigid transform, an unrectified camera or a failed check.
     """
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     drive_dir = find_drive(Path(source), drive)
     date_dir = drive_dir.parent
-    cameras = list(dict.fromkeys(cameras))
-    if not cameras:
-        raise ConversionError(drive_dir, "no cameras selected")
-    for c in cameras:
-        if c not in ALL_CAMERAS:
-            raise ConversionError(drive_dir, f"unknown camera {c!r}; choose from {', '.join(ALL_CAMERAS)}")
-    if not downscale >= 1:
-        raise ConversionError(drive_dir, f"downscale must be >= 1, got {downscale}")
+    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, drive_dir)
     if poses not in RAW_POSES:
         raise ConversionError(drive_dir, f"poses must be one of {', '.join(RAW_POSES)}, got {poses!r}")
     held_out_cam = next((c for c in LEFT_CAMERAS if c in cameras), cameras[0])
@@ -313,18 +298,14 @@ def _convert_raw_into(
     oxts_dir = drive_dir / "oxts" / "data"
     if poses == "lidar":
         pose_path, pose_kind = drive_dir / "velodyne_points" / "data", "lidar"
-        log(f"kitti raw: estimating poses from {len(indices)} scans (ICP)")
-        scans_v = [read_velodyne(pose_path / f"{i:010d}.bin")[:, :3] for i in indices]
-        V, st = icp_poses(scans_v, icp_voxel, icp_max_distance, min_icp_fitness, where=pose_path, quiet=quiet)
-        T_imu_velo = rigid_inverse(T_velo_imu)
-        T_w_imu = {i: T_imu_velo @ V[k] @ T_velo_imu for k, i in enumerate(indices)}
+        est, st = lidar_odometry([pose_path / f"{i:010d}.bin" for i in indices], rigid_inverse(T_velo_imu),
+                                 T_velo_imu, "kitti raw", pose_path, icp_voxel, icp_max_distance, min_icp_fitness,
+                                 quiet)
+        T_w_imu = dict(zip(indices, est))
         report["lidar_poses"] = st
         if all((oxts_dir / f"{i:010d}.txt").is_file() for i in indices):
             ref = oxts_poses(np.stack([read_oxts(oxts_dir / f"{i:010d}.txt") for i in indices]))
-            err = pose_errors([T_w_imu[i] for i in indices], ref)
-            report["lidar_poses"]["vs_oxts"] = err
-            log(f"lidar poses vs OXTS: max translation error {err['max_translation_m']:.3f} m, max rotation "
-                f"error {err['max_rotation_deg']:.3f} deg, final drift {err['final_drift_percent']:.2f}% of the distance")
+            report_drift(est, ref, "OXTS", st, "vs_oxts", quiet)
     else:
         pose_path, pose_kind = oxts_dir, "oxts"
         recs = np.stack([read_oxts(oxts_dir / f"{i:010d}.txt") for i in indices])
@@ -338,11 +319,7 @@ def _convert_raw_into(
     plan = [PlannedImage(i, c, split, T_w_velo[i] @ T_velo_rect @ rigid_inverse(translation(offsets[c])),
                          drive_dir / c / "data" / f"{i:010d}.png", times[i] - times[first])
             for i, c, split in stereo_plan(indices, cameras, held_out_cam, parity_origin=first)]
-    pair = next(((l, r) for l, r in STEREO_PAIRS if l in cameras and r in cameras), None)
-    stereo_pair = None
-    if pair and pipeline.get("stereo", True):
-        l, r = pair
-        stereo_pair = (l, r, check_rectified_pair(full_cams[l], full_cams[r], offsets[l], offsets[r], c2c_path))
+    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, c2c_path, pipeline.get("stereo", True))
     report.update({"poses": pose_kind, "pose_source": str(pose_path), "first_timestamp": times[first]})
     velo_dir = drive_dir / "velodyne_points" / "data"
     scans = (lambda i: (velo_dir / f"{i:010d}.bin", T_w_velo[i])) if lidar else None
@@ -380,14 +357,10 @@ def main(argv=None) -> int:
     opts = drive_options(argparse.Namespace(**{**vars(args), "cameras": args.cameras or ""}))
     if not opts["cameras"]:
         opts.pop("cameras")
-    try:
-        convert_kitti(args.root, args.out, drive=args.drive, sequence=args.sequence, first=args.first,
-                      last=args.last, poses=args.poses, icp_voxel=args.icp_voxel,
-                      icp_max_distance=args.icp_max_distance, min_icp_fitness=args.min_icp_fitness, **opts)
-    except ValueError as e:  # SceneError / ConversionError: one line
-        print(f"dnmp: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert_kitti(
+        args.root, args.out, drive=args.drive, sequence=args.sequence, first=args.first, last=args.last,
+        poses=args.poses, icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,
+        min_icp_fitness=args.min_icp_fitness, **opts))
 
 
 if __name__ == "__main__":

@@ -43,21 +43,25 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import ConversionError, convert_atomically, make_rigid, rigid_inverse
+from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli
 from dnmp.converters.kitti_common import (
     PlannedImage,
     add_drive_options,
     camera_from_P,
     check_rectified_pair,
+    convert_drive_atomically,
     drive_options,
     need,
     read_key_values,
+    select_cameras,
     stereo_plan,
     write_drive_scene,
 )
 
 ALL_CAMERAS = ("image_00", "image_01")
 FISHEYE = ("image_02", "image_03")
+FISHEYE_REFUSED = {c: f"{c} is a fisheye camera (MEI model with distortion), which dnmp does not support; "
+                   "use the perspective cameras image_00, image_01" for c in FISHEYE}
 LICENCE = "KITTI-360: CC BY-NC-SA 3.0 (non-commercial)"
 LIDAR_SOURCES = ("auto", "scans", "fused", "both")
 
@@ -222,7 +226,6 @@ def convert_kitti360(source, out, overwrite: bool = False, **options):
     atomically (see :func:`dnmp.converters.common.convert_atomically`).
     ``preset`` / ``window`` select a paper window (:data:`PRESETS`); other
     options and errors: :func:`_convert_into`. Returns the loaded Scene."""
-    out = Path(out)
     preset, window = options.pop("preset", None), options.pop("window", None)
     if preset is not None:
         if preset not in PRESETS:
@@ -243,9 +246,7 @@ def convert_kitti360(source, out, overwrite: bool = False, **options):
         options["preset_info"] = {"preset": preset, "window": int(window), "source": PRESETS[preset]["source"]}
     elif window is not None:
         raise ConversionError(source, "--window needs --preset")
-    if not options.get("max_depth", 80.0) > 0 or not options.get("stereo_max_depth", 25.0) > 0:
-        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
-    return convert_atomically(out, overwrite, lambda staging: _convert_into(source, staging, **options))
+    return convert_drive_atomically(_convert_into, source, out, overwrite, options)
 
 
 def _convert_into(
@@ -280,20 +281,10 @@ def _convert_into(
     calibration keys, unsupported cameras, truncated scans, non-rigid poses
     or failed checks.
     """
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     root = Path(source)
     seq = find_sequence(root, sequence)
-    cameras = list(dict.fromkeys(cameras))
-    if not cameras:
-        raise ConversionError(root, "no cameras selected")
-    for c in cameras:
-        if c in FISHEYE:
-            raise ConversionError(root, f"{c} is a fisheye camera (MEI model with distortion), which dnmp does "
-                                  "not support; use the perspective cameras image_00, image_01")
-        if c not in ALL_CAMERAS:
-            raise ConversionError(root, f"unknown camera {c!r}; choose from {', '.join(ALL_CAMERAS)}")
-    if not downscale >= 1:
-        raise ConversionError(root, f"downscale must be >= 1, got {downscale}")
+    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, root, refused=FISHEYE_REFUSED)
     if poses not in ("auto", "poses", "cam0"):
         raise ConversionError(root, f"poses must be auto, poses or cam0, got {poses!r}")
     if lidar_source not in LIDAR_SOURCES:
@@ -479,14 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        convert_kitti360(args.root, args.out, sequence=args.sequence, preset=args.preset, window=args.window,
-                         first=args.first, last=args.last, poses=args.poses, lidar_source=args.lidar_source,
-                         **drive_options(args))
-    except ValueError as e:  # SceneError / ConversionError: one line
-        print(f"dnmp: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert_kitti360(
+        args.root, args.out, sequence=args.sequence, preset=args.preset, window=args.window, first=args.first,
+        last=args.last, poses=args.poses, lidar_source=args.lidar_source, **drive_options(args)))
 
 
 if __name__ == "__main__":

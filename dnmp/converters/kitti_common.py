@@ -11,6 +11,9 @@
 - the output pipeline every KITTI converter ends with: :func:`write_drive_scene`
   (images, per-frame sparse depth, fused LiDAR, SGBM points, projection and
   scan-agreement checks, scene.json, summary, overview, report)
+- the steps every KITTI converter starts with: :func:`select_cameras`,
+  :func:`stereo_pair_of`, :func:`lidar_odometry` (``--poses lidar``) and
+  :func:`convert_drive_atomically`
 - :func:`add_drive_options`: the command-line options they all take.
 
 Conventions (DESIGN.md): metres, OpenCV cameras (x right, y down, z forward),
@@ -28,12 +31,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dnmp.converters.common import (
+from dnmp.converters.common import (  # noqa: F401  (read_image_native: re-exported)
     ConversionError,
+    as_rgb8,
+    check_downscale,
     clean_points,
+    convert_atomically,
     crop_to_views,
     finish_scene,
+    logger,
+    progress,
     projection_sanity,
+    read_image_native,
     rigid_inverse,
     scan_agreement,
     transform,
@@ -43,14 +52,6 @@ from dnmp.converters.common import (
     zbuffer_depth,
 )
 from dnmp.data.scene import Camera, Frame, downscale_camera, downscale_image, write_depth_png
-
-
-def _tqdm(it, quiet, **kw):
-    if quiet:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, **kw)
 
 
 # ----------------------------------------------------------------------------
@@ -77,29 +78,9 @@ def read_velodyne(path: Path) -> np.ndarray:
     return pts
 
 
-def read_image_native(path: Path) -> np.ndarray:
-    """The decoded image as stored (uint8 [H, W] or [H, W, C]); refuses other
-    bit depths."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(path, "image is missing")
-    try:
-        img = np.asarray(iio.imread(path))
-    except Exception as e:
-        raise ConversionError(path, f"corrupt or unreadable image ({type(e).__name__})") from None
-    if img.dtype != np.uint8:
-        raise ConversionError(path, f"expected an 8-bit image, got {img.dtype}")
-    return img
-
-
 def read_image(path: Path) -> np.ndarray:
     """uint8 [H, W, 3] (grey repeated to 3 channels, alpha dropped)."""
-    img = read_image_native(path)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return img[..., :3]
+    return as_rgb8(read_image_native(path), Path(path))
 
 
 def read_key_values(path: Path, what: str = "calibration file") -> dict:
@@ -159,6 +140,72 @@ def camera_from_P(P: np.ndarray, name: str, width: int, height: int, where, key:
     cam = Camera(name=name, width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]),
                  cx=float(K[0, 2]), cy=float(K[1, 2]))
     return cam, b
+
+
+def select_cameras(cameras: Sequence[str], allowed: Sequence[str], downscale: float, where,
+                   refused: dict | None = None) -> list:
+    """The chosen cameras, deduplicated in order; refuses (ConversionError
+    naming ``where``) an empty choice, a camera in ``refused`` (name -> reason),
+    one not in ``allowed`` and a downscale below 1."""
+    cameras = list(dict.fromkeys(cameras))
+    if not cameras:
+        raise ConversionError(where, "no cameras selected")
+    for c in cameras:
+        if refused and c in refused:
+            raise ConversionError(where, refused[c])
+        if c not in allowed:
+            raise ConversionError(where, f"unknown camera {c!r}; choose from {', '.join(allowed)}")
+    check_downscale(downscale, where)
+    return cameras
+
+
+def stereo_pair_of(pairs: Sequence[tuple], cameras: Sequence[str], full_cams: dict, offsets: dict, where,
+                   stereo: bool = True):
+    """(left, right, baseline) of the first of ``pairs`` whose two cameras are
+    both chosen (checked by :func:`check_rectified_pair`), or None (also when
+    ``stereo`` is off)."""
+    pair = next(((l, r) for l, r in pairs if l in cameras and r in cameras), None)
+    if not (pair and stereo):
+        return None
+    l, r = pair
+    return (l, r, check_rectified_pair(full_cams[l], full_cams[r], offsets[l], offsets[r], where))
+
+
+def lidar_odometry(scan_paths: Sequence[Path], to_ref: np.ndarray, from_ref: np.ndarray, what: str, where,
+                   icp_voxel: float = 0.2, icp_max_distance: float = 0.5, min_icp_fitness: float = 0.3,
+                   quiet: bool = False):
+    """``--poses lidar``: poses from chained ICP of the scans (:func:`icp_poses`)
+    expressed for a reference sensor rigidly mounted with the scanner:
+    ``to_ref @ V_k @ from_ref`` (``to_ref``: scanner -> reference, ``from_ref``
+    its inverse), so the world is the reference at the first scan. ``what``
+    names the converter in the progress line. Returns (poses: list of 4x4,
+    stats for the report)."""
+    logger(quiet)(f"{what}: estimating poses from {len(scan_paths)} scans (ICP)")
+    V, stats = icp_poses([read_velodyne(p)[:, :3] for p in scan_paths], icp_voxel, icp_max_distance,
+                         min_icp_fitness, where=where, quiet=quiet)
+    return [to_ref @ Vk @ from_ref for Vk in V], stats
+
+
+def report_drift(estimated: Sequence[np.ndarray], reference: Sequence[np.ndarray], label: str, stats: dict,
+                 key: str, quiet: bool = False) -> dict:
+    """:func:`pose_errors` of LiDAR poses against recorded ones, stored as
+    ``stats[key]`` and printed naming the reference ``label``."""
+    err = pose_errors(estimated, reference)
+    stats[key] = err
+    logger(quiet)(f"lidar poses vs {label}: max translation error {err['max_translation_m']:.3f} m, max rotation "
+                  f"error {err['max_rotation_deg']:.3f} deg, final drift {err['final_drift_percent']:.2f}% of "
+                  "the distance")
+    return err
+
+
+def convert_drive_atomically(into: Callable, source, out, overwrite: bool, options: dict):
+    """``convert_<format>`` of a KITTI-family converter: refuses non-positive
+    depth ranges, then runs ``into(source, staging, **options)`` through
+    :func:`dnmp.converters.common.convert_atomically`. Returns the Scene."""
+    out = Path(out)
+    if not options.get("max_depth", 80.0) > 0 or not options.get("stereo_max_depth", 25.0) > 0:
+        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
+    return convert_atomically(out, overwrite, lambda staging: into(source, staging, **options))
 
 
 # ----------------------------------------------------------------------------
@@ -422,7 +469,7 @@ def write_drive_scene(
     """
     import imageio.v3 as iio
 
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     out = Path(out)
     out_cams = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
     centres = np.array([p.cam_to_world[:3, 3] for p in plan])
@@ -433,9 +480,9 @@ def write_drive_scene(
 
     frames, images_full = [], {}
     by_index = {}
-    for p in _tqdm(plan, quiet, desc="images", unit="img"):
+    for p in progress(plan, quiet, desc="images", unit="img"):
         native = read_image_native(p.source)
-        img = np.repeat(native[..., None], 3, axis=2) if native.ndim == 2 else native[..., :3]
+        img = as_rgb8(native, p.source)
         fc = cameras[p.camera]
         if img.shape[:2] != (fc.height, fc.width):
             raise ConversionError(p.source, f"image is {img.shape[1]}x{img.shape[0]}, calibration of {p.camera} "
@@ -465,7 +512,7 @@ def write_drive_scene(
     if scans is not None or extra_points is not None:
         per_scan, raw_total = [], 0
         if scans is not None:
-            for i in _tqdm(indices, quiet, desc="lidar", unit="scan"):
+            for i in progress(indices, quiet, desc="lidar", unit="scan"):
                 path, T_world_scan = scans(i)
                 scan = read_velodyne(path)[:, :3].astype(np.float64)
                 raw_total += len(scan)
@@ -531,12 +578,12 @@ def check_rectified_pair(left: Camera, right: Camera, offset_left, offset_right,
 
 def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fmt, max_depth,
                   stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet):
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     l, r, baseline = pair
     fl = cameras[l]
     pts, cols, st_tot = [], [], {}
     train_idx = [i for i in indices if (i, l) in images_full and (i, r) in images_full]
-    for i in _tqdm(train_idx, quiet, desc="stereo", unit="pair"):
+    for i in progress(train_idx, quiet, desc="stereo", unit="pair"):
         xyz_c, rgb, st = stereo_points(images_full[(i, l)], images_full[(i, r)], fl, baseline,
                                        max_depth=stereo_max_depth)
         f = next(f for f in frames if f.name == f"{l}/{fmt.format(i)}")

@@ -44,24 +44,23 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    make_rigid,
-    rigid_inverse,
-    translation,
-)
+from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli, translation
 from dnmp.converters.kitti_common import (  # noqa: F401  (re-exported: older imports)
     PlannedImage,
     add_drive_options,
     add_pose_options,
     camera_from_P,
     check_rectified_pair,
+    convert_drive_atomically,
     drive_options,
     icp_poses,
+    lidar_odometry,
     pose_errors,
     read_image,
     read_velodyne,
+    report_drift,
+    select_cameras,
+    stereo_pair_of,
     stereo_plan,
     stereo_points,
     write_drive_scene,
@@ -161,11 +160,7 @@ def convert_kitti_odometry(root, out, overwrite: bool = False, **options):
     the conversion succeeded, so a failed or interrupted run leaves no half scene.
     Options and errors: see :func:`_convert_into`. Returns the loaded Scene.
     """
-    out = Path(out)
-    max_depth = options.get("max_depth", 80.0)
-    if not max_depth > 0 or not options.get("stereo_max_depth", 25.0) > 0:
-        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
-    return convert_atomically(out, overwrite, lambda staging: _convert_into(root, staging, **options))
+    return convert_drive_atomically(_convert_into, root, out, overwrite, options)
 
 
 def _convert_into(
@@ -202,21 +197,14 @@ def _convert_into(
     stereo, stereo_max_depth, voxel, outlier_neighbors, sanity,
     min_sanity_fraction) are :func:`write_drive_scene`'s.
     """
-    log = (lambda *a: None) if quiet else print
+    log = logger(quiet)
     root, out = Path(root), Path(out)
     first = 0 if first is None else first
     sequence = str(sequence)
     seq_dir = root / "sequences" / sequence
     if not seq_dir.is_dir():
         raise ConversionError(seq_dir, "sequence folder is missing (expected <root>/sequences/<seq>/)")
-    cameras = list(dict.fromkeys(cameras))
-    for c in cameras:
-        if c not in ALL_CAMERAS:
-            raise ConversionError(seq_dir, f"unknown camera {c!r}; choose from {', '.join(ALL_CAMERAS)}")
-    if not cameras:
-        raise ConversionError(seq_dir, "no cameras selected")
-    if not downscale >= 1:
-        raise ConversionError(seq_dir, f"downscale must be >= 1, got {downscale}")
+    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, seq_dir)
     if poses not in POSE_CHOICES:
         raise ConversionError(seq_dir, f"poses must be one of {', '.join(POSE_CHOICES)}, got {poses!r}")
     first, last = _frame_range(seq_dir, cameras, first, last)
@@ -240,19 +228,15 @@ def _convert_into(
               "first": first, "last": last, "cameras": cameras}
     if poses == "lidar":
         pose_path, pose_kind = seq_dir / "velodyne", "lidar"
-        log(f"kitti-odometry: estimating poses from {len(indices)} scans (ICP)")
-        scans_v = [read_velodyne(seq_dir / "velodyne" / f"{i:06d}.bin")[:, :3] for i in indices]
-        V, st = icp_poses(scans_v, icp_voxel, icp_max_distance, min_icp_fitness, where=pose_path, quiet=quiet)
-        Tr_inv = rigid_inverse(Tr)
-        T0 = {i: Tr @ V[k] @ Tr_inv for k, i in enumerate(indices)}  # cam0_i -> velo_i -> velo_first -> cam0_first
+        # cam0_i -> velo_i -> velo_first -> cam0_first
+        est, st = lidar_odometry([pose_path / f"{i:06d}.bin" for i in indices], Tr, rigid_inverse(Tr),
+                                 "kitti-odometry", pose_path, icp_voxel, icp_max_distance, min_icp_fitness, quiet)
+        T0 = dict(zip(indices, est))
         report["lidar_poses"] = st
         if recorded[0].is_file():
             ref = read_poses(recorded[0], first, last)
-            err = pose_errors([T0[i] for i in indices], [ref[i] for i in indices])
-            report["lidar_poses"]["vs_" + recorded[1]] = err
-            log(f"lidar poses vs {recorded[1]} ({recorded[0].name}): max translation error "
-                f"{err['max_translation_m']:.3f} m, max rotation error {err['max_rotation_deg']:.3f} deg, "
-                f"final drift {err['final_drift_percent']:.2f}% of the distance")
+            report_drift(est, [ref[i] for i in indices], f"{recorded[1]} ({recorded[0].name})", st,
+                         "vs_" + recorded[1], quiet)
     else:
         pose_path, pose_kind = recorded
         T0 = read_poses(pose_path, first, last)
@@ -272,11 +256,7 @@ def _convert_into(
     plan = [PlannedImage(i, c, split, T0[i] @ rigid_inverse(translation(offsets[c])),
                          seq_dir / c / f"{i:06d}.png", times[i] - times[first])
             for i, c, split in stereo_plan(indices, cameras, held_out_cam, parity_origin=first)]
-    pair = next(((l, r) for l, r in STEREO_PAIRS if l in cameras and r in cameras), None)
-    stereo_pair = None
-    if pair and pipeline.get("stereo", True):
-        l, r = pair
-        stereo_pair = (l, r, check_rectified_pair(full_cams[l], full_cams[r], offsets[l], offsets[r], calib_path))
+    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, calib_path, pipeline.get("stereo", True))
     report.update({"poses": pose_kind, "pose_file": str(pose_path), "first_timestamp": times[first]})
     scans = (lambda i: (seq_dir / "velodyne" / f"{i:06d}.bin", T0[i] @ Tr)) if lidar else None
     source = {"dataset": "KITTI odometry", "sequence": sequence, "licence": LICENCE,
@@ -306,16 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        convert_kitti_odometry(
-            args.root, args.out, sequence=args.sequence, first=args.first, last=args.last, poses=args.poses,
-            icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,
-            min_icp_fitness=args.min_icp_fitness, **drive_options(args),
-        )
-    except ValueError as e:  # SceneError / ConversionError: one line
-        print(f"dnmp: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: convert_kitti_odometry(
+        args.root, args.out, sequence=args.sequence, first=args.first, last=args.last, poses=args.poses,
+        icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,
+        min_icp_fitness=args.min_icp_fitness, **drive_options(args)))
 
 
 if __name__ == "__main__":
