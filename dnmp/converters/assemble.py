@@ -15,7 +15,7 @@ check, write scene.json, print the summary and draw overview.png.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,21 +26,21 @@ from dnmp.converters.common import (  # noqa: F401  (as_rgb8: re-exported)
     as_rgb8,
     check_downscale,
     clean_points,
-    crop_to_views,
     finish_scene,
     logger,
+    output_cameras,
     progress,
     projection_sanity,
     read_image_native,
+    recentre,
     transform,
-    translation,
     undistort_image,
-    world_to_cam_points,
+    write_frame_depth,
+    write_lidar_cloud,
     write_points,
     write_scene,
-    zbuffer_depth,
 )
-from dnmp.data.scene import Camera, Frame, downscale_camera, downscale_image, write_depth_png
+from dnmp.data.scene import Frame, downscale_image
 
 
 @dataclass
@@ -145,10 +145,9 @@ def assemble_scene(
     if not frames:
         raise ConversionError(out, "no frames selected")
     check_downscale(downscale, out)
-    world_offset = np.mean([f.cam_to_world[:3, 3] for f in frames], axis=0)
-    shift = translation(-world_offset)
+    world_offset, shift = recentre([f.cam_to_world[:3, 3] for f in frames])
     t0 = min(f.timestamp for f in frames)
-    out_cams = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
+    out_cams = output_cameras(cameras, downscale)
 
     out_frames = []
     for pf in progress(frames, quiet, desc="images", unit="img"):
@@ -199,18 +198,16 @@ def assemble_scene(
             if depth:
                 for pf, f in zip(frames, out_frames):
                     if pf.scan == k:
-                        d = zbuffer_depth(world_to_cam_points(f, world), out_cams[f.camera], 0.5, max_depth)
                         stem = f.name.split("/", 1)[1] if "/" in f.name else f.name
-                        f.depth = f"depth/{f.camera}/{stem}.png"
-                        write_depth_png(out / f.depth, d)
+                        write_frame_depth(out, f, world, out_cams[f.camera], max_depth, stem)
         fused = np.concatenate(per_scan) if per_scan else np.zeros((0, 3))
         probe_clouds.append(("lidar", fused))
-        keep = crop_to_views(fused, out_frames, out_cams, max_depth)
-        xyz, _ = clean_points(fused[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
-        point_clouds.append(write_points(out, "points/lidar.ply", "lidar", xyz))
-        report["lidar"] = {"scans": len(scans), "raw": raw_total, "in_view": int(keep.sum()), "written": len(xyz)}
-        log(f"lidar: {raw_total} points in {len(scans)} scans, {int(keep.sum())} seen by a frame within "
-            f"{max_depth:g} m, {len(xyz)} after {voxel:g} m voxels + outlier removal")
+        pc, n_view, n_written = write_lidar_cloud(out, fused, out_frames, out_cams, max_depth, voxel,
+                                                  outlier_neighbors)
+        point_clouds.append(pc)
+        report["lidar"] = {"scans": len(scans), "raw": raw_total, "in_view": n_view, "written": n_written}
+        log(f"lidar: {raw_total} points in {len(scans)} scans, {n_view} seen by a frame within "
+            f"{max_depth:g} m, {n_written} after {voxel:g} m voxels + outlier removal")
 
     for ep in extra_points:
         xyz = transform(shift, np.asarray(ep.xyz, np.float64).reshape(-1, 3))

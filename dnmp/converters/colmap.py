@@ -38,7 +38,6 @@ import argparse
 import struct
 import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -9,6 +9,9 @@ of column u / row v at image coordinates (u, v).
 - point clouds: :func:`clean_points` (open3d voxel down-sampling + statistical
   outlier removal), :func:`crop_to_views`
 - checks: :func:`projection_sanity`
+- output steps: :func:`recentre` (``world_offset``), :func:`output_cameras`,
+  :func:`write_frame_depth` (a frame's sparse depth from its own scan),
+  :func:`write_lidar_cloud` (crop to the views, filter, write)
 - output: :func:`write_scene` (scene.json + a check by reading it back),
   :func:`print_summary`, :func:`write_overview` (top-down picture),
   :func:`finish_scene` (summary + overview + conversion_report.json)
@@ -34,7 +37,9 @@ from dnmp.data.scene import (
     Frame,
     PointCloud,
     SceneError,
+    downscale_camera,
     load_scene,
+    write_depth_png,
     write_ply_points,
     write_scene_json,
 )
@@ -344,6 +349,37 @@ def scan_agreement(
 def write_points(root, rel_path: str, kind: str, xyz, rgb=None) -> PointCloud:
     write_ply_points(Path(root) / rel_path, xyz, rgb)
     return PointCloud(path=rel_path, kind=kind, root=Path(root))
+
+
+def recentre(centres) -> tuple:
+    """(world_offset, shift): the mean of the camera ``centres`` [N, 3] and the
+    4x4 translation by minus it that takes dataset coordinates to scene ones."""
+    world_offset = np.mean(np.asarray(centres, np.float64), axis=0)
+    return world_offset, translation(-world_offset)
+
+
+def output_cameras(cameras: dict, downscale: float) -> dict:
+    """name -> Camera of the written images (``downscale_camera`` unless 1)."""
+    return {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
+
+
+def write_frame_depth(root, frame: Frame, xyz_world, cam: Camera, max_depth: float, stem: str) -> None:
+    """Z-buffer world points (the frame's own scan, scene coordinates) into
+    ``depth/<camera>/<stem>.png`` and set ``frame.depth``."""
+    d = zbuffer_depth(world_to_cam_points(frame, xyz_world), cam, 0.5, max_depth)
+    frame.depth = f"depth/{frame.camera}/{stem}.png"
+    write_depth_png(Path(root) / frame.depth, d)
+
+
+def write_lidar_cloud(root, fused, frames: Sequence[Frame], cameras: dict, max_depth: float, voxel: float,
+                      outlier_neighbors: int) -> tuple:
+    """``points/lidar.ply``: the fused scans (scene coordinates) cropped to
+    what ``frames`` see within ``max_depth`` (:func:`crop_to_views`), then
+    voxel down-sampled and outlier filtered (:func:`clean_points`). Returns
+    (PointCloud, points in view, points written)."""
+    keep = crop_to_views(fused, frames, cameras, max_depth)
+    xyz, _ = clean_points(fused[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
+    return write_points(root, "points/lidar.ply", "lidar", xyz), int(keep.sum()), len(xyz)
 
 
 def write_scene(root, name, source, world_offset, cameras, frames, point_clouds):

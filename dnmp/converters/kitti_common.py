@@ -37,21 +37,24 @@ from dnmp.converters.common import (  # noqa: F401  (read_image_native: re-expor
     check_downscale,
     clean_points,
     convert_atomically,
-    crop_to_views,
     finish_scene,
     logger,
+    output_cameras,
     progress,
     projection_sanity,
     read_image_native,
+    recentre,
     rigid_inverse,
     scan_agreement,
     transform,
     world_to_cam_points,
+    write_frame_depth,
+    write_lidar_cloud,
     write_points,
     write_scene,
     zbuffer_depth,
 )
-from dnmp.data.scene import Camera, Frame, downscale_camera, downscale_image, write_depth_png
+from dnmp.data.scene import Camera, Frame, downscale_image
 
 
 # ----------------------------------------------------------------------------
@@ -471,11 +474,8 @@ def write_drive_scene(
 
     log = logger(quiet)
     out = Path(out)
-    out_cams = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
-    centres = np.array([p.cam_to_world[:3, 3] for p in plan])
-    world_offset = centres.mean(0)
-    shift = np.eye(4)
-    shift[:3, 3] = -world_offset
+    out_cams = output_cameras(cameras, downscale)
+    world_offset, shift = recentre([p.cam_to_world[:3, 3] for p in plan])
     fmt = f"{{:0{digits}d}}"
 
     frames, images_full = [], {}
@@ -521,9 +521,7 @@ def write_drive_scene(
                 per_scan.append((i, world))
                 if depth:
                     for f in by_index.get(i, []):
-                        d = zbuffer_depth(world_to_cam_points(f, world), out_cams[f.camera], 0.5, max_depth)
-                        f.depth = f"depth/{f.camera}/{fmt.format(i)}.png"
-                        write_depth_png(out / f.depth, d)
+                        write_frame_depth(out, f, world, out_cams[f.camera], max_depth, fmt.format(i))
         parts = [w for _, w in per_scan]
         if extra_points is not None and len(extra_points):
             parts.append(transform(shift, extra_points))
@@ -544,12 +542,11 @@ def write_drive_scene(
                 oth = [np.concatenate([w for j, w in per_scan if j != int(f.name.rsplit("/", 1)[1])]) for f in chk]
                 agr = scan_agreement(chk, out_cams, own, oth, max_depth, where=pose_path, verbose=not quiet)
                 report["scan_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
-        keep = crop_to_views(fused, frames, out_cams, max_depth)
-        xyz, _ = clean_points(fused[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
-        point_clouds.append(write_points(out, "points/lidar.ply", "lidar", xyz))
-        report["lidar"] = {"raw": raw_total, "in_view": int(keep.sum()), "written": len(xyz)}
-        log(f"lidar: {raw_total} raw points ({len(per_scan)} scans), {int(keep.sum())} seen by a frame "
-            f"within {max_depth:g} m, {len(xyz)} after {voxel:g} m voxels + outlier removal")
+        pc, n_view, n_written = write_lidar_cloud(out, fused, frames, out_cams, max_depth, voxel, outlier_neighbors)
+        point_clouds.append(pc)
+        report["lidar"] = {"raw": raw_total, "in_view": n_view, "written": n_written}
+        log(f"lidar: {raw_total} raw points ({len(per_scan)} scans), {n_view} seen by a frame "
+            f"within {max_depth:g} m, {n_written} after {voxel:g} m voxels + outlier removal")
 
     if stereo and stereo_pair:
         _stereo_cloud(out, frames, cameras, out_cams, images_full, stereo_pair, indices, fmt,

@@ -51,8 +51,8 @@ from dnmp.converters.assemble import (
 from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
-    logger,
     every_nth_split,
+    logger,
     pose_from_quat,
     run_cli,
     transform,

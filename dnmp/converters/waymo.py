@@ -61,8 +61,8 @@ from dnmp.converters.assemble import (
 from dnmp.converters.common import (
     ConversionError,
     convert_atomically,
-    logger,
     every_nth_split,
+    logger,
     make_rigid,
     run_cli,
     transform,
