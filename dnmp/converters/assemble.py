@@ -229,8 +229,9 @@ def assemble_scene(
         log(f"projection sanity check ({kind} points, un-cropped):")
         md = sanity_max_depth or max_depth
         san = projection_sanity(probe, picks, out_cams, md, min_fraction=min_sanity_fraction,
-                                where=sanity_where, verbose=not quiet)
-        report["sanity"] = {"cloud": kind, "mean_fraction": san["mean"], "per_frame": san["per_frame"]}
+                                where=sanity_where, verbose=not quiet, ground=kind == "lidar")
+        report["sanity"] = {"cloud": kind, "mean_fraction": san["mean"], "per_frame": san["per_frame"],
+                            "ground": san["ground"]}
 
     scene = write_scene(out, name, source, world_offset, out_cams, out_frames, point_clouds)
     finish_scene(scene, report, quiet, ref_camera)

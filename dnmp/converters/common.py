@@ -249,6 +249,66 @@ def crop_to_views(xyz_world, frames: Sequence[Frame], cameras: dict, max_depth: 
 # ----------------------------------------------------------------------------
 
 
+def _sphere_directions(n: int = 256) -> np.ndarray:
+    """``n`` unit vectors spread evenly over the sphere (Fibonacci), plus the six
+    axis directions."""
+    k = np.arange(n) + 0.5
+    z = 1 - 2 * k / n
+    a = np.pi * (1 + 5 ** 0.5) * k
+    r = np.sqrt(1 - z * z)
+    return np.concatenate([np.eye(3), -np.eye(3), np.stack([r * np.cos(a), r * np.sin(a), z], 1)])
+
+
+_DIRECTIONS = _sphere_directions()
+
+
+def _slab_density(p: np.ndarray, dirs: np.ndarray, lo: float, hi: float, band: float) -> np.ndarray:
+    """For each direction of ``dirs`` [D, 3], the fraction of ``p`` in the
+    densest slab ``band`` thick perpendicular to it, ``lo`` to ``hi`` along it."""
+    step = band / 2
+    nb = int(np.ceil((hi - lo) / step))
+    b = np.floor((p @ dirs.T - lo) / step).astype(np.int64)  # [N, D]
+    ok = (b >= 0) & (b < nb)
+    idx = (np.arange(len(dirs))[None, :] * nb + b)[ok]
+    h = np.bincount(idx, minlength=len(dirs) * nb).reshape(len(dirs), nb)
+    return (h[:, :-1] + h[:, 1:]).max(1) / len(p)
+
+
+def _cone(d: np.ndarray, max_deg: float = 10.0, rings: int = 5, per_ring: int = 16) -> np.ndarray:
+    """Unit directions within ``max_deg`` of ``d`` (``d`` first)."""
+    u = np.cross(d, [1.0, 0, 0] if abs(d[0]) < 0.9 else [0, 1.0, 0])
+    u /= np.linalg.norm(u)
+    v = np.cross(d, u)
+    out = [d]
+    for r in range(1, rings + 1):
+        t = np.radians(max_deg * r / rings)
+        for a in np.arange(per_ring) * 2 * np.pi / per_ring:
+            out.append(np.cos(t) * d + np.sin(t) * (np.cos(a) * u + np.sin(a) * v))
+    return np.array(out)
+
+
+def ground_plane(xyz_cam: np.ndarray, radius: float = 12.0, lo: float = 0.3, hi: float = 4.0,
+                 band: float = 0.4, max_points: int = 20000) -> tuple:
+    """Where the ground is, seen from a camera: over directions d (~260 over
+    the sphere, then refined within 10 degrees of the best), the fraction of
+    the points within ``radius`` metres that lie in the densest slab ``band``
+    metres thick perpendicular to d, ``lo`` to ``hi`` metres along d (a floor
+    the camera stands over is such a slab). Returns (the densest direction,
+    camera frame unit [3]; its density; the density along camera +y, which is
+    "down" in OpenCV). Without nearby points: (+y, 0, 0)."""
+    p = np.asarray(xyz_cam, np.float64)
+    p = p[np.linalg.norm(p, axis=1) <= radius]
+    if len(p) > max_points:
+        p = p[:: int(np.ceil(len(p) / max_points))]
+    if not len(p):
+        return np.array([0, 1.0, 0]), 0.0, 0.0
+    dens = _slab_density(p, _DIRECTIONS, lo, hi, band)
+    local = _cone(_DIRECTIONS[int(np.argmax(dens))])
+    ld = _slab_density(p, local, lo, hi, band)
+    best = int(np.argmax(ld))
+    return local[best], float(ld[best]), float(dens[1])
+
+
 def projection_sanity(
     xyz_world: np.ndarray,
     frames: Sequence[Frame],
@@ -259,6 +319,9 @@ def projection_sanity(
     min_fraction: float = 0.2,
     where="projection check",
     verbose: bool = True,
+    ground: bool = True,
+    min_ground: float = 0.25,
+    max_tilt: float = 35.0,
 ) -> dict:
     """Project a world-frame cloud into ``frames`` and measure, per frame, the
     fraction of the points near and in front of the camera (camera z in
@@ -270,14 +333,33 @@ def projection_sanity(
     extrinsic, transposed rotation) sends most points out of the image or
     behind the camera. Raises ConversionError when the mean fraction is below
     ``min_fraction`` or no point is seen at a plausible depth.
-    Returns {"per_frame": [(name, fraction, n_in_image, median_depth)], "mean": float}.
+
+    When the points surround the camera (surround LiDAR) that fraction barely
+    tells a correct camera from a rotated one, so with ``ground`` (metric
+    LiDAR clouds) each frame also finds the ground (:func:`ground_plane`):
+    when the densest plane 0.3-4 m from the camera holds at least
+    ``min_ground`` of the points within 12 m and its direction is more than
+    ``max_tilt`` degrees from camera +y (OpenCV y points down), the camera is
+    upside down, rolled or pitched, and ConversionError is raised. Clouds
+    without such a plane (no ground near the cameras) are not judged. A yaw
+    error (rotation about the camera's own y axis) keeps +y pointing down and
+    cannot be seen from the geometry alone.
+    Returns {"per_frame": [(name, fraction, n_in_image, median_depth)], "mean": float,
+    "ground": [(name, angle of the densest plane from +y in degrees, its density,
+    density along +y)]}.
     """
     radius = max_depth if radius is None else radius
     xyz_world = np.asarray(xyz_world, np.float64)
-    per = []
+    per, grounds, bad_ground = [], [], []
     for f in frames:
         cam = cameras[f.camera]
         pc = world_to_cam_points(f, xyz_world)
+        if ground:
+            d, dens, below = ground_plane(pc)
+            tilt = float(np.degrees(np.arccos(np.clip(d[1], -1, 1))))
+            grounds.append((f.name, tilt, dens, below))
+            if dens >= min_ground and tilt > max_tilt:
+                bad_ground.append(grounds[-1])
         near_pts = (np.linalg.norm(pc, axis=1) <= radius) & (pc[:, 2] > near) & (pc[:, 2] <= max_depth)
         n_front = int(near_pts.sum())
         inimg = in_view_mask(pc, cam, near, max_depth) & near_pts
@@ -295,7 +377,16 @@ def projection_sanity(
             f"only {100 * mean:.1f}% of the points in front of the cameras project into the images "
             f"(expected >= {100 * min_fraction:.0f}%): pose/extrinsic convention bug or wrong calibration",
         )
-    return {"per_frame": per, "mean": mean}
+    if bad_ground:
+        name, tilt, dens, below = bad_ground[0]
+        raise ConversionError(
+            where,
+            f"{len(bad_ground)} of {len(frames)} cameras do not stand over the ground: in {name} the densest "
+            f"plane near the camera ({100 * dens:.0f}% of the points within 12 m) lies {tilt:.0f} deg from camera "
+            f"+y (down; expected <= {max_tilt:g} deg): rotated camera, pose/extrinsic convention bug or wrong "
+            "calibration",
+        )
+    return {"per_frame": per, "mean": mean, "ground": grounds}
 
 
 def scan_agreement(

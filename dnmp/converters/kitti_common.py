@@ -534,7 +534,7 @@ def write_drive_scene(
             log("projection sanity check (fused LiDAR, un-cropped):")
             san = projection_sanity(probe, [left_frames[k] for k in picks], out_cams, max_depth,
                                     min_fraction=min_sanity_fraction, where=calib_path, verbose=not quiet)
-            report["sanity"] = {"mean_fraction": san["mean"], "per_frame": san["per_frame"]}
+            report["sanity"] = {"mean_fraction": san["mean"], "per_frame": san["per_frame"], "ground": san["ground"]}
             if len(per_scan) > 1:
                 scan_of = dict(per_scan)
                 chk = [f for f in (left_frames[k] for k in picks) if int(f.name.rsplit("/", 1)[1]) in scan_of]
