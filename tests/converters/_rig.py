@@ -3,6 +3,8 @@ dgp, colmap): a surround rig of known poses looking at a known point set."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 # OpenCV camera axes (x right, y down, z forward) expressed in a vehicle frame
@@ -60,3 +62,13 @@ def nearest_dist(a, b):
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return np.sqrt(((a[:, None, :] - b[None]) ** 2).sum(-1)).min(1)
+
+
+def assert_cli_error(rc, err, out, *words):
+    """A converter's ``main`` refused its input: exit 2, one line
+    ``dnmp: error: ...`` naming every one of ``words``, no output folder."""
+    assert rc == 2, err
+    assert err.startswith("dnmp: error: ") and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, err
+    assert not Path(out).exists()

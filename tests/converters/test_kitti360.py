@@ -7,6 +7,7 @@ each giving one `dnmp: error:` line."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -16,6 +17,9 @@ import pytest
 from dnmp.converters import FORMATS
 from dnmp.converters.common import rigid_inverse, translation
 from dnmp.converters.kitti360 import PRESETS, convert_kitti360, main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _rig import assert_cli_error  # noqa: E402
 
 W, H = 80, 40
 FX, FY, CX, CY = 40.0, 41.0, 39.5, 19.0
@@ -230,12 +234,7 @@ def test_paper_preset(tmp_path):
 
 def expect_cli_error(capsys, root, out, *words, extra=()):
     rc = main([str(root), "--out", str(out), "--quiet", "--no-stereo", "--voxel", "0", *extra])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert err.startswith("dnmp: error: ") and err.count("\n") == 1, err
-    for w in words:
-        assert w in err, err
-    assert not Path(out).exists()
+    assert_cli_error(rc, capsys.readouterr().err, out, *words)
 
 
 def test_main_ok_with_stereo(k360, tmp_path, capsys):

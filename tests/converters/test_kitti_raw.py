@@ -18,6 +18,9 @@ from dnmp.converters.common import rigid_inverse, translation
 from dnmp.converters.kitti import convert_kitti, main
 from dnmp.data import load_scene
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _rig import assert_cli_error  # noqa: E402
+
 W, H = 80, 40
 FX, FY, CX, CY = 40.0, 41.0, 39.5, 19.0
 K = np.array([[FX, 0, CX], [0, FY, CY], [0, 0, 1.0]])
@@ -291,11 +294,7 @@ def run_main(capsys, root, out, *extra):
 
 def expect_cli_error(capsys, root, out, *words, extra=()):
     rc, err = run_main(capsys, root, out, *extra)
-    assert rc == 2, err
-    assert err.startswith("dnmp: error: ") and err.count("\n") == 1, err
-    for w in words:
-        assert w in err, err
-    assert not Path(out).exists()
+    assert_cli_error(rc, err, out, *words)
 
 
 def test_main_ok(raw, tmp_path, capsys):
