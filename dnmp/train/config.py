@@ -133,7 +133,8 @@ class TrainConfig:
             (self.faces_per_pixel >= 1 and self.coarse_faces_per_pixel >= 1,
              "faces_per_pixel and coarse_faces_per_pixel must be >= 1"),
             (self.coarse_voxel_size == 0 or self.coarse_voxel_size > self.voxel_size,
-             "coarse_voxel_size must be 0 (off) or larger than voxel_size"),
+             f"coarse_voxel_size ({self.coarse_voxel_size}) must be 0 (one scale) or larger than "
+             f"voxel_size ({self.voxel_size}), e.g. twice it as in the paper"),
             (self.geometry_steps >= 0 and self.geometry_windows >= 1 and self.geometry_window >= 1,
              "geometry_steps must be >= 0, geometry_windows and geometry_window >= 1"),
             (self.geometry_lr_latent > 0 and self.geometry_lr_offset > 0,

@@ -12,7 +12,7 @@ def _small_renderer():
     torch.manual_seed(0)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
     cfg = TrainConfig(feature_dim=6, hidden=16)
-    return build_renderer(voxelize(pts, 0.5), cfg)
+    return build_renderer([voxelize(pts, 0.5)], cfg)
 
 
 def _frags(r, h=16, w=20):

@@ -66,6 +66,17 @@ def test_fit_icospheres_fits_a_plane_patch():
 
 
 def test_train_autoencoder_end_to_end_deterministic(tiny_scene, tmp_path):
+    # bit-identical weights need one thread: with several, the BLAS library may split
+    # reductions differently from run to run when the machine is busy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run_twice_and_compare(tiny_scene, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_twice_and_compare(tiny_scene, tmp_path):
     cfg = AutoencoderConfig(**TINY)
     info = train_autoencoder([tiny_scene], tmp_path / "a.pt", cfg, progress=False, log=lambda *_: None)
     info2 = train_autoencoder([tiny_scene], tmp_path / "b.pt", AutoencoderConfig(**TINY), progress=False,

@@ -10,7 +10,7 @@ from dnmp.train.checkpoint import list_checkpoints
 
 def test_config_toml_overrides_and_unknown_keys(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("steps = 12\nvoxel_size = 1.0\n")
+    p.write_text("steps = 12\nvoxel_size = 1.0\ncoarse_voxel_size = 2.0\n")
     cfg = load_config(p, {"batch_size": 64})
     assert (cfg.steps, cfg.voxel_size, cfg.batch_size) == (12, 1.0, 64)
     assert cfg.feature_dim == TrainConfig().feature_dim
@@ -29,7 +29,12 @@ def test_config_toml_overrides_and_unknown_keys(tmp_path):
         p.write_text(bad + "\n")
         with pytest.raises(ValueError, match=msg):
             load_config(p)
-    p.write_text("voxel_size = 1\n")  # an int where a float is expected is fine
+    p.write_text("voxel_size = 1\ncoarse_voxel_size = 0\n")  # an int where a float is expected is fine
+    assert load_config(p).coarse_voxel_size == 0.0
+    p.write_text("voxel_size = 1.0\n")
+    with pytest.raises(ValueError, match="coarse_voxel_size .* must be 0"):
+        load_config(p)
+    p.write_text("voxel_size = 1\ncoarse_voxel_size = 0\n")
     assert load_config(p).voxel_size == 1.0
     with pytest.raises(FileNotFoundError, match="missing.toml"):
         load_config(tmp_path / "missing.toml")
