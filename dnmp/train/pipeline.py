@@ -68,7 +68,7 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     has_test_depth = any(f.depth is not None for f in scene.frames_by_split("test"))
     if "geometry" in stages:
         renderer = build_renderer(scene_centres(scene, cfg), cfg)
-        log(f"scene {scene.name!r}: {describe_primitives(renderer)}")
+        log(f"geometry stage on {scene.name!r}: {describe_primitives(renderer)}")
         before = depth_errors(renderer, scene, "test", cfg.depth_max_range) if has_test_depth else None
         stats = train_geometry(renderer, scene, cfg, progress, log)
         after = depth_errors(renderer, scene, "test", cfg.depth_max_range) if has_test_depth else None
