@@ -50,7 +50,8 @@ class TrainConfig:
         steps: Adam steps; batch_size: random rays per step.
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
-        lr_final_factor: both rates decay exponentially to this factor at the last step.
+        lr_final_factor: both rates decay exponentially to this factor at the last step, or
+            at the end of the time budget if that comes first.
         seed: seeds primitives' initialisation and ray sampling.
         time_budget_minutes: stop the loop early (and still evaluate) past this wall time;
             0 = no limit. A safety net so the default run fits its 15-minute promise.

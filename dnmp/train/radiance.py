@@ -175,8 +175,12 @@ def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
     return {"features": feat_opt, "mlp": mlp_opt}
 
 
-def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
-    factor = cfg.lr_final_factor ** (step / max(1, cfg.steps))
+def _set_lr(opts: dict, cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> None:
+    # Exponential decay to lr_final_factor at the end of the run: the last step, or the
+    # end of the time budget if that comes first, so a budget-stopped run still
+    # finishes at the low rate.
+    progress = min(1.0, max(step / max(1, cfg.steps), time_fraction))
+    factor = cfg.lr_final_factor ** progress
     for g in opts["features"].param_groups:
         g["lr"] = cfg.lr_features * factor
     for g in opts["mlp"].param_groups:
@@ -284,7 +288,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             if budget > 0 and time.time() - t_loop > budget:
                 log(f"time budget of {budget / 60:.1f} min reached at step {step}")
                 break
-            _set_lr(opts, cfg, step)
+            _set_lr(opts, cfg, step, (time.time() - t_loop) / budget if budget > 0 else 0.0)
             idx = torch.randint(0, len(cache), (cfg.batch_size,))
             p2f, bary, dirs, rgb = cache.batch(idx)
             pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]

@@ -80,3 +80,20 @@ def test_resume_refuses_checkpoint_of_another_scene(tiny_scene, make_scene, tmp_
     other = load_scene(make_scene("other", width=32, height=24))
     with pytest.raises(CheckpointError, match="belongs to scene"):
         train_radiance(other, out, None, resume=True, progress=False, log=lambda *a: None)
+
+
+def test_learning_rate_decay_ends_at_the_last_step_or_the_budget():
+    from dnmp.train.radiance import _set_lr
+
+    cfg = TrainConfig(steps=100, lr_features=1.0, lr_mlp=0.5, lr_final_factor=0.01)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opts = {"features": torch.optim.SGD([p], lr=1.0), "mlp": torch.optim.SGD([p], lr=1.0)}
+    lr = lambda: (opts["features"].param_groups[0]["lr"], opts["mlp"].param_groups[0]["lr"])
+    _set_lr(opts, cfg, 0)
+    assert lr() == pytest.approx((1.0, 0.5))
+    _set_lr(opts, cfg, 50)
+    assert lr() == pytest.approx((0.1, 0.05))  # 0.01 ** 0.5
+    _set_lr(opts, cfg, 10, time_fraction=1.0)  # budget used up before the last step
+    assert lr() == pytest.approx((0.01, 0.005))
+    _set_lr(opts, cfg, 100, time_fraction=0.2)
+    assert lr() == pytest.approx((0.01, 0.005))
