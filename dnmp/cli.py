@@ -45,8 +45,15 @@ def cmd_train(args) -> int:
     from .train.config import load_config
     from .train.pipeline import parse_stages, train
 
-    stages = parse_stages(args.stages)
     scene = _load_scene(args.scene or bundled_scene())
+    if args.stages is not None:
+        stages = parse_stages(args.stages)
+    elif any(f.depth is not None for f in scene.frames_by_split("train")):
+        stages = ("geometry", "radiance")
+    else:
+        stages = ("radiance",)
+        print(f"note: {scene.root} has no LiDAR depth images: skipping the geometry stage "
+              f"(template spheres)", file=sys.stderr)
     scene.check_files(decode=True)
     cfg = None if args.resume else load_config(args.config)
     if args.resume and args.config:
@@ -62,8 +69,9 @@ def cmd_train(args) -> int:
         if geo.get(name):
             summary[f"{name}_median_m"] = geo[name]["median_m"]
     print(json.dumps(summary))
-    print(f"wrote {out / 'metrics.json'}, checkpoints in {out / 'checkpoints'}, "
-          f"held-out renders in {out / 'renders' / 'test'}")
+    renders = out / "renders" / "test"
+    print(f"wrote {out / 'metrics.json'}, checkpoints in {out / 'checkpoints'}"
+          + (f", held-out renders in {renders}" if renders.is_dir() else ""))
     return 0
 
 
@@ -312,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_int_at_least(0),
                    help="number of training steps (overrides the config; with --resume, extends "
                         "or shortens the run)")
-    t.add_argument("--stages", default="geometry,radiance",
-                   help="comma-separated stages to run (default geometry,radiance); "
+    t.add_argument("--stages", default=None,
+                   help="comma-separated stages to run (default geometry,radiance, or radiance "
+                        "alone for a scene without LiDAR depth images); "
                         "'radiance' alone starts from OUT/checkpoints/geometry.pt if present, "
                         "else from template spheres")
     t.add_argument("--quiet", action="store_true", help="no progress bars")

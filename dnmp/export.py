@@ -80,13 +80,16 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
         rgb = vertex_colours(renderer.field, prims.features[rows], normals)
         mesh.vertex_colors = o3d.utility.Vector3dVector(rgb.double().numpy())
     mesh.triangle_normals = o3d.utility.Vector3dVector()  # OBJ cannot hold them; not needed
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        open(tmp, "wb").close()  # surface an unwritable folder as an OSError naming the file
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=colour)
         if not ok or not tmp.is_file():
-            raise ValueError(f"{path}: open3d cannot write a mesh in this format "
-                             f"(use .ply, .obj, .off or .glb)")
+            raise OSError(f"{path}: open3d could not write the mesh (disk full?)")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

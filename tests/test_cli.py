@@ -64,10 +64,11 @@ def test_end_to_end_convert_train_render_eval_profile(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     # 40 steps on real frames: well above a random model (~10 dB), far from converged
     assert 12.0 < m["test_psnr"] < 40.0
-    assert m["num_test_frames"] == 3 and m["test_lpips"] is None and "lpips_note" in m
+    n_test = sum(f["split"] == "test" for f in meta["frames"])  # 3 from ../shared, 5 bundled
+    assert m["num_test_frames"] == n_test and m["test_lpips"] is None and "lpips_note" in m
     geo = m["geometry"]
     assert geo["steps"] == 20 and geo["test_depth_template"]["median_m"] > 0
-    assert geo["test_depth_optimized"]["median_m"] > 0 and geo["test_depth_optimized"]["frames"] == 3
+    assert geo["test_depth_optimized"]["median_m"] > 0 and geo["test_depth_optimized"]["frames"] == n_test
     assert (run / "checkpoints" / "geometry.pt").is_file()
 
     out = dnmp("export-mesh", run, "--out", tmp_path / "mesh.ply", "--colour").stdout
@@ -126,3 +127,19 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     one_line_error(dnmp("render", bad, check=False), "bad.pt")
+
+
+def test_train_skips_geometry_without_lidar_depth(tiny_scene, tmp_path):
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(FAST.replace("steps = 40", "steps = 3") + "hidden = 8\nfeature_dim = 4\n")
+    proc = dnmp("train", tiny_scene, "--out", tmp_path / "run", "--config", cfg, "--quiet")
+    assert "skipping the geometry stage" in proc.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["step"] == 3 and "geometry" not in m
+    one_line_error(dnmp("train", tiny_scene, "--out", tmp_path / "run2", "--config", cfg,
+                        "--stages", "geometry", check=False), "LiDAR depth")
+    one_line_error(dnmp("train", tiny_scene, "--out", tmp_path / "run3", "--stages", "colour",
+                        check=False), "--stages")
+    out = tmp_path / "mesh"
+    one_line_error(dnmp("export-mesh", tmp_path / "run", "--out", out / "m.xyz", check=False),
+                   "unsupported mesh format")

@@ -65,8 +65,8 @@ from dnmp.data.scene import Camera, Frame, downscale_image
 def read_velodyne(path: Path) -> np.ndarray:
     """float32 [N, 4] (x, y, z in metres in the scanner frame, reflectance)
     from a KITTI / KITTI-360 ``.bin`` scan (little-endian float32, 4 per point).
-    Raises ConversionError when missing, truncated (size not a multiple of 16
-    bytes) or holding NaN/Inf coordinates."""
+    Raises ConversionError when missing, empty, truncated (size not a multiple of
+    16 bytes) or holding NaN/Inf coordinates."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(path, "velodyne scan is missing")
@@ -75,6 +75,9 @@ def read_velodyne(path: Path) -> np.ndarray:
         raise ConversionError(
             path, f"truncated or corrupt scan: {size} bytes is not a multiple of 16 (4 float32 per point)"
         )
+    if size == 0:
+        raise ConversionError(path, "empty scan (0 points): this frame has no LiDAR; leave it out of "
+                                    "the frame window (--first/--last) or convert with --no-lidar")
     pts = np.fromfile(path, dtype="<f4").reshape(-1, 4)
     if not np.all(np.isfinite(pts[:, :3])):
         raise ConversionError(path, "scan contains NaN or Inf coordinates")

@@ -543,6 +543,56 @@ def load_depth(frame: Frame, camera: Camera | None = None) -> np.ndarray:
     return d
 
 
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
+              "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4,
+              "double": 8, "float64": 8}
+
+
+def _check_ply_size(p: Path) -> None:
+    """Raise SceneError if a PLY file is shorter than its header promises (PLY spec:
+    header lines up to ``end_header``, then the elements; binary rows have fixed size
+    unless an element has list properties, ASCII rows are one line each)."""
+    with open(p, "rb") as fh:
+        head = fh.read(65536)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise SceneError(p, "not a PLY file (no 'ply' magic or 'end_header')")
+    body_start = head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head)
+    fmt, elements = None, []  # [(name, count, row bytes or None for list rows)]
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        w = line.split()
+        if not w:
+            continue
+        if w[0] == "format" and len(w) > 1:
+            fmt = w[1]
+        elif w[0] == "element" and len(w) == 3:
+            elements.append([w[1], int(w[2]) if w[2].isdigit() else 0, 0])
+        elif w[0] == "property" and elements:
+            if w[1] == "list" or w[1] not in _PLY_SIZES:
+                elements[-1][2] = None
+            elif elements[-1][2] is not None:
+                elements[-1][2] += _PLY_SIZES[w[1]]
+    body = p.stat().st_size - body_start
+    if fmt in ("binary_little_endian", "binary_big_endian"):
+        if any(e[2] is None for e in elements):
+            return  # variable-size rows: nothing cheap to check
+        need = sum(n * size for _, n, size in elements)
+        if body < need:
+            counts = ", ".join(f"{n} {name}" for name, n, _ in elements)
+            raise SceneError(p, f"truncated point cloud: the header promises {counts} ({need} bytes) "
+                                f"but the file holds {body} bytes after it")
+    elif fmt == "ascii":
+        with open(p, "rb") as fh:
+            fh.seek(body_start)
+            lines = sum(1 for ln in fh if ln.strip())
+        need = sum(n for _, n, _ in elements)
+        if lines < need:
+            raise SceneError(p, f"truncated point cloud: the header promises {need} rows but the "
+                                f"file holds {lines}")
+    else:
+        raise SceneError(p, f"unknown PLY format {fmt!r}")
+
+
 def read_ply_points(path):
     """(xyz float32 [N, 3], rgb float32 [N, 3] in [0,1] or None) via open3d."""
     import open3d as o3d
@@ -550,6 +600,7 @@ def read_ply_points(path):
     p = Path(path)
     if not p.is_file():
         raise SceneError(p, "point cloud file is missing")
+    _check_ply_size(p)  # open3d returns garbage points for a truncated file, with no error
     try:
         pcd = o3d.io.read_point_cloud(str(p), format="ply")
     except Exception as e:

@@ -156,23 +156,9 @@ class MeshAutoEncoder(nn.Module):
 def save_autoencoder_weights(model: MeshAutoEncoder, path, info: dict | None = None) -> Path:
     """Write the auto-encoder's weights file atomically (temporary file + fsync + rename).
     ``info`` is a JSON-like dict (training command, figures) stored with it."""
-    import os
-    import tempfile
+    from .._io import atomic_torch_save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(model.weights_dict(info), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(model.weights_dict(info), path)
 
 
 def _read_weights(path) -> tuple[Path, dict]:

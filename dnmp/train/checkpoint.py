@@ -13,12 +13,12 @@ Version 2: primitives of several scales (model state has voxel_sizes, scale_coun
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .._io import atomic_torch_save
 
 FORMAT = "dnmp-checkpoint"
 VERSION = 2
@@ -50,25 +50,8 @@ def save_geometry_checkpoint(folder: str | Path, payload: dict) -> Path:
 def write_checkpoint_file(final: Path, step: int, payload: dict) -> Path:
     """Write `payload` (+ format, version, step) to `final` through a temporary file in
     the same folder, fsync and rename, so a crash leaves the old file or the new one."""
-    folder = final.parent
-    folder.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "step": int(step), **payload}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(f"{final}: cannot write checkpoint ({str(exc).splitlines()[0]}); "
-                      f"earlier checkpoints are intact") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    return atomic_torch_save(data, final)  # OSError names `final`; older files stay intact
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

@@ -191,6 +191,13 @@ def test_truncated_scan(kitti, tmp_path):
     expect_error(lambda: convert(kitti, tmp_path / "o"), p, "multiple of 16")
 
 
+def test_empty_scan(kitti, tmp_path):
+    p = kitti / "sequences" / "00" / "velodyne" / "000001.bin"
+    p.write_bytes(b"")
+    expect_error(lambda: convert(kitti, tmp_path / "o"), p, "empty scan")
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_tr(tmp_path):
     root = write_kitti(tmp_path / "k", tr=False)
     expect_error(lambda: convert(root, tmp_path / "o"), root / "sequences" / "00" / "calib.txt", "Tr")

@@ -352,3 +352,24 @@ def test_bundled_scene_loads_and_decodes():
     assert (BUNDLED / "LICENSE.md").is_file()
     size = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
     assert size < 60e6
+
+
+def test_truncated_ply_is_refused(tmp_path):
+    from dnmp.data.scene import read_ply_points, write_ply_points
+
+    xyz = np.random.default_rng(0).random((100, 3)).astype(np.float32)
+    write_ply_points(tmp_path / "a.ply", xyz, np.ones((100, 3)))
+    got, rgb = read_ply_points(tmp_path / "a.ply")
+    np.testing.assert_array_equal(got, xyz)
+    data = (tmp_path / "a.ply").read_bytes()
+    (tmp_path / "t.ply").write_bytes(data[: len(data) - 7])  # open3d would return garbage rows
+    with pytest.raises(SceneError, match="truncated point cloud: the header promises 100 vertex"):
+        read_ply_points(tmp_path / "t.ply")
+    header = data[: data.index(b"end_header") + 11].replace(b"binary_little_endian", b"ascii")
+    rows = b"".join(b"%f %f %f 1 1 1\n" % tuple(p) for p in xyz[:90])
+    (tmp_path / "asc.ply").write_bytes(header + rows)
+    with pytest.raises(SceneError, match="promises 100 rows but the file holds 90"):
+        read_ply_points(tmp_path / "asc.ply")
+    (tmp_path / "junk.ply").write_bytes(b"hello")
+    with pytest.raises(SceneError, match="not a PLY file"):
+        read_ply_points(tmp_path / "junk.ply")
