@@ -36,6 +36,9 @@ def _checkpoint_and_scene(args):
 
     ckpt = load_checkpoint(args.checkpoint)
     scene_path = args.scene or ckpt.get("scene", {}).get("path")
+    if not args.scene and (scene_path is None or not Path(scene_path).is_dir()):
+        raise ValueError(f"{ckpt['path']}: the scene it was trained on ({scene_path}) is not there "
+                         f"any more; pass its new location with --scene")
     scene = _load_scene(scene_path)
     check_checkpoint_scene(ckpt, scene)
     return ckpt, scene, renderer_from_checkpoint(ckpt)

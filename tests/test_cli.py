@@ -143,3 +143,18 @@ def test_train_skips_geometry_without_lidar_depth(tiny_scene, tmp_path):
     out = tmp_path / "mesh"
     one_line_error(dnmp("export-mesh", tmp_path / "run", "--out", out / "m.xyz", check=False),
                    "unsupported mesh format")
+
+
+def test_moved_scene_and_existing_output_file(tiny_scene, tmp_path):
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text(FAST.replace("steps = 40", "steps = 2") + "hidden = 8\nfeature_dim = 4\n")
+    dnmp("train", tiny_scene, "--out", tmp_path / "run", "--config", cfg, "--quiet")
+    moved = tmp_path / "moved"
+    tiny_scene.rename(moved)
+    one_line_error(dnmp("eval", tmp_path / "run", "--no-images", check=False), "--scene")
+    assert dnmp("eval", tmp_path / "run", "--no-images", "--scene", moved).returncode == 0
+    f = tmp_path / "afile"
+    f.write_text("x")
+    one_line_error(dnmp("convert", "kitti-odometry", tmp_path / "nope", "--out", f, check=False),
+                   "existing file")
+    assert f.read_text() == "x"

@@ -609,7 +609,8 @@ def convert_atomically(out, overwrite: bool, convert_into: Callable[[Path], obje
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise ConversionError(out, "output folder exists and is not empty (use overwrite / --overwrite)")
+            what = "output folder exists and is not empty" if out.is_dir() else "output path is an existing file"
+            raise ConversionError(out, f"{what} (use --overwrite to replace a dnmp scene)")
         if not (out / "scene.json").is_file():
             raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
     staging = out.with_name(f".{out.name}.partial")

@@ -83,9 +83,13 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
                          f"it has {sorted(set(scene.point_kinds()))}")
     pts = [torch.from_numpy(scene.load_points(k)) for k in kinds]
     pts = torch.cat(pts) if pts else torch.zeros(0, 3)
-    if not torch.isfinite(pts).all(dim=1).any():
+    finite = torch.isfinite(pts).all(dim=1)
+    if not finite.any():
         raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
                          f"(empty or all-NaN point clouds {kinds})")
+    if not finite.all():
+        print(f"warning: {scene.root}: {int((~finite).sum())} NaN/Inf points in {kinds} are ignored",
+              file=sys.stderr)
     sizes = [cfg.voxel_size] + ([cfg.coarse_voxel_size] if cfg.coarse_voxel_size > 0 else [])
     return [voxelize(pts, s) for s in sizes]
 
