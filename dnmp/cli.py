@@ -182,7 +182,8 @@ def cmd_profile(args) -> int:
         print(f"scene {scene.name}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
               f"frame {frame.name} {cam.width}x{cam.height}, K={res['faces_per_pixel']}, "
               f"{res['threads']} threads, backend {res['backend']}")
-        print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms)")
+        print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
+              "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
         print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
         print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
         if args.geometry:
@@ -275,7 +276,8 @@ def cmd_train_autoencoder(args) -> int:
 PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
 the resolution of the scene's first test frame, all primitives of the scene; OpenMP
 threads spin-wait (OMP_WAIT_POLICY=ACTIVE unless set), so run it on an idle machine):
-  raster_ms_per_kpx       dnmp.ops.rasterize alone (K faces per pixel), ms per 1000 pixels
+  raster_ms_per_kpx       dnmp.ops.rasterize alone (all scales, each with its K), ms per
+                          1000 pixels; raster_ms_per_kpx_by_scale: each scale alone
   render_ms_per_kpx       full render: rasterize + interpolate + radiance MLP + alpha
                           compositing + background, ms per 1000 pixels
   peak_memory_mb_per_kpx  peak CPU memory allocated by torch tensors during one full

@@ -36,8 +36,9 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
     """Time rasterization alone and the full render of one camera.
 
     Figures (median over `repeats` runs after `warmup` runs, wall clock, this process's threads):
-        raster_ms_per_kpx: `dnmp.ops.rasterize` of all primitives, K = faces_per_pixel,
-            in milliseconds per 1000 pixels.
+        raster_ms_per_kpx: `dnmp.ops.rasterize` of all primitives (each scale with its
+            own K, layers concatenated), in milliseconds per 1000 pixels.
+        raster_ms_per_kpx_by_scale: the same for each scale alone (fine first).
         render_ms_per_kpx: rasterize + interpolate + radiance MLP + compositing + background
             for every pixel, same unit.
         peak_memory_mb_per_kpx: peak torch CPU memory allocated during one full render,
@@ -65,6 +66,8 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
         return statistics.median(times), times
 
     r_med, r_all = timed(raster)
+    by_scale = [timed(lambda s=s: renderer.rasterize_scale(s, K, w2c, (height, width)))[0] / kpx
+                for s in range(len(renderer.primitives.scale_ranges()))]
     f_med, f_all = timed(full)
     peak = peak_memory_mb(full) if memory else None
     return {
@@ -74,6 +77,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
         "num_faces": renderer.primitives.num_faces,
         "repeats": repeats, "threads": torch.get_num_threads(),
         "raster_ms_per_kpx": r_med / kpx,
+        "raster_ms_per_kpx_by_scale": by_scale,
         "render_ms_per_kpx": f_med / kpx,
         "raster_ms": r_med, "render_ms": f_med,
         "raster_ms_runs": [round(x, 2) for x in r_all],

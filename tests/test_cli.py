@@ -92,6 +92,7 @@ def test_end_to_end_convert_train_render_eval_profile(tmp_path):
     for key in ("raster_ms_per_kpx", "render_ms_per_kpx", "peak_memory_mb_per_kpx"):
         assert prof[key] is None or prof[key] > 0
     assert prof["raster_ms_per_kpx"] < prof["render_ms_per_kpx"]
+    assert len(prof["raster_ms_per_kpx_by_scale"]) == 2 and min(prof["raster_ms_per_kpx_by_scale"]) > 0
     assert prof["num_faces"] == 80 * prof["num_primitives"] and len(prof["raster_ms_runs"]) == 5
 
     # a checkpoint from another scene is refused, naming the checkpoint

@@ -169,20 +169,23 @@ class Primitives(nn.Module):
         return list(zip([0] + ends[:-1], ends))
 
     def decode(self, index: torch.Tensor | None = None, latents: torch.Tensor | None = None,
-               offsets: torch.Tensor | None = None) -> torch.Tensor:
+               offsets: torch.Tensor | None = None, return_shape: bool = False):
         """Decoded vertices of some primitives, float32 [S, 42, 3], scene frame, metres.
 
         Args:
             index: int64 [S] primitive indices (default: all P).
             latents, offsets: float [S, D] / [S, 3] to use instead of the stored rows
                 (the geometry stage passes rows gathered with sparse gradients).
+            return_shape: also return the unit-frame meshes decoder(latent) [S, 42, 3]
+                (for the mesh regularisers).
         Differentiable w.r.t. latents, offsets and decoder weights.
         """
         idx = slice(None) if index is None else index
         lat = self.latents[idx] if latents is None else latents
         off = self.offsets[idx] if offsets is None else offsets
         shape = self.decoder(F.normalize(lat, dim=-1))
-        return self.centres[idx].unsqueeze(1) + off.unsqueeze(1) + shape * self.radii[idx].view(-1, 1, 1)
+        verts = self.centres[idx].unsqueeze(1) + off.unsqueeze(1) + shape * self.radii[idx].view(-1, 1, 1)
+        return (verts, shape) if return_shape else verts
 
     def vertices(self) -> torch.Tensor:
         """Decoded vertices of all primitives, float32 [P * 42, 3], scene frame, metres."""

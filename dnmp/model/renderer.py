@@ -118,22 +118,27 @@ class DNMPRenderer(nn.Module):
         background (paper Sec. 3.3); within a scale layers are near to far. The
         last dimension is sum(K_s); face indices are global.
         """
-        verts, _ = self.geometry()
-        c = self.config
-        prims = self.primitives
-        per_face = prims.faces_per_primitive
-        out = []
-        for (a, b), k in zip(prims.scale_ranges(), self.layers_per_scale()):
-            faces = prims.faces[a * per_face: b * per_face]
-            frags = ops.rasterize(verts, faces, intrinsics, world_to_cam, image_size,
-                                  faces_per_pixel=k, near=c.near, far=c.far)
-            if a > 0:
-                p2f = frags.pix_to_face
-                frags = frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f))
-            out.append(frags)
+        out = [self.rasterize_scale(s, intrinsics, world_to_cam, image_size)
+               for s in range(len(self.primitives.scale_ranges()))]
         if len(out) == 1:
             return out[0]
         return ops.Fragments(*(torch.cat(t, dim=-1 if i < 2 else -2) for i, t in enumerate(zip(*out))))
+
+    def rasterize_scale(self, scale: int, intrinsics: torch.Tensor, world_to_cam: torch.Tensor,
+                        image_size: tuple[int, int], faces_per_pixel: int | None = None) -> ops.Fragments:
+        """Fragments of the primitives of one scale (0 = fine), K = `faces_per_pixel`
+        (default: that scale's K); face indices are global (into `primitives.faces`)."""
+        verts, _ = self.geometry()
+        prims = self.primitives
+        a, b = prims.scale_ranges()[scale]
+        per_face = prims.faces_per_primitive
+        k = self.layers_per_scale()[scale] if faces_per_pixel is None else faces_per_pixel
+        frags = ops.rasterize(verts, prims.faces[a * per_face: b * per_face], intrinsics, world_to_cam,
+                              image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
+        if a > 0:
+            p2f = frags.pix_to_face
+            frags = frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f))
+        return frags
 
     # -- shading --------------------------------------------------------------------
     def shade(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,

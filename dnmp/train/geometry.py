@@ -86,9 +86,7 @@ def window_depth_l1(prims, index: torch.Tensor, latents: torch.Tensor, offsets: 
         decoded unit-frame meshes float [S, 42, 3] for the regularisers. The depth is
         the rasterizer's zbuf of layer 0, differentiable w.r.t. the vertices.
     """
-    shape = prims.decoder(F.normalize(latents, dim=-1))
-    verts = prims.centres[index].unsqueeze(1) + offsets.unsqueeze(1) + \
-        shape * prims.radii[index].view(-1, 1, 1)
+    verts, shape = prims.decode(index, latents, offsets, return_shape=True)
     n, h, w = gt.shape
     frags = ops.rasterize(verts.reshape(-1, 3), prims.local_faces(index.numel()), intrinsics,
                           world_to_cam.expand(n, 4, 4), (h, w), faces_per_pixel=1,
@@ -122,7 +120,7 @@ class GeometryFitter:
             raise ValueError(f"{scene.root}: no training frame has LiDAR depth within "
                              f"{cfg.depth_max_range} m; the geometry stage needs it "
                              f"(use --stages radiance)")
-        self.scales = [(a, b) for a, b in prims.scale_ranges() if b > a]
+        self.scales = [s for s, (a, b) in enumerate(prims.scale_ranges()) if b > a]
         self.lat_opt = torch.optim.SparseAdam([prims.latents], lr=cfg.geometry_lr_latent)
         self.off_opt = torch.optim.SparseAdam([prims.offsets], lr=cfg.geometry_lr_offset)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -133,20 +131,16 @@ class GeometryFitter:
     def refresh(self) -> None:
         """Rasterize every training frame with the current shapes (layer 0 per scale)
         to know which primitive each pixel sees."""
-        prims, cfg = self.prims, self.cfg
-        per_face = prims.faces_per_primitive
+        per_face = self.prims.faces_per_primitive
         self.visible.clear()
         self.renderer.refresh_geometry()
-        verts, _ = self.renderer.geometry()
-        for a, b in self.scales:
-            faces = prims.faces[a * per_face: b * per_face]
+        for s in self.scales:
             per_frame = []
             for d in self.data:
-                frags = ops.rasterize(verts, faces, d.intrinsics, d.world_to_cam,
-                                      (d.height, d.width), faces_per_pixel=1,
-                                      near=cfg.near, far=cfg.far)
+                frags = self.renderer.rasterize_scale(s, d.intrinsics, d.world_to_cam,
+                                                      (d.height, d.width), faces_per_pixel=1)
                 p2f = frags.pix_to_face[0, ..., 0]
-                per_frame.append(torch.where(p2f >= 0, p2f // per_face + a, p2f))
+                per_frame.append(torch.where(p2f >= 0, p2f // per_face, p2f))
             self.visible.append(per_frame)
 
     def step(self) -> float | None:
