@@ -7,7 +7,6 @@ they are multi-view consistent and a model can fit them.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import imageio.v3 as iio

@@ -256,7 +256,7 @@ def mesh_laplacian_smoothing(verts: torch.Tensor, faces: torch.Tensor) -> torch.
         ValueError / TypeError: for wrong shapes, dtypes, devices or out-of-range indices.
     """
     topo = _check_mesh(verts, faces)
-    b, v = verts.shape[0], verts.shape[1]
+    v = verts.shape[1]
     e0, e1 = topo.edges[:, 0], topo.edges[:, 1]
     nsum = torch.zeros_like(verts)
     nsum = nsum.index_add(1, e0, verts[:, e1]).index_add(1, e1, verts[:, e0])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dnmp.model import Primitives, ShapeDecoder, ico_sphere, voxelize
+from dnmp.model import Primitives, ico_sphere, voxelize
 from dnmp.model.renderer import camera_rays, composite
 
 

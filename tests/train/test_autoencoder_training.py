@@ -9,7 +9,6 @@ import torch
 from dnmp.cli import main
 from dnmp.model.autoencoder import load_autoencoder, load_shape_decoder
 from dnmp.model.icosphere import ico_sphere
-from dnmp.model.mesh_losses import chamfer_distance
 from dnmp.train.autoencoder import (AutoencoderConfig, AutoencoderDataError, cut_patches, fit_icospheres,
                                     heldout_mask, mesh_objective, random_rotations, train_autoencoder)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from dnmp.data import load_scene
 from dnmp.evaluate import depth_errors
-from dnmp.model import DNMPRenderer, Primitives, ShapeDecoder
+from dnmp.model import Primitives, ShapeDecoder
 from dnmp.train import load_checkpoint
 from dnmp.train.config import TrainConfig
 from dnmp.train.geometry import _FrameDepth, offset_hinge, window_cameras, window_depth_l1
