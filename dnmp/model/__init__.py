@@ -3,7 +3,7 @@
 from .icosphere import ico_sphere
 from .primitives import Primitives, ShapeDecoder, voxelize
 from .field import BackgroundField, RadianceField
-from .renderer import DNMPRenderer, RenderConfig, camera_rays
+from .renderer import DNMPRenderer, RenderConfig, camera_rays, pixel_rays
 from .autoencoder import MeshAutoEncoder, ShapeWeightsError, load_shape_decoder, template_latent
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "DNMPRenderer",
     "RenderConfig",
     "camera_rays",
+    "pixel_rays",
     "MeshAutoEncoder",
     "ShapeWeightsError",
     "load_shape_decoder",

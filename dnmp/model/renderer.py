@@ -47,12 +47,27 @@ def camera_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: in
     Returns:
         float32 [height * width, 3], row-major pixel order.
     """
+    dev = intrinsics.device
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=dev),
+                          torch.arange(width, dtype=torch.float64, device=dev), indexing="ij")
+    return pixel_rays(intrinsics, cam_to_world, u.reshape(-1), v.reshape(-1))
+
+
+def pixel_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, u: torch.Tensor,
+               v: torch.Tensor) -> torch.Tensor:
+    """Unit world-frame view directions through the centres of pixels (u, v).
+
+    Args:
+        intrinsics: float [3, 3] OpenCV pinhole; cam_to_world: float [4, 4] rigid.
+        u, v: [N] column and row indices (any numeric dtype), pixel centre at (u, v).
+    Returns:
+        float32 [N, 3]; computed in float64 so that the same pixel gives the same
+        bits as `camera_rays` (which calls this).
+    """
     k = intrinsics.double()
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                          torch.arange(width, dtype=torch.float64), indexing="ij")
-    x = (u - k[0, 2]) / k[0, 0]
-    y = (v - k[1, 2]) / k[1, 1]
-    d = torch.stack([x, y, torch.ones_like(x)], dim=-1).view(-1, 3)
+    x = (u.double() - k[0, 2]) / k[0, 0]
+    y = (v.double() - k[1, 2]) / k[1, 1]
+    d = torch.stack([x, y, torch.ones_like(x)], dim=-1)
     d = d @ cam_to_world[:3, :3].double().T
     return F.normalize(d, dim=-1).float()
 

@@ -48,6 +48,11 @@ class TrainConfig:
             frames that decide which primitives each window sees.
     Optimisation (radiance stage: geometry fixed, fragments cached):
         steps: Adam steps; batch_size: random rays per step.
+        cache_pixels: the fragments of at most this many training pixels are cached at a
+            time (about 75 bytes each at K = 4 + 2: 6M pixels ~ 0.45 GB); a drive with more
+            training pixels is cached as a rotating pool of frames (`train/frame_pool.py`),
+            so memory does not grow with the drive.
+        cache_rotate_every: steps between pool rotations (one frame leaves, the next enters).
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
         lr_final_factor: both rates decay exponentially to this factor at the last step, or
@@ -87,6 +92,8 @@ class TrainConfig:
     far: float = 1e4
     steps: int = 6000
     batch_size: int = 8192
+    cache_pixels: int = 6_000_000
+    cache_rotate_every: int = 50
     lr_features: float = 5e-2
     lr_mlp: float = 5e-3
     lr_final_factor: float = 0.1
@@ -148,6 +155,8 @@ class TrainConfig:
             (0 < self.near < self.far, "need 0 < near < far"),
             (self.steps >= 0, "steps must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.cache_pixels >= 1 and self.cache_rotate_every >= 1,
+             "cache_pixels and cache_rotate_every must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (0 < self.lr_final_factor <= 1, "lr_final_factor must be in (0, 1]"),

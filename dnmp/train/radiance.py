@@ -1,10 +1,11 @@
 """Radiance stage (paper Sec. 3.3-3.4): geometry fixed, fit vertex features and MLPs.
 
-The fragments of every training camera are rasterized once and cached (the
-geometry does not change in this stage); each step samples random pixels of all
-training frames, shades them from their cached fragments and minimises the MSE
-to the image colours with Adam (SparseAdam for the vertex features, so a step
-costs O(batch), not O(scene)).
+The geometry does not change in this stage, so the fragments of the training
+frames are rasterized once and cached, a bounded pool of frames at a time
+(`frame_pool.FramePool`: memory grows with the pool, not with the drive); each step
+samples random pixels of the pool, shades them from their cached fragments and
+minimises the MSE to the image colours with Adam (SparseAdam for the vertex
+features, so a step costs O(batch), not O(scene)).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, R
                      ShapeDecoder, camera_rays, voxelize)
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint)
 from .config import TrainConfig
+from .frame_pool import FramePool
 
 
 def make_decoder(cfg: TrainConfig) -> tuple[ShapeDecoder, torch.Tensor | None]:
@@ -135,40 +137,6 @@ def describe_primitives(renderer: DNMPRenderer) -> str:
     return f"{' + '.join(parts)}, {prims.num_faces} faces"
 
 
-class RayCache:
-    """Cached fragments, colours and view directions of every training pixel.
-
-    pix_to_face int32 [N, K], bary float32 [N, K, 3], rgb float32 [N, 3],
-    dirs float32 [N, 3], N = all pixels of all training frames.
-    """
-
-    def __init__(self, renderer: DNMPRenderer, scene: Scene, frames, progress: bool = True):
-        p2f, bary, rgb, dirs = [], [], [], []
-        covered = 0
-        for frame in tqdm(frames, desc="rasterize train frames", disable=not progress, leave=False):
-            cam = scene.camera_of(frame)
-            c2w = torch.from_numpy(frame.cam_to_world)
-            w2c = torch.from_numpy(frame.world_to_cam()).float()
-            frags = renderer.rasterize(cam.intrinsics(as_tensor=True), w2c, (cam.height, cam.width))
-            k = frags.pix_to_face.shape[-1]
-            p2f.append(frags.pix_to_face.view(-1, k).to(torch.int32))
-            bary.append(frags.bary_coords.view(-1, k, 3))
-            rgb.append(torch.from_numpy(scene.load_image(frame)).view(-1, 3))
-            dirs.append(camera_rays(cam.intrinsics(as_tensor=True), c2w, cam.height, cam.width))
-            covered += int((frags.pix_to_face >= 0).any(-1).sum())
-        self.pix_to_face = torch.cat(p2f)
-        self.bary = torch.cat(bary)
-        self.rgb = torch.cat(rgb)
-        self.dirs = torch.cat(dirs)
-        self.coverage = covered / max(1, self.rgb.shape[0])
-
-    def __len__(self) -> int:
-        return self.rgb.shape[0]
-
-    def batch(self, idx: torch.Tensor):
-        return self.pix_to_face[idx].long(), self.bary[idx], self.dirs[idx], self.rgb[idx]
-
-
 def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
     prims = renderer.primitives
     for p in (prims.latents, prims.offsets, *prims.decoder.parameters()):
@@ -265,9 +233,14 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     write_json_atomic(out / "config.json", cfg.to_dict())
 
     t0 = time.time()
-    cache = RayCache(renderer, scene, train_frames, progress)
-    log(f"cached fragments of {len(cache)} training pixels in {time.time() - t0:.1f} s; "
-        f"{100 * cache.coverage:.1f}% covered by primitives")
+    cache = FramePool(renderer, scene, train_frames, cfg.cache_pixels, cfg.cache_rotate_every,
+                      seed=cfg.seed, progress=progress)
+    cache.sync(start_step)
+    pool_note = (f"a pool of {cache.size} of {len(train_frames)} training frames, one frame "
+                 f"replaced every {cfg.cache_rotate_every} steps" if cache.rotates
+                 else f"all {len(train_frames)} training frames")
+    log(f"cached fragments of {len(cache)} pixels ({pool_note}; {cache.nbytes / 2**20:.0f} MiB) "
+        f"in {time.time() - t0:.1f} s; {100 * cache.coverage:.1f}% covered by primitives")
 
     def save(step: int) -> Path:
         return save_checkpoint(ckpt_dir, step, {
@@ -293,6 +266,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                 log(f"time budget of {budget / 60:.1f} min reached at step {step}")
                 break
             _set_lr(opts, cfg, step, (time.time() - t_loop) / budget if budget > 0 else 0.0)
+            cache.sync(step)
             idx = torch.randint(0, len(cache), (cfg.batch_size,))
             p2f, bary, dirs, rgb = cache.batch(idx)
             pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]
@@ -336,7 +310,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     result = {"step": step, "train_seconds": round(train_s, 1),
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
-              "train_pixel_coverage": cache.coverage, **extra_metrics}
+              "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
+              "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}
     if scene.frames_by_split("test"):
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
     write_json_atomic(out / "metrics.json", result)

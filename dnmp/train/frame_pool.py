@@ -1,0 +1,184 @@
+"""Training rays of the radiance stage: cached fragments of a bounded pool of frames.
+
+The geometry is fixed in the radiance stage, so a training pixel's fragments can be
+rasterized once and reused for many steps. Caching every training pixel of a drive
+grows with frames x pixels (about 120 bytes per pixel: 14 GB for 100 KITTI frames),
+so only a pool of frames whose pixels fit `max_pixels` is cached at a time. Every
+`rotate_every` steps the pool slides by one frame along a seeded cyclic order of the
+training frames (the frame that entered longest ago leaves, the next one enters), so
+over a run every frame spends the same number of steps in the pool; nerfstudio's data
+managers do the same with a subset of images resampled every few steps. The pool at a
+step is a function of (frames, seed, step), so a resumed run sees the same pool.
+
+A drive whose training pixels all fit is cached whole, in the frames' order, and never
+rotates: pixel index i then names the same pixel as in a cache of all frames.
+
+Per cached pixel: pix_to_face int32 [K], the first two barycentrics float32 [K, 2] (the
+third is 1 - b0 - b1 on covered layers, 0 on empty ones) and the colour as uint8 [3]
+when the image is 8-bit (float32 otherwise): 12 K + 3 bytes, 75 B at K = 4 + 2.
+View directions are recomputed from the pixel's row and column (`pixel_rays`).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..data.scene import Scene
+from ..model import DNMPRenderer, pixel_rays
+
+
+class _CachedFrame:
+    """One frame's fragments and colours, flattened row-major (N = H * W pixels)."""
+
+    def __init__(self, renderer: DNMPRenderer, scene: Scene, frame):
+        cam = scene.camera_of(frame)
+        self.width = cam.width
+        self.intrinsics = cam.intrinsics(as_tensor=True)
+        self.cam_to_world = torch.from_numpy(frame.cam_to_world)
+        w2c = torch.from_numpy(frame.world_to_cam()).float()
+        frags = renderer.rasterize(self.intrinsics, w2c, (cam.height, cam.width))
+        k = frags.pix_to_face.shape[-1]
+        self.pix_to_face = frags.pix_to_face.reshape(-1, k).to(torch.int32)
+        self.bary2 = frags.bary_coords.reshape(-1, k, 3)[..., :2].contiguous()
+        rgb = torch.from_numpy(scene.load_image(frame)).reshape(-1, 3)
+        q = torch.round(rgb * 255.0).to(torch.uint8)
+        self.rgb = q if torch.equal(q.float() / 255.0, rgb) else rgb  # exact for 8-bit images
+        self.covered = int((self.pix_to_face >= 0).any(-1).sum())
+
+    def __len__(self) -> int:
+        return self.pix_to_face.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pix_to_face, self.bary2, self.rgb))
+
+    def gather(self, local: torch.Tensor):
+        """(pix_to_face int64 [n, K], bary float32 [n, K, 3], dirs float32 [n, 3],
+        rgb float32 [n, 3]) of flat pixel indices `local` (int64 [n])."""
+        p2f = self.pix_to_face[local].long()
+        b01 = self.bary2[local]
+        b2 = torch.where(p2f >= 0, 1.0 - b01[..., 0] - b01[..., 1], torch.zeros_like(b01[..., 0]))
+        bary = torch.cat([b01, b2.unsqueeze(-1)], dim=-1)
+        rgb = self.rgb[local]
+        rgb = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb
+        dirs = pixel_rays(self.intrinsics, self.cam_to_world, local % self.width,
+                          torch.div(local, self.width, rounding_mode="floor"))
+        return p2f, bary, dirs, rgb
+
+
+class FramePool:
+    """Cached fragments of a bounded, rotating pool of training frames.
+
+    Args:
+        renderer: the model (its geometry is fixed while the pool lives).
+        scene: the scene the frames belong to (cameras, images).
+        frames: the training frames, non-empty.
+        max_pixels: cache at most this many pixels (at least one frame is cached).
+        rotate_every: steps between pool rotations when not every frame fits (>= 1).
+        seed: seeds the cyclic frame order.
+        progress: a progress bar while the pool is first filled.
+    Raises:
+        ValueError: no frames, or max_pixels / rotate_every < 1.
+    """
+
+    def __init__(self, renderer: DNMPRenderer, scene: Scene, frames, max_pixels: int,
+                 rotate_every: int, seed: int = 0, progress: bool = True):
+        if not frames:
+            raise ValueError("FramePool: no training frames")
+        if max_pixels < 1 or rotate_every < 1:
+            raise ValueError(f"FramePool: max_pixels ({max_pixels}) and rotate_every "
+                             f"({rotate_every}) must be >= 1")
+        self.renderer, self.scene, self.frames = renderer, scene, list(frames)
+        sizes = [scene.camera_of(f).width * scene.camera_of(f).height for f in self.frames]
+        # The largest n such that any n frames fit (sizes may differ between cameras).
+        n, total = 0, 0
+        for s in sorted(sizes, reverse=True):
+            if n > 0 and total + s > max_pixels:
+                break
+            n, total = n + 1, total + s
+        self.size = n
+        self.rotates = n < len(self.frames)
+        self.rotate_every = rotate_every
+        if self.rotates:
+            g = torch.Generator().manual_seed(int(seed))
+            self.order = torch.randperm(len(self.frames), generator=g).tolist()
+        else:
+            self.order = list(range(len(self.frames)))
+        self.progress = progress
+        self._cached: dict[int, _CachedFrame] = {}
+        self._slots: list[int] = []
+        self._offsets = torch.zeros(1, dtype=torch.int64)
+        self._rotation: int | None = None
+        self._covered: dict[int, tuple[int, int]] = {}  # frame index -> (covered, pixels)
+        self.rasterized = 0  # frames rasterized so far (fills and rotations)
+
+    def rotation_of(self, step: int) -> int:
+        return step // self.rotate_every if self.rotates else 0
+
+    def frames_at(self, step: int) -> list[int]:
+        """Indices (into `frames`) of the pool's frames at `step`, in sampling order."""
+        r = self.rotation_of(step)
+        return [self.order[(r + i) % len(self.order)] for i in range(self.size)]
+
+    def sync(self, step: int) -> None:
+        """Make the pool the one of `step`: rasterize the frames that enter, drop the
+        ones that leave (a no-op within a rotation period)."""
+        r = self.rotation_of(step)
+        if r == self._rotation:
+            return
+        wanted = self.frames_at(step)
+        for i in [i for i in self._cached if i not in wanted]:
+            del self._cached[i]
+        missing = [i for i in wanted if i not in self._cached]
+        bar = tqdm(missing, desc="rasterize train frames", leave=False,
+                   disable=not self.progress or self._rotation is not None)
+        for i in bar:
+            entry = _CachedFrame(self.renderer, self.scene, self.frames[i])
+            self._cached[i] = entry
+            self._covered[i] = (entry.covered, len(entry))
+            self.rasterized += 1
+        self._slots = wanted
+        lengths = torch.tensor([len(self._cached[i]) for i in wanted], dtype=torch.int64)
+        self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        self._rotation = r
+
+    def __len__(self) -> int:
+        """Pixels in the pool now (call `sync` first)."""
+        return int(self._offsets[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of cached tensors now."""
+        return sum(c.nbytes for c in self._cached.values())
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the pixels of the frames cached so far covered by any primitive."""
+        covered = sum(c for c, _ in self._covered.values())
+        total = sum(n for _, n in self._covered.values())
+        return covered / max(1, total)
+
+    def batch(self, idx: torch.Tensor):
+        """Rays of pool pixel indices `idx` (int64 [B] in [0, len(self))).
+
+        Returns (pix_to_face int64 [B, K], bary_coords float32 [B, K, 3], view_dirs
+        float32 [B, 3] world frame, rgb float32 [B, 3] in [0, 1]), as `DNMPRenderer.shade`
+        takes them.
+        """
+        slot = torch.searchsorted(self._offsets, idx, right=True) - 1
+        local = idx - self._offsets[slot]
+        if len(self._slots) == 1:
+            return self._cached[self._slots[0]].gather(local)
+        k = self._cached[self._slots[0]].pix_to_face.shape[1]
+        b = idx.shape[0]
+        p2f = torch.empty(b, k, dtype=torch.int64)
+        bary = torch.empty(b, k, 3)
+        dirs = torch.empty(b, 3)
+        rgb = torch.empty(b, 3)
+        for s in torch.unique(slot).tolist():
+            m = torch.nonzero(slot == s).squeeze(1)
+            parts = self._cached[self._slots[s]].gather(local[m])
+            for dst, src in zip((p2f, bary, dirs, rgb), parts):
+                dst[m] = src
+        return p2f, bary, dirs, rgb
