@@ -30,8 +30,9 @@ The devkit's projection ``y = P_rect_0i R_rect_00 T_cam0_velo x`` is the same ma
 (``T_w_imu_k = inv(T_velo_imu) V_k T_velo_imu`` with V_k from chained ICP) and
 reports the drift against OXTS when its files are there.
 
-Split: the DNMP stereo protocol (frames at even offsets from ``first`` train
-on both cameras, odd ones are held out on the left camera). Only the
+Split: the DNMP stereo protocol (the kept frames, ``first..last`` every
+``stride``-th, alternate: even positions train on both cameras, odd ones are
+held out on the left camera). Only the
 rectified ``_sync`` release is supported; ``_extract`` (distorted, D_0i) is
 refused.
 """
@@ -59,6 +60,7 @@ from dnmp.converters.kitti_common import (
     report_drift,
     select_cameras,
     stereo_pair_of,
+    stride_frames,
     stereo_plan,
     write_drive_scene,
 )
@@ -207,7 +209,6 @@ def convert_kitti(source, out, overwrite: bool = False, **options):
             raise ConversionError(source, "--drive is for KITTI raw; this is a KITTI odometry root (use --sequence)")
         if options.get("poses") == "oxts":
             raise ConversionError(source, "--poses oxts is for KITTI raw; odometry has auto, gt, semantickitti, lidar")
-        options.setdefault("cameras", ["image_2", "image_3"])
         return convert_kitti_odometry(source, out, overwrite=overwrite, **options)
     if "sequence" in options:
         raise ConversionError(source, "--sequence is for KITTI odometry (no sequences/ folder here); use --drive")
@@ -229,6 +230,7 @@ def _convert_raw_into(
     drive: str | None = None,
     first: int | None = None,
     last: int | None = None,
+    stride: int = 1,
     cameras: Sequence[str] = ("image_02", "image_03"),
     poses: str = "auto",
     downscale: float = 1.0,
@@ -241,7 +243,7 @@ def _convert_raw_into(
     **pipeline,
 ):
     """Convert frames ``first..last`` (inclusive; default all images of the
-    left camera) of a KITTI raw drive into ``out``.
+    left camera), every ``stride``-th, of a KITTI raw drive into ``out``.
 
     cameras: among image_00..image_03 (default image_02,image_03); the first
     left camera (image_02, else image_00) holds the test frames. poses: "auto"
@@ -273,7 +275,7 @@ def _convert_raw_into(
     last = avail[-1] if last is None else last
     if first < 0 or last < first:
         raise ConversionError(drive_dir, f"invalid frame range {first}..{last}")
-    indices = list(range(first, last + 1))
+    indices = stride_frames(range(first, last + 1), stride)
 
     # calibration
     c2c_path = date_dir / "calib_cam_to_cam.txt"
@@ -318,13 +320,13 @@ def _convert_raw_into(
     T_velo_rect = rigid_inverse(T_rect_velo)
     plan = [PlannedImage(i, c, split, T_w_velo[i] @ T_velo_rect @ rigid_inverse(translation(offsets[c])),
                          drive_dir / c / "data" / f"{i:010d}.png", times[i] - times[first])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam, parity_origin=first)]
+            for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
     stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, c2c_path, pipeline.get("stereo", True))
     report.update({"poses": pose_kind, "pose_source": str(pose_path), "first_timestamp": times[first]})
     velo_dir = drive_dir / "velodyne_points" / "data"
     scans = (lambda i: (velo_dir / f"{i:010d}.bin", T_w_velo[i])) if lidar else None
     src = {"dataset": "KITTI raw", "sequence": drive_dir.name, "licence": LICENCE, "frames": [first, last],
-           "poses": pose_kind}
+           "poses": pose_kind, **({"stride": stride} if stride > 1 else {})}
     return write_drive_scene(
         out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=10,
         name=name or f"kitti_{drive_dir.name.replace('_sync', '')}", source=src, report=report,
@@ -347,16 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw: oxts (default) or lidar; odometry: auto (default), gt, semantickitti or lidar. "
                    "lidar estimates poses by scan-to-scan ICP and reports the drift against recorded poses")
     add_pose_options(p)
-    add_drive_options(p, "image_02,image_03 (odometry: image_2,image_3)")
-    p.set_defaults(cameras=None)
+    add_drive_options(p, None, cameras_help="default image_02,image_03 (odometry: image_2,image_3 if present, "
+                      "else the grayscale pair image_0,image_1)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    opts = drive_options(argparse.Namespace(**{**vars(args), "cameras": args.cameras or ""}))
-    if not opts["cameras"]:
-        opts.pop("cameras")
+    opts = drive_options(args)  # cameras None (not given): convert_kitti drops it, the layout's default applies
     return run_cli(lambda: convert_kitti(
         args.root, args.out, drive=args.drive, sequence=args.sequence, first=args.first, last=args.last,
         poses=args.poses, icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,

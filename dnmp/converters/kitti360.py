@@ -31,7 +31,11 @@ even frame indices train on image_00 and image_01, odd ones are held out on
 image_00 (their image_01 is not used).
 
 ``--preset dnmp-paper --window N`` selects one of the five 80-frame windows of
-2013_05_28_drive_0009_sync the DNMP paper evaluates on (see :data:`PRESETS`).
+2013_05_28_drive_0009_sync the DNMP paper evaluates on (see :data:`PRESETS`);
+``--window START:LEN`` (as for every KITTI converter) any window of LEN frames
+from START, e.g. ``--window 715:80`` is the paper's first window on any drive.
+``--stride N`` keeps every Nth frame with a pose; then the kept frames alternate
+train/test by position instead of by frame index.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from dnmp.converters.kitti_common import (
     read_key_values,
     select_cameras,
     stereo_plan,
+    stride_frames,
     write_drive_scene,
 )
 
@@ -231,8 +236,9 @@ def convert_kitti360(source, out, overwrite: bool = False, **options):
         if preset not in PRESETS:
             raise ConversionError(source, f"unknown preset {preset!r} (have {', '.join(PRESETS)})")
         wins = PRESETS[preset]["windows"]
-        if window is None or not 1 <= int(window) <= len(wins):
-            raise ConversionError(source, f"preset {preset} needs --window 1..{len(wins)}")
+        if window is None or not str(window).strip().isdigit() or not 1 <= int(window) <= len(wins):
+            raise ConversionError(source, f"preset {preset} needs --window 1..{len(wins)} (a window number), "
+                                  f"got {window!r}")
         if options.get("first") is not None or options.get("last") is not None:
             raise ConversionError(source, "--preset sets the frame window; do not also give --first/--last")
         seq = options.get("sequence")
@@ -245,7 +251,7 @@ def convert_kitti360(source, out, overwrite: bool = False, **options):
             options["name"] = f"kitti360_{preset}_{int(window)}"
         options["preset_info"] = {"preset": preset, "window": int(window), "source": PRESETS[preset]["source"]}
     elif window is not None:
-        raise ConversionError(source, "--window needs --preset")
+        options["window"] = window  # START:LEN, read by convert_drive_atomically
     return convert_drive_atomically(_convert_into, source, out, overwrite, options)
 
 
@@ -255,7 +261,8 @@ def _convert_into(
     sequence: str | None = None,
     first: int | None = None,
     last: int | None = None,
-    cameras: Sequence[str] = ("image_00", "image_01"),
+    stride: int = 1,
+    cameras: Sequence[str] | None = ("image_00", "image_01"),
     poses: str = "auto",
     lidar_source: str = "auto",
     downscale: float = 1.0,
@@ -266,7 +273,8 @@ def _convert_into(
     **pipeline,
 ):
     """Convert frames ``first..last`` (inclusive; default: every frame with an
-    image and a pose) of KITTI-360 sequence ``sequence`` into ``out``.
+    image and a pose; ``stride``: every Nth of them) of KITTI-360 sequence
+    ``sequence`` into ``out``.
 
     cameras: image_00 and/or image_01 (image_00 holds the test frames).
     poses: "auto"/"poses" (poses.txt + calibration, the devkit rule; checked
@@ -284,7 +292,7 @@ def _convert_into(
     log = logger(quiet)
     root = Path(source)
     seq = find_sequence(root, sequence)
-    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, root, refused=FISHEYE_REFUSED)
+    cameras = select_cameras(cameras or ALL_CAMERAS, ALL_CAMERAS, downscale, root, refused=FISHEYE_REFUSED)
     if poses not in ("auto", "poses", "cam0"):
         raise ConversionError(root, f"poses must be auto, poses or cam0, got {poses!r}")
     if lidar_source not in LIDAR_SOURCES:
@@ -336,7 +344,7 @@ def _convert_into(
     if last > last_pose:
         raise ConversionError(src_path, f"poses end at frame {last_pose} but the window asks for frames up to "
                               f"{last} (pose file shorter than the frame list)")
-    indices = [i for i in range(first, last + 1) if i in recs]
+    indices = stride_frames([i for i in range(first, last + 1) if i in recs], stride)
     skipped = [i for i in range(first, last + 1) if i not in recs]
     if not indices:
         raise ConversionError(src_path, f"no frame of the window {first}..{last} has a pose")
@@ -386,11 +394,13 @@ def _convert_into(
     else:
         times = {i: 0.1 * i for i in indices}  # KITTI-360 records at 10 Hz
         report["timestamps"] = "frame index * 0.1 s (no timestamps.txt)"
-    log(f"kitti360: {seq}, frames {first}..{last} ({len(indices)} with a pose), cameras {cameras}")
+    log(f"kitti360: {seq}, frames {first}..{last} ({len(indices)} with a pose"
+        + (f", every {stride}th kept" if stride > 1 else "") + f"), cameras {cameras}")
 
     plan = [PlannedImage(i, c, split, T_pose[i] @ rect_to_pose[c], img_dirs[c] / f"{i:010d}.png",
                          times[i] - times[indices[0]])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam, parity_origin=0)]
+            for i, c, split in stereo_plan(indices, cameras, held_out_cam,
+                                           parity_origin=0 if stride == 1 else None)]
     stereo_pair = None
     if pipeline.get("stereo", True) and set(cameras) == set(ALL_CAMERAS):
         rel = rigid_inverse(rect_to_pose["image_00"]) @ rect_to_pose["image_01"]  # image_01 -> image_00
@@ -432,7 +442,7 @@ def _convert_into(
             report["fused_clouds"] = [p.name for p in files]
             log(f"kitti360: {len(extra)} points from {len(files)} fused static clouds")
     src = {"dataset": "KITTI-360", "sequence": seq, "licence": LICENCE, "frames": [first, last],
-           "poses": report["poses"]}
+           "poses": report["poses"], **({"stride": stride} if stride > 1 else {})}
     if preset_info:
         src["preset"] = f"{preset_info['preset']} window {preset_info['window']}"
     return write_drive_scene(
@@ -456,22 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="KITTI-360 root (holding data_2d_raw/, data_poses/, calibration/)")
     p.add_argument("--sequence", "--seq", default=None,
                    help="drive, e.g. 2013_05_28_drive_0009_sync or 9 (default: the only one)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a published frame window set")
-    p.add_argument("--window", type=int, default=None, help="window number of --preset (1-based)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a published frame window set; --window N then picks its Nth window (1-based)")
     p.add_argument("--poses", choices=("auto", "poses", "cam0"), default="auto",
                    help="auto/poses: poses.txt + calib_cam_to_pose + R_rect (devkit), checked against "
                    "cam0_to_world.txt; cam0: cam0_to_world.txt")
     p.add_argument("--lidar-source", choices=LIDAR_SOURCES, default="auto",
                    help="scans (data_3d_raw), fused (data_3d_semantics static clouds), both, or auto "
                    "(scans if present, else fused)")
-    add_drive_options(p, "image_00,image_01")
+    add_drive_options(p, "image_00,image_01", window_help="; with --preset, the window number N")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_kitti360(
-        args.root, args.out, sequence=args.sequence, preset=args.preset, window=args.window, first=args.first,
+        args.root, args.out, sequence=args.sequence, preset=args.preset, first=args.first,
         last=args.last, poses=args.poses, lidar_source=args.lidar_source, **drive_options(args)))
 
 

@@ -4,13 +4,16 @@
   :func:`read_key_values` (``KEY: numbers`` calibration files),
   :func:`camera_from_P` (rectified projection matrix -> pinhole + offset)
 - the DNMP stereo protocol: :func:`stereo_plan` (even frames train on both
-  cameras, odd frames are held out on the left one)
+  cameras, odd frames are held out on the left one); the frame choice:
+  :func:`frame_window` (``--window START:LEN``) and :func:`stride_frames`
+  (``--stride N``)
 - dense stereo: :func:`stereo_points` (OpenCV SGBM, left-right checked)
 - LiDAR odometry: :func:`icp_poses` (open3d point-to-plane ICP, chained) and
   :func:`pose_errors` (drift against ground truth)
 - the output pipeline every KITTI converter ends with: :func:`write_drive_scene`
-  (images, per-frame sparse depth, fused LiDAR, SGBM points, projection and
-  scan-agreement checks, scene.json, summary, overview, report)
+  (images, per-frame sparse LiDAR depth, fused LiDAR, SGBM points and per-frame
+  stereo depth, projection and scan-agreement checks, scene.json, summary,
+  overview, report)
 - the steps every KITTI converter starts with: :func:`select_cameras`,
   :func:`stereo_pair_of`, :func:`lidar_odometry` (``--poses lidar``) and
   :func:`convert_drive_atomically`
@@ -23,7 +26,9 @@ Conventions (DESIGN.md): metres, OpenCV cameras (x right, y down, z forward),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,7 @@ from dnmp.converters.common import (  # noqa: F401  (read_image_native: re-expor
     recentre,
     rigid_inverse,
     scan_agreement,
+    training_estimate,
     transform,
     world_to_cam_points,
     write_frame_depth,
@@ -54,7 +60,7 @@ from dnmp.converters.common import (  # noqa: F401  (read_image_native: re-expor
     write_scene,
     zbuffer_depth,
 )
-from dnmp.data.scene import Camera, Frame, downscale_image
+from dnmp.data.scene import Camera, Frame, downscale_image, write_depth_png
 
 
 # ----------------------------------------------------------------------------
@@ -206,11 +212,22 @@ def report_drift(estimated: Sequence[np.ndarray], reference: Sequence[np.ndarray
 
 def convert_drive_atomically(into: Callable, source, out, overwrite: bool, options: dict):
     """``convert_<format>`` of a KITTI-family converter: refuses non-positive
-    depth ranges, then runs ``into(source, staging, **options)`` through
+    depth ranges and a ``stride`` below 1, turns ``window`` ("START:LEN",
+    :func:`frame_window`) into ``first``/``last``, then runs
+    ``into(source, staging, **options)`` through
     :func:`dnmp.converters.common.convert_atomically`. Returns the Scene."""
     out = Path(out)
+    options = dict(options)
     if not options.get("max_depth", 80.0) > 0 or not options.get("stereo_max_depth", 25.0) > 0:
         raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
+    stride = options.get("stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ConversionError(source, f"--stride must be an integer >= 1 (keep every Nth frame), got {stride!r}")
+    window = options.pop("window", None)
+    if window is not None:
+        if options.get("first") is not None or options.get("last") is not None:
+            raise ConversionError(source, "--window sets the frame range; do not also give --first/--last")
+        options["first"], options["last"] = frame_window(window, source)
     return convert_atomically(out, overwrite, lambda staging: into(source, staging, **options))
 
 
@@ -219,15 +236,40 @@ def convert_drive_atomically(into: Callable, source, out, overwrite: bool, optio
 # ----------------------------------------------------------------------------
 
 
+def frame_window(window: str, where) -> tuple:
+    """``--window START:LEN`` -> (first, last), inclusive: LEN source frames
+    from frame START (e.g. "715:80" is frames 715..794, one of the DNMP paper's
+    80-frame KITTI-360 windows). Raises ConversionError (naming ``where``) for
+    anything else; a bare number is a ``--preset`` window (kitti360 only)."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(window))
+    if not m:
+        hint = " (a bare window number needs --preset, kitti360 only)" if str(window).strip().isdigit() else ""
+        raise ConversionError(where, f"--window must be START:LEN (frame numbers, e.g. 715:80), got {window!r}{hint}")
+    start, length = int(m.group(1)), int(m.group(2))
+    if length < 1:
+        raise ConversionError(where, f"--window {window}: LEN must be >= 1")
+    return start, start + length - 1
+
+
+def stride_frames(indices: Sequence[int], stride: int) -> list:
+    """Every ``stride``-th of ``indices`` (in order, starting with the first):
+    ``--stride N`` keeps one frame in N before the split (so the held-out
+    frames sit between training frames N apart)."""
+    return list(indices)[::stride]
+
+
 def stereo_plan(indices: Sequence[int], cameras: Sequence[str], held_out_cam: str,
-                parity_origin: int = 0) -> list:
-    """The DNMP protocol for a stereo forward drive (DESIGN.md): frame ``i``
-    trains on every camera when ``(i - parity_origin)`` is even and is held
-    out on ``held_out_cam`` only when it is odd (other cameras of odd frames are
-    not used). Returns [(i, camera, "train" | "test")] in frame order."""
+                parity_origin: int | None = None) -> list:
+    """The DNMP protocol for a stereo forward drive (DESIGN.md): a frame trains
+    on every camera when it is even and is held out on ``held_out_cam`` only
+    when it is odd (other cameras of odd frames are not used). Even/odd is the
+    frame's position in ``indices`` (default: alternate along the kept frames,
+    which is also what a ``--stride`` needs), or, with ``parity_origin``, of
+    ``i - parity_origin`` (KITTI-360: DNMP's own parity of the frame index).
+    Returns [(i, camera, "train" | "test")] in frame order."""
     plan = []
-    for i in indices:
-        train = (i - parity_origin) % 2 == 0
+    for pos, i in enumerate(indices):
+        train = ((i - parity_origin) if parity_origin is not None else pos) % 2 == 0
         for c in cameras:
             if train or c == held_out_cam:
                 plan.append((i, c, "train" if train else "test"))
@@ -464,14 +506,19 @@ def write_drive_scene(
     KITTI-360's accumulated clouds); ``stereo_pair``: (left, right, baseline m)
     of a rectified pair for SGBM points of train frames, or None.
 
-    Steps: recentre on the mean camera centre (``world_offset``); write images
-    (byte copies of 8-bit RGB PNGs at downscale 1) and ``depth/<cam>/<frame>.png``
-    (each frame's own scan, z-buffered); check the fused LiDAR with
-    :func:`projection_sanity` (un-cropped) and :func:`scan_agreement`; write
-    ``points/lidar.ply`` (cropped to what frames see within ``max_depth``,
-    voxel + outlier filtered) and ``points/stereo.ply``; then scene.json, the
-    summary, ``overview.png`` and ``conversion_report.json``. Raises
-    ConversionError on broken input or a failed check. Returns the Scene.
+    Steps: print the expected training memory and time
+    (:func:`dnmp.converters.common.training_estimate`); recentre on the mean
+    camera centre (``world_offset``); write images (byte copies of 8-bit PNGs
+    at downscale 1; single-channel sources stay single-channel and their
+    camera gets ``channels`` 1) and ``depth/<cam>/<frame>.png`` (each frame's
+    own scan, z-buffered); check the fused LiDAR with :func:`projection_sanity`
+    (un-cropped) and :func:`scan_agreement`; write ``points/lidar.ply``
+    (cropped to what frames see within ``max_depth``, voxel + outlier
+    filtered), ``points/stereo.ply`` and, with ``depth``, each training
+    stereo frame's ``depth_stereo/<cam>/<frame>.png`` (:func:`_stereo_cloud`);
+    then scene.json, the summary, ``overview.png`` and
+    ``conversion_report.json``. Raises ConversionError on broken input or a
+    failed check. Returns the Scene.
     """
     import imageio.v3 as iio
 
@@ -480,9 +527,14 @@ def write_drive_scene(
     out_cams = output_cameras(cameras, downscale)
     world_offset, shift = recentre([p.cam_to_world[:3, 3] for p in plan])
     fmt = f"{{:0{digits}d}}"
+    estimate = training_estimate(
+        [(out_cams[p.camera].width * out_cams[p.camera].height, p.split) for p in plan],
+        [p.cam_to_world[:3, 3] for p in plan if p.camera == held_out_cam])
+    log(estimate["line"])
 
     frames, images_full = [], {}
     by_index = {}
+    channels = {}  # camera -> 1 (grayscale) or 3, from its first image
     for p in progress(plan, quiet, desc="images", unit="img"):
         native = read_image_native(p.source)
         img = as_rgb8(native, p.source)
@@ -490,14 +542,20 @@ def write_drive_scene(
         if img.shape[:2] != (fc.height, fc.width):
             raise ConversionError(p.source, f"image is {img.shape[1]}x{img.shape[0]}, calibration of {p.camera} "
                                   f"says {fc.width}x{fc.height}")
+        grey = native.ndim == 2 or native.shape[2] == 1
+        nch = channels.setdefault(p.camera, 1 if grey else 3)
+        if nch != (1 if grey else 3):
+            raise ConversionError(p.source, f"image is {'grayscale' if grey else 'colour'} but earlier images of "
+                                  f"{p.camera} are {'grayscale' if nch == 1 else 'colour'}")
         stem = fmt.format(p.index)
         rel = f"images/{p.camera}/{stem}.png"
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if downscale == 1 and native.ndim == 3 and native.shape[2] == 3 and p.source.suffix.lower() == ".png":
+        if downscale == 1 and p.source.suffix.lower() == ".png" and (grey or native.shape[2] == 3):
             shutil.copyfile(p.source, dst)  # byte-exact
         else:
-            iio.imwrite(dst, downscale_image(img, downscale) if downscale != 1 else img)
+            keep = native.reshape(native.shape[:2]) if grey else img  # grey stays single-channel
+            iio.imwrite(dst, downscale_image(keep, downscale) if downscale != 1 else keep)
         if stereo and stereo_pair and p.split == "train" and p.camera in stereo_pair[:2]:
             images_full[(p.index, p.camera)] = img
         f = Frame(image=rel, camera=p.camera, cam_to_world=shift @ p.cam_to_world, timestamp=p.timestamp,
@@ -505,10 +563,16 @@ def write_drive_scene(
         frames.append(f)
         by_index.setdefault(p.index, []).append(f)
 
+    for c in [c for c, n in channels.items() if n == 1]:
+        out_cams[c] = dataclasses.replace(out_cams[c], channels=1)
+
     report = dict(report)
     report.update({"downscale": downscale, "max_depth": max_depth, "stereo": bool(stereo),
                    "stereo_max_depth": stereo_max_depth, "voxel": voxel,
-                   "world_offset": world_offset.tolist()})
+                   "world_offset": world_offset.tolist(), "training_estimate": estimate})
+    grey_cams = sorted(c for c, n in channels.items() if n == 1)
+    if grey_cams:
+        report["grayscale_cameras"] = grey_cams
     point_clouds = []
     left_frames = [f for f in frames if f.camera == held_out_cam]
 
@@ -553,7 +617,9 @@ def write_drive_scene(
 
     if stereo and stereo_pair:
         _stereo_cloud(out, frames, cameras, out_cams, images_full, stereo_pair, indices, fmt,
-                      max_depth, stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet)
+                      max_depth, stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet,
+                      depth_images=depth, check_poses=sanity and "scan_agreement" not in report,
+                      pose_path=pose_path)
     images_full.clear()
 
     scene = write_scene(out, name, source, world_offset, out_cams, frames, point_clouds)
@@ -576,27 +642,65 @@ def check_rectified_pair(left: Camera, right: Camera, offset_left, offset_right,
     return baseline
 
 
+def write_stereo_depth(root, frame: Frame, xyz_world: np.ndarray, cam: Camera, stem: str) -> int:
+    """Z-buffer one stereo pair's points (world, scene coordinates) into
+    ``depth_stereo/<camera>/<stem>.png`` (uint16, metres * 256, 0 = none; the
+    format of LiDAR depth, :func:`dnmp.data.scene.write_depth_png`) and set
+    ``frame.stereo_depth``. At full resolution the left camera's image is the
+    SGBM depth z = fx * baseline / d itself (one point per pixel centre); the
+    right camera gets the same points projected (left-right consistent
+    points are visible in both). Returns the number of pixels with depth."""
+    d = zbuffer_depth(world_to_cam_points(frame, xyz_world), cam, 0.5)
+    frame.stereo_depth = f"depth_stereo/{frame.camera}/{stem}.png"
+    write_depth_png(Path(root) / frame.stereo_depth, d)
+    return int((d > 0).sum())
+
+
 def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fmt, max_depth,
-                  stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet):
+                  stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet,
+                  depth_images: bool = True, check_poses: bool = False, pose_path=None):
+    """SGBM points of every training stereo pair: ``points/stereo.ply`` (fused,
+    voxel + outlier filtered) and, with ``depth_images``, a stereo depth image
+    of both frames of each pair (:func:`write_stereo_depth`). With
+    ``check_poses`` (a scene without LiDAR to check the poses with), the
+    points of the first, middle and last pair are compared with those of
+    their 5 neighbouring pairs on each side (:func:`scan_agreement`; fails on
+    inverted or wrong poses, blaming ``pose_path``)."""
     log = logger(quiet)
     l, r, baseline = pair
     fl = cameras[l]
-    pts, cols, st_tot = [], [], {}
+    pts, cols, st_tot, n_depth = [], [], {}, 0
     train_idx = [i for i in indices if (i, l) in images_full and (i, r) in images_full]
     for i in progress(train_idx, quiet, desc="stereo", unit="pair"):
         xyz_c, rgb, st = stereo_points(images_full[(i, l)], images_full[(i, r)], fl, baseline,
                                        max_depth=stereo_max_depth)
         f = next(f for f in frames if f.name == f"{l}/{fmt.format(i)}")
-        pts.append(transform(f.cam_to_world, xyz_c))
+        world = transform(f.cam_to_world, xyz_c)
+        pts.append(world)
         cols.append(rgb)
+        if depth_images:
+            for c in (l, r):
+                fc = next(g for g in frames if g.name == f"{c}/{fmt.format(i)}")
+                write_stereo_depth(out, fc, world, out_cams[c], fmt.format(i))
+                n_depth += 1
         for k, v in st.items():
             st_tot[k] = st_tot.get(k, 0) + v if k != "num_disparities" else v
     if not pts:
         return
+    if check_poses and len(pts) > 1:
+        picks = sorted({0, len(pts) // 2, len(pts) - 1})
+        chk = [next(f for f in frames if f.name == f"{l}/{fmt.format(train_idx[k])}") for k in picks]
+        others = [np.concatenate([pts[j] for j in range(max(0, k - 5), min(len(pts), k + 6)) if j != k])
+                  for k in picks]
+        log("pose check (stereo points of neighbouring pairs, no LiDAR):")
+        agr = scan_agreement(chk, out_cams, [pts[k] for k in picks], others, stereo_max_depth, warn_below=0.5,
+                             where=pose_path, verbose=not quiet)
+        report["stereo_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
     allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0
     xyz, rgb = clean_points(allp, allc, voxel=voxel, nb_neighbors=outlier_neighbors)
     point_clouds.append(write_points(out, "points/stereo.ply", "stereo", xyz, rgb))
-    report["stereo_points"] = {**st_tot, "pairs": len(train_idx), "baseline": baseline, "written": len(xyz)}
+    report["stereo_points"] = {**st_tot, "pairs": len(train_idx), "baseline": baseline, "written": len(xyz),
+                               "depth_images": n_depth}
     # cross-check against the LiDAR depth of the first train left frame
     f0 = next(f for f in frames if f.name == f"{l}/{fmt.format(train_idx[0])}")
     if f0.depth is not None:
@@ -616,7 +720,8 @@ def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fm
                       f"({100 * agree:.1f}% within 5%); check the stereo calibration")
     log(f"stereo: {len(train_idx)} train pairs, baseline {baseline:.3f} m, {st_tot['sgbm']} SGBM pixels, "
         f"{st_tot['lr_consistent']} left-right consistent, {st_tot['kept']} kept (texture, "
-        f"<= {stereo_max_depth:g} m), {len(xyz)} after voxels + outlier removal")
+        f"<= {stereo_max_depth:g} m), {len(xyz)} after voxels + outlier removal; "
+        f"{n_depth} stereo depth images (depth_stereo/)")
 
 
 # ----------------------------------------------------------------------------
@@ -624,15 +729,23 @@ def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fm
 # ----------------------------------------------------------------------------
 
 
-def add_drive_options(p: argparse.ArgumentParser, default_cameras: str, range_help: str = "") -> None:
-    """The options every KITTI-family converter takes (frame window, cameras,
-    downscale, depth/LiDAR/stereo switches, filtering, output)."""
+def add_drive_options(p: argparse.ArgumentParser, default_cameras: str | None, range_help: str = "",
+                      window_help: str = "", cameras_help: str = "") -> None:
+    """The options every KITTI-family converter takes (frame window, stride,
+    cameras, downscale, depth/LiDAR/stereo switches, filtering, output).
+    ``default_cameras`` None: the converter picks them (``cameras_help`` says how)."""
     p.add_argument("--out", required=True, help="output scene folder")
     p.add_argument("--first", type=int, default=None, help="first frame index (default: first available)")
     p.add_argument("--last", type=int, default=None,
                    help="last frame index, inclusive (default: last available)" + range_help)
+    p.add_argument("--window", default=None, metavar="START:LEN",
+                   help="frames START..START+LEN-1 (instead of --first/--last), e.g. 715:80 for an "
+                        "80-frame window" + window_help)
+    p.add_argument("--stride", type=int, default=1, metavar="N",
+                   help="keep every Nth frame of the range, before the train/test split (default 1)")
     p.add_argument("--cameras", default=default_cameras,
-                   help=f"comma-separated cameras (default {default_cameras}); the first is the left one")
+                   help="comma-separated cameras, the first is the left one; "
+                        + (cameras_help or f"default {default_cameras}"))
     p.add_argument("--downscale", type=float, default=1.0, help="image size divisor (default 1)")
     p.add_argument("--max-depth", type=float, default=80.0, help="LiDAR crop / depth image range, metres (80)")
     p.add_argument("--stereo-max-depth", type=float, default=25.0, help="stereo points range, metres (25)")
@@ -658,9 +771,11 @@ def add_pose_options(p: argparse.ArgumentParser) -> None:
 
 
 def drive_options(args) -> dict:
-    """The keyword options of :func:`add_drive_options`' parsed arguments."""
+    """The keyword options of :func:`add_drive_options`' parsed arguments
+    (``cameras`` None when not given and the converter picks them)."""
     return dict(
-        cameras=[c.strip() for c in args.cameras.split(",") if c.strip()], downscale=args.downscale,
+        cameras=None if args.cameras is None else [c.strip() for c in args.cameras.split(",") if c.strip()],
+        downscale=args.downscale, window=args.window, stride=args.stride,
         max_depth=args.max_depth, lidar=not args.no_lidar, depth=not args.no_depth, stereo=not args.no_stereo,
         stereo_max_depth=args.stereo_max_depth, voxel=args.voxel, outlier_neighbors=args.outlier_neighbors,
         name=args.name, overwrite=args.overwrite, sanity=not args.no_sanity, quiet=args.quiet,

@@ -21,18 +21,25 @@ Conventions read from the format (see also ../shared/data/README.md):
   at frame k -> velodyne at ``first``); camera 0's pose is then
   ``Tr @ V_k @ inv(Tr)`` and the world is camera 0 at ``first``.
 
-Split (DNMP protocol for stereo forward drives, DESIGN.md): frames at even
-offsets from ``first`` train on both cameras; odd ones are held out on the left
-camera only (image_2, or image_0 for the grey pair); right images of odd
-frames are not used.
+What is converted when not told (no ``--cameras``, LiDAR not switched off):
+the colour pair image_2/image_3 if the sequence has it, else the grayscale pair
+image_0/image_1 (stored single-channel, camera ``channels`` 1); LiDAR when the
+sequence has a ``velodyne/`` folder, else points and depth from SGBM stereo
+only. The choice is printed in one line and kept in the report (``auto``).
+
+Split (DNMP protocol for stereo forward drives, DESIGN.md): the kept frames
+(``first..last``, every ``stride``-th) alternate: even positions train on both
+cameras; odd ones are held out on the left camera only (image_2, or image_0
+for the grey pair); right images of odd frames are not used.
 
 Outputs: images (PNG), ``depth/<camera>/<frame>.png`` sparse depth from each
 frame's own scan (uint16, metres*256), ``points/lidar.ply`` (all scans fused,
 cropped to what the frames see within ``max_depth``, voxel-down-sampled,
 outliers removed), ``points/stereo.ply`` (SGBM depth of TRAIN stereo pairs only,
-left-right consistent, within ``stereo_max_depth``, with colours), and a
-``conversion_report.json`` with the options and the numbers printed. The
-shared steps live in :mod:`dnmp.converters.kitti_common`.
+left-right consistent, within ``stereo_max_depth``, with colours),
+``depth_stereo/<camera>/<frame>.png`` (that SGBM depth per training frame, same
+encoding), and a ``conversion_report.json`` with the options and the numbers
+printed. The shared steps live in :mod:`dnmp.converters.kitti_common`.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from dnmp.converters.kitti_common import (  # noqa: F401  (re-exported: older im
     stereo_pair_of,
     stereo_plan,
     stereo_points,
+    stride_frames,
     write_drive_scene,
 )
 
@@ -140,6 +148,23 @@ def read_times(path: Path, first: int, last: int) -> dict:
 # ----------------------------------------------------------------------------
 
 
+def pick_cameras(seq_dir: Path) -> list:
+    """The cameras to convert when none are given: the first stereo pair of
+    :data:`STEREO_PAIRS` (colour image_2/image_3, then grayscale image_0/image_1)
+    whose two image folders exist. Raises ConversionError naming ``seq_dir``
+    when there is none (e.g. image_0 without image_1)."""
+    have = [c for c in ALL_CAMERAS if (seq_dir / c).is_dir()]
+    for l, r in STEREO_PAIRS:
+        if l in have and r in have:
+            return [l, r]
+    if not have:
+        raise ConversionError(seq_dir, f"no image folder ({', '.join(ALL_CAMERAS)})")
+    lone = have[0]
+    partner = next(b if a == lone else a for a, b in STEREO_PAIRS if lone in (a, b))
+    raise ConversionError(seq_dir, f"{lone} has no stereo partner {partner} (no complete camera pair); "
+                          f"pass --cameras {lone} to convert the one camera (it then needs velodyne/ for points)")
+
+
 def _frame_range(seq_dir: Path, cameras, first: int, last: int | None):
     cam_dir = seq_dir / cameras[0]
     if not cam_dir.is_dir():
@@ -169,7 +194,8 @@ def _convert_into(
     sequence: str = "00",
     first: int | None = 0,
     last: int | None = None,
-    cameras: Sequence[str] = ("image_2", "image_3"),
+    stride: int = 1,
+    cameras: Sequence[str] | None = None,
     poses: str = "auto",
     downscale: float = 1.0,
     lidar: bool = True,
@@ -182,9 +208,14 @@ def _convert_into(
     **pipeline,
 ):
     """Convert ``<root>/sequences/<sequence>`` frames ``first..last`` (inclusive;
-    default all images) into a dnmp scene folder ``out``. Returns the loaded
-    :class:`dnmp.data.Scene`. Raises :class:`ConversionError` (a SceneError /
-    ValueError with a one-line message naming the file) on unsupported input.
+    default all images), every ``stride``-th, into a dnmp scene folder ``out``.
+    Returns the loaded :class:`dnmp.data.Scene`. Raises :class:`ConversionError`
+    (a SceneError / ValueError with a one-line message naming the file) on
+    unsupported input.
+
+    cameras: None = :func:`pick_cameras` (colour pair, else grayscale pair).
+    lidar: use the velodyne scans; when the sequence has no ``velodyne/``
+    folder the converter goes stereo-only by itself (and says so).
 
     poses: "auto" (SemanticKITTI ``sequences/<seq>/poses.txt`` if present, else
     ``poses/<seq>.txt``), "gt", "semantickitti", or "lidar": estimated from
@@ -204,11 +235,19 @@ def _convert_into(
     seq_dir = root / "sequences" / sequence
     if not seq_dir.is_dir():
         raise ConversionError(seq_dir, "sequence folder is missing (expected <root>/sequences/<seq>/)")
+    auto = []
+    if cameras is None:
+        cameras = pick_cameras(seq_dir)
+        if cameras[0] == "image_0":
+            auto.append(("no colour images", "using grayscale cameras image_0/image_1"))
     cameras = select_cameras(cameras, ALL_CAMERAS, downscale, seq_dir)
     if poses not in POSE_CHOICES:
         raise ConversionError(seq_dir, f"poses must be one of {', '.join(POSE_CHOICES)}, got {poses!r}")
+    if lidar and poses != "lidar" and not (seq_dir / "velodyne").is_dir():
+        lidar = False
+        auto.append(("velodyne/" if auto else "no velodyne/", "points from SGBM stereo only"))
     first, last = _frame_range(seq_dir, cameras, first, last)
-    indices = list(range(first, last + 1))
+    indices = stride_frames(range(first, last + 1), stride)
 
     calib_path = seq_dir / "calib.txt"
     calib = read_calib(calib_path)
@@ -241,8 +280,15 @@ def _convert_into(
         pose_path, pose_kind = recorded
         T0 = read_poses(pose_path, first, last)
     times = read_times(seq_dir / "times.txt", first, last)
-    log(f"kitti-odometry: sequence {sequence}, frames {first}..{last}, cameras {cameras}, "
-        f"poses {pose_kind} ({pose_path})")
+    log(f"kitti-odometry: sequence {sequence}, frames {first}..{last}"
+        + (f" every {stride}th ({len(indices)} frames)" if stride > 1 else "")
+        + f", cameras {cameras}, poses {pose_kind} ({pose_path})")
+    if auto:
+        # one line, e.g. "no colour images or velodyne/: using grayscale cameras image_0/image_1,
+        # points from SGBM stereo only"
+        missing = " or ".join(m for m, _ in auto)
+        report["auto"] = f"{missing}: " + ", ".join(u for _, u in auto)
+        log(f"kitti-odometry: {report['auto']}")
 
     # cameras: camera i's frame is camera 0's translated by b_i (X_i = X_0 + b_i)
     full_cams, offsets = {}, {}
@@ -255,12 +301,18 @@ def _convert_into(
     held_out_cam = next((c for c in cameras if c in LEFT_CAMERAS), cameras[0])
     plan = [PlannedImage(i, c, split, T0[i] @ rigid_inverse(translation(offsets[c])),
                          seq_dir / c / f"{i:06d}.png", times[i] - times[first])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam, parity_origin=first)]
+            for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
     stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, calib_path, pipeline.get("stereo", True))
-    report.update({"poses": pose_kind, "pose_file": str(pose_path), "first_timestamp": times[first]})
+    if not lidar and stereo_pair is None:
+        why = "--no-lidar" if (seq_dir / "velodyne").is_dir() else "no velodyne/ folder"
+        print(f"warning: {seq_dir}: the scene gets no points (no LiDAR: {why}; no stereo pair among "
+              f"cameras {', '.join(cameras)}{': --no-stereo' if not pipeline.get('stereo', True) else ''}); "
+              f"dnmp train needs points to place primitives")
+    report.update({"poses": pose_kind, "pose_file": str(pose_path), "first_timestamp": times[first],
+                   "stride": stride})
     scans = (lambda i: (seq_dir / "velodyne" / f"{i:06d}.bin", T0[i] @ Tr)) if lidar else None
     source = {"dataset": "KITTI odometry", "sequence": sequence, "licence": LICENCE,
-              "frames": [first, last], "poses": pose_kind}
+              "frames": [first, last], "poses": pose_kind, **({"stride": stride} if stride > 1 else {})}
     return write_drive_scene(
         out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=6,
         name=name or f"kitti_odometry_{sequence}", source=source, report=report, pose_path=pose_path,
@@ -280,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: SemanticKITTI sequences/<seq>/poses.txt if present, else poses/<seq>.txt; "
                    "lidar: estimate by scan-to-scan ICP and report the drift against a pose file if any")
     add_pose_options(p)
-    add_drive_options(p, "image_2,image_3")
+    add_drive_options(p, None, cameras_help="default: image_2,image_3 if present, else the grayscale pair "
+                      "image_0,image_1; without velodyne/ the points come from SGBM stereo only")
     return p
 
 

@@ -5,7 +5,8 @@ A scene is a folder (see DESIGN.md, "Scene files")::
     scene.json          the description below
     images/...          8-bit sRGB PNG/JPEG frames, referenced by path
     points/*.ply        world-frame points, float32 xyz (+ optional uint8 rgb)
-    depth/...           optional per-frame sparse depth images
+    depth/...           optional per-frame sparse depth images (LiDAR)
+    depth_stereo/...    optional per-frame stereo depth images (training frames)
 
 ``scene.json``::
 
@@ -16,14 +17,17 @@ A scene is a folder (see DESIGN.md, "Scene files")::
       "source": {"dataset": ..., "sequence": ..., "licence": ...},
       "world_offset": [x, y, z],          # metres; original = scene + offset
       "cameras": {"image_2": {"model": "pinhole", "width": W, "height": H,
-                              "fx": .., "fy": .., "cx": .., "cy": ..}, ...},
+                              "fx": .., "fy": .., "cx": .., "cy": ..,
+                              "channels": 1        # optional: 1 = grayscale camera
+                             }, ...},
       "frames": [{"name": "image_2/000000",          # optional, unique id
                   "image": "images/image_2/000000.png",
                   "camera": "image_2",
                   "cam_to_world": [[4x4 row-major]],
                   "timestamp": 0.0,                   # seconds
                   "split": "train" | "test",
-                  "depth": "depth/image_2/000000.png"  # optional
+                  "depth": "depth/image_2/000000.png",  # optional, LiDAR
+                  "stereo_depth": "depth_stereo/image_2/000000.png"  # optional
                  }, ...],
       "point_clouds": [{"path": "points/lidar.ply", "kind": "lidar"}, ...]
     }
@@ -35,7 +39,17 @@ intrinsics put the centre of pixel (u, v) at image coordinates (u, v).
 Per-frame sparse depth (the KITTI depth-completion convention): a single-channel
 **uint16 PNG** of the frame's size, value = camera-space depth z in metres * 256
 (so 1/256 m resolution, up to 255.99 m); **0 means no measurement**.
-:func:`read_depth_png` / :func:`write_depth_png` implement it.
+:func:`read_depth_png` / :func:`write_depth_png` implement it. ``depth`` is
+LiDAR projected into the frame; ``stereo_depth`` (same encoding) is depth from
+the frame's rectified stereo pair (SGBM disparity, z = fx * baseline / d), written
+by the KITTI-family converters for training frames only. Both are optional and
+independent; :func:`load_depth` reads either (``kind``).
+
+Grayscale cameras (``"channels": 1``, e.g. KITTI image_0/image_1): their images
+are stored as single-channel 8-bit PNGs (the source bytes, when not resized) and
+:func:`load_image` returns them as float32 [H, W, 3] with the grey value in all
+three channels, so training, metrics and renders need no special case (renders
+are grey RGB). A camera without the key has 3 channels (RGB).
 
 Every validation problem raises :class:`SceneError` (a ``ValueError``) whose
 message is one line and starts with the offending file's path.
@@ -61,6 +75,8 @@ SPLITS = ("train", "test")
 POINT_KINDS = ("lidar", "stereo", "sfm", "mvs")
 RIGID_TOL = 1e-4
 DEPTH_SCALE = 256.0
+CHANNELS = (1, 3)  # grayscale, RGB
+DEPTH_KINDS = ("lidar", "stereo")  # Frame.depth, Frame.stereo_depth
 
 
 class SceneError(ValueError):
@@ -92,6 +108,7 @@ class Camera:
     cx: float
     cy: float
     model: str = "pinhole"
+    channels: int = 3  # 1: grayscale camera (single-channel images), 3: RGB
 
     def intrinsics(self, as_tensor: bool = False):
         """K as float32 [3, 3] (numpy, or a torch tensor with ``as_tensor``)."""
@@ -114,6 +131,7 @@ class Camera:
             "fy": float(self.fy),
             "cx": float(self.cx),
             "cy": float(self.cy),
+            **({"channels": int(self.channels)} if self.channels != 3 else {}),
         }
 
 
@@ -121,8 +139,10 @@ class Camera:
 class Frame:
     """One image of the scene.
 
-    ``image`` / ``depth`` are paths relative to the scene folder (as in
-    scene.json); ``image_path`` / ``depth_path`` are the resolved paths.
+    ``image`` / ``depth`` / ``stereo_depth`` are paths relative to the scene
+    folder (as in scene.json); ``image_path`` / ``depth_path`` /
+    ``stereo_depth_path`` are the resolved paths. ``depth``: LiDAR depth image;
+    ``stereo_depth``: stereo depth image (module docstring).
     """
 
     image: str
@@ -133,6 +153,7 @@ class Frame:
     depth: str | None = None
     name: str | None = None
     root: Path | None = field(default=None, repr=False, compare=False)
+    stereo_depth: str | None = None
 
     def __post_init__(self):
         self.cam_to_world = np.asarray(self.cam_to_world, dtype=np.float64).reshape(4, 4)
@@ -164,6 +185,18 @@ class Frame:
             return None
         return (self.root or Path(".")) / self.depth
 
+    @property
+    def stereo_depth_path(self) -> Path | None:
+        if self.stereo_depth is None:
+            return None
+        return (self.root or Path(".")) / self.stereo_depth
+
+    def depth_file(self, kind: str = "lidar") -> Path | None:
+        """Resolved path of the ``kind`` ("lidar" or "stereo") depth image, or None."""
+        if kind not in DEPTH_KINDS:
+            raise ValueError(f"depth kind must be one of {DEPTH_KINDS}, got {kind!r}")
+        return self.depth_path if kind == "lidar" else self.stereo_depth_path
+
     def to_json(self) -> dict:
         d = {
             "name": self.name,
@@ -175,6 +208,8 @@ class Frame:
         }
         if self.depth is not None:
             d["depth"] = self.depth
+        if self.stereo_depth is not None:
+            d["stereo_depth"] = self.stereo_depth
         return d
 
 
@@ -221,8 +256,13 @@ class Scene:
     def load_image(self, frame: Frame) -> np.ndarray:
         return load_image(frame, self.cameras.get(frame.camera))
 
-    def load_depth(self, frame: Frame) -> np.ndarray:
-        return load_depth(frame, self.cameras.get(frame.camera))
+    def load_depth(self, frame: Frame, kind: str = "lidar") -> np.ndarray:
+        """The frame's ``kind`` ("lidar" / "stereo") depth image, float32 [H, W] metres."""
+        return load_depth(frame, self.cameras.get(frame.camera), kind)
+
+    def depth_kinds(self, split: str = "train") -> list:
+        """The depth kinds ("lidar", "stereo") that at least one ``split`` frame has."""
+        return [k for k in DEPTH_KINDS if any(f.depth_file(k) is not None for f in self.frames_by_split(split))]
 
     def load_points(self, kind: str | None = None, with_colors: bool = False):
         """float32 [N, 3] points of every cloud (``kind=None``) or of one kind.
@@ -261,11 +301,15 @@ class Scene:
                 raise SceneError(f.image_path, f"image file of frame {f.name!r} is missing")
             if decode:
                 load_image(f, cam)
-            if f.depth is not None:
-                if not f.depth_path.is_file():
-                    raise SceneError(f.depth_path, f"depth file of frame {f.name!r} is missing")
+            for kind in DEPTH_KINDS:
+                path = f.depth_file(kind)
+                if path is None:
+                    continue
+                if not path.is_file():
+                    what = "depth" if kind == "lidar" else "stereo depth"
+                    raise SceneError(path, f"{what} file of frame {f.name!r} is missing")
                 if decode:
-                    load_depth(f, cam)
+                    load_depth(f, cam, kind)
         for pc in self.point_clouds:
             if not pc.full_path.is_file():
                 raise SceneError(pc.full_path, f"point cloud ({pc.kind}) is missing")
@@ -274,8 +318,8 @@ class Scene:
 
     def fingerprint(self) -> str:
         """A short hash of the scene's identity: name, cameras and the frame list
-        (name, image, camera, split). Poses are not included (so refining them
-        keeps checkpoints valid)."""
+        (name, image, camera, split). Poses and depth images (LiDAR or stereo)
+        are not included (so refining them keeps checkpoints valid)."""
         ident = {
             "name": self.name,
             "cameras": {k: self.cameras[k].to_json() for k in sorted(self.cameras)},
@@ -406,6 +450,11 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
             )
         except (TypeError, ValueError):
             raise SceneError(jpath, f"camera {cname!r} has non-numeric intrinsics") from None
+        channels = c.get("channels", 3)
+        if isinstance(channels, bool) or channels not in CHANNELS:
+            raise SceneError(jpath, f"camera {cname!r} has channels {channels!r}; expected 1 (grayscale) "
+                                    f"or 3 (RGB, the default)")
+        cam.channels = int(channels)
         if cam.width <= 0 or cam.height <= 0 or not (cam.fx > 0 and cam.fy > 0):
             raise SceneError(jpath, f"camera {cname!r} needs positive width, height, fx, fy")
         cameras[cname] = cam
@@ -419,7 +468,7 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
         if not isinstance(fj, dict):
             raise SceneError(jpath, f"{ctx} is not an object")
         _require(fj, ["image", "camera", "cam_to_world", "timestamp", "split"], jpath, ctx)
-        for key in ("image", "camera", "split", "name", "depth"):
+        for key in ("image", "camera", "split", "name", "depth", "stereo_depth"):
             if key in fj and fj[key] is not None and not isinstance(fj[key], str):
                 raise SceneError(jpath, f"{ctx}: {key!r} must be a string, got {type(fj[key]).__name__}")
         if fj["camera"] not in cameras:
@@ -437,6 +486,7 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
         fr = Frame(
             image=fj["image"], camera=fj["camera"], cam_to_world=T, timestamp=ts,
             split=fj["split"], depth=fj.get("depth"), name=fj.get("name"), root=root,
+            stereo_depth=fj.get("stereo_depth"),
         )
         if fr.name in names:
             raise SceneError(jpath, f"{ctx}: duplicate frame name {fr.name!r}")
@@ -445,6 +495,9 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
             raise SceneError(fr.image_path, f"image file of frame {fr.name!r} is missing (referenced by {jpath})")
         if fr.depth is not None and not fr.depth_path.is_file():
             raise SceneError(fr.depth_path, f"depth file of frame {fr.name!r} is missing (referenced by {jpath})")
+        if fr.stereo_depth is not None and not fr.stereo_depth_path.is_file():
+            raise SceneError(fr.stereo_depth_path, f"stereo depth file of frame {fr.name!r} is missing "
+                                                   f"(referenced by {jpath})")
         frames.append(fr)
 
     pcs = []
@@ -472,7 +525,10 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
 
 def load_image(frame: Frame, camera: Camera | None = None) -> np.ndarray:
     """float32 [H, W, 3] in [0, 1] (grey images are repeated to 3 channels,
-    alpha dropped). With ``camera``, the size is checked against it."""
+    alpha dropped). With ``camera``, the size is checked against it, and for a
+    grayscale camera (``channels`` 1) that the file has one channel. Raises
+    SceneError (one line naming the file) for a missing, unreadable or
+    mismatching image."""
     import imageio.v3 as iio
 
     p = frame.image_path
@@ -483,6 +539,9 @@ def load_image(frame: Frame, camera: Camera | None = None) -> np.ndarray:
     except Exception as e:  # imageio raises many types
         raise SceneError(p, f"corrupt or unreadable image ({type(e).__name__}: {e})") from None
     img = np.asarray(img)
+    if camera is not None and camera.channels == 1 and not (img.ndim == 2 or img.shape[2] == 1):
+        raise SceneError(p, f"camera {camera.name!r} is grayscale (channels 1) but the image has "
+                            f"{img.shape[2]} channels")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
@@ -529,15 +588,19 @@ def write_depth_png(path, depth: np.ndarray) -> None:
         raise SceneError(path, "could not write depth PNG")
 
 
-def load_depth(frame: Frame, camera: Camera | None = None) -> np.ndarray:
-    """float32 [H, W] sparse depth in metres, 0 = no data. Raises SceneError
-    when the frame has no depth."""
-    if frame.depth is None:
-        raise SceneError(frame.image_path, f"frame {frame.name!r} has no depth image")
-    d = read_depth_png(frame.depth_path)
+def load_depth(frame: Frame, camera: Camera | None = None, kind: str = "lidar") -> np.ndarray:
+    """float32 [H, W] depth in metres (camera z), 0 = no data, of the frame's
+    ``kind`` depth image: "lidar" (``frame.depth``) or "stereo"
+    (``frame.stereo_depth``). Raises SceneError when the frame has none, or
+    (with ``camera``) its size differs from the camera's."""
+    path = frame.depth_file(kind)
+    if path is None:
+        what = "depth image" if kind == "lidar" else "stereo depth image"
+        raise SceneError(frame.image_path, f"frame {frame.name!r} has no {what}")
+    d = read_depth_png(path)
     if camera is not None and (d.shape[0] != camera.height or d.shape[1] != camera.width):
         raise SceneError(
-            frame.depth_path, f"depth size mismatch: {d.shape[1]}x{d.shape[0]} but camera "
+            path, f"depth size mismatch: {d.shape[1]}x{d.shape[0]} but camera "
             f"{camera.name!r} is {camera.width}x{camera.height}"
         )
     return d
@@ -708,6 +771,7 @@ def downscale_camera(cam: Camera, factor: float) -> Camera:
     return Camera(
         name=cam.name, width=w2, height=h2, fx=cam.fx * sx, fy=cam.fy * sy,
         cx=(cam.cx + 0.5) * sx - 0.5, cy=(cam.cy + 0.5) * sy - 0.5, model=cam.model,
+        channels=cam.channels,
     )
 
 
@@ -743,8 +807,8 @@ def downscale_depth(depth: np.ndarray, factor: float) -> np.ndarray:
 
 def downscale_scene(src, dst, factor: float, overwrite: bool = False) -> Scene:
     """Copy scene ``src`` to ``dst`` with images downscaled by ``factor`` (area
-    interpolation), intrinsics scaled (:func:`downscale_camera`), sparse depth
-    downsampled nearest-valid, point clouds copied. Returns the new scene."""
+    interpolation), intrinsics scaled (:func:`downscale_camera`), depth images
+    (LiDAR and stereo) downsampled nearest-valid, point clouds copied. Returns the new scene."""
     import imageio.v3 as iio
 
     scene = load_scene(src)
@@ -763,8 +827,9 @@ def downscale_scene(src, dst, factor: float, overwrite: bool = False) -> Scene:
         out.parent.mkdir(parents=True, exist_ok=True)
         iio.imwrite(out, small)
         nf = dataclasses.replace(f, root=dst)
-        if f.depth is not None:
-            write_depth_png(dst / f.depth, downscale_depth(read_depth_png(f.depth_path), factor))
+        for rel, path in ((f.depth, f.depth_path), (f.stereo_depth, f.stereo_depth_path)):
+            if rel is not None:
+                write_depth_png(dst / rel, downscale_depth(read_depth_png(path), factor))
         frames.append(nf)
     pcs = []
     for pc in scene.point_clouds:

@@ -146,7 +146,11 @@ def test_downscale_and_grey(tmp_path):
     assert {f.camera for f in s.frames_by_split("test")} == {"image_0"}
     img = s.load_image(s.frames[0])
     assert img.shape == (24, 32, 3)
-    assert iio.imread(s.frames[0].image_path).shape == (24, 32, 3)
+    # grayscale stays single-channel on disk and the scene says so (channels 1)
+    assert iio.imread(s.frames[0].image_path).shape == (24, 32)
+    assert s.cameras["image_0"].channels == 1 and s.cameras["image_1"].channels == 1
+    assert json.loads((tmp_path / "out" / "scene.json").read_text())["cameras"]["image_0"]["channels"] == 1
+    assert np.array_equal(img[..., 0], img[..., 2])
 
 
 def test_semantickitti_poses_preferred(kitti, tmp_path):
