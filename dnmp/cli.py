@@ -30,18 +30,10 @@ def _load_scene(path):
     return load_scene(path)
 
 
-def _checkpoint_and_scene(args):
-    from .train.checkpoint import load_checkpoint
-    from .train.radiance import check_checkpoint_scene, renderer_from_checkpoint
+def _open_run(args):
+    from .train.run import open_run
 
-    ckpt = load_checkpoint(args.checkpoint)
-    scene_path = args.scene or ckpt.get("scene", {}).get("path")
-    if not args.scene and (scene_path is None or not Path(scene_path).is_dir()):
-        raise ValueError(f"{ckpt['path']}: the scene it was trained on ({scene_path}) is not there "
-                         f"any more; pass its new location with --scene")
-    scene = _load_scene(scene_path)
-    check_checkpoint_scene(ckpt, scene)
-    return ckpt, scene, renderer_from_checkpoint(ckpt)
+    return open_run(args.checkpoint, args.scene)
 
 
 def cmd_train(args) -> int:
@@ -51,11 +43,11 @@ def cmd_train(args) -> int:
     scene = _load_scene(args.scene or bundled_scene())
     if args.stages is not None:
         stages = parse_stages(args.stages)
-    elif any(f.depth is not None for f in scene.frames_by_split("train")):
+    elif scene.depth_kinds("train"):  # LiDAR or stereo depth (TrainConfig.geometry_depth picks)
         stages = ("geometry", "radiance")
     else:
         stages = ("radiance",)
-        print(f"note: {scene.root} has no LiDAR depth images: skipping the geometry stage "
+        print(f"note: {scene.root} has no depth images (LiDAR or stereo): skipping the geometry stage "
               f"(template spheres)", file=sys.stderr)
     scene.check_files(decode=True)
     cfg = None if args.resume else load_config(args.config)
@@ -65,7 +57,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / scene.name
     result = train(scene, out, cfg, stages=stages, resume=args.resume, progress=not args.quiet,
                    steps=args.steps)
-    summary = {k: result.get(k) for k in ("step", "test_psnr", "test_ssim", "test_lpips",
+    summary = {k: result.get(k) for k in ("step", "num_blocks", "test_psnr", "test_ssim", "test_lpips",
                                            "num_test_frames", "train_seconds") if k in result}
     geo = result.get("geometry", {})
     for name in ("test_depth_template", "test_depth_optimized"):
@@ -73,7 +65,9 @@ def cmd_train(args) -> int:
             summary[f"{name}_median_m"] = geo[name]["median_m"]
     print(json.dumps(summary))
     renders = out / "renders" / "test"
-    print(f"wrote {out / 'metrics.json'}, checkpoints in {out / 'checkpoints'}"
+    where = (f"blocks in {out / 'blocks'} (listed in {out / 'manifest.json'})" if "num_blocks" in result
+             else f"checkpoints in {out / 'checkpoints'}")
+    print(f"wrote {out / 'metrics.json'}, {where}"
           + (f", held-out renders in {renders}" if renders.is_dir() else ""))
     return 0
 
@@ -86,12 +80,14 @@ def cmd_render(args) -> int:
 
     from .evaluate import frame_file_stem, render_frame, to_uint8, write_image_atomic
 
-    ckpt, scene, renderer = _checkpoint_and_scene(args)
+    run = _open_run(args)
+    scene, renderer = run.scene, run.renderer
     frames = scene.frames if args.split == "all" else scene.frames_by_split(args.split)
     if not frames:
         raise ValueError(f"{scene.root}: no {args.split!r} frames to render")
     frames = sorted(frames, key=lambda f: (f.camera, f.timestamp))
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent.parent / "renders" / args.split
+    # not RUN/renders/test, where train and eval put <frame>_pred.png / _gt.png
+    out = Path(args.out) if args.out else run.run_dir / "renders" / f"{args.split}_frames"
     out.mkdir(parents=True, exist_ok=True)
     images = {}
     with torch.no_grad():
@@ -118,22 +114,16 @@ def cmd_render(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_json_atomic
 
-    ckpt, scene, renderer = _checkpoint_and_scene(args)
-    run_dir = Path(ckpt["path"]).parent.parent
-    out = Path(args.out) if args.out else run_dir
+    from .train.run import merge_metrics
+
+    run = _open_run(args)
+    out = Path(args.out) if args.out else run.run_dir
     renders = None if args.no_images else out / "renders" / "test"
-    result = evaluate(renderer, scene, "test", renders)
-    result["checkpoint"] = ckpt["path"]
-    result["step"] = ckpt["step"]
+    result = evaluate(run.renderer, run.scene, "test", renders)
+    result["checkpoint"] = run.source
+    result["step"] = run.step
     out.mkdir(parents=True, exist_ok=True)
-    merged = {}
-    if (out / "metrics.json").is_file():  # keep what `train` recorded (timings, scene size)
-        try:
-            merged = json.loads((out / "metrics.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            merged = {}
-    merged.update(result)
-    write_json_atomic(out / "metrics.json", merged)
+    write_json_atomic(out / "metrics.json", merge_metrics(out, result))  # keeps train's figures
     print(json.dumps({k: result[k] for k in ("test_psnr", "test_ssim", "test_lpips",
                                              "num_test_frames")}))
     if "lpips_note" in result:
@@ -150,8 +140,9 @@ def cmd_profile(args) -> int:
     from .train.config import TrainConfig, load_config
 
     if args.checkpoint:
-        ckpt, scene, renderer = _checkpoint_and_scene(args)
-        cfg = TrainConfig.from_dict(ckpt["config"], ckpt["path"])
+        run = _open_run(args)
+        scene = run.scene
+        cfg = TrainConfig.from_dict(run.config, run.source)
         source = args.checkpoint
     else:
         from .train.radiance import build_renderer, scene_centres
@@ -164,12 +155,17 @@ def cmd_profile(args) -> int:
         renderer.config.faces_per_pixel = args.faces_per_pixel
     frames = scene.frames_by_split("test") or scene.frames
     frame = frames[0]
+    if args.checkpoint:
+        renderer = run.model_for(frame)  # a block run: the block that renders this frame
+        if run.blocks > 1:
+            source = f"{args.checkpoint} (the block that renders frame {frame.name}, of {run.blocks})"
     cam = scene.camera_of(frame)
     res = profile_renderer(renderer, cam.intrinsics(as_tensor=True),
                            torch.from_numpy(frame.cam_to_world), cam.height, cam.width,
                            repeats=args.repeats, memory=not args.no_memory)
     res.update({"scene": scene.name, "frame": frame.name, "model": source,
-                "backend": __import__("dnmp.ops", fromlist=["backend"]).backend()})
+                "backend": __import__("dnmp.ops", fromlist=["backend"]).backend(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
     if args.geometry:
         from .profile import profile_geometry
 
@@ -181,7 +177,8 @@ def cmd_profile(args) -> int:
         mem = res["peak_memory_mb_per_kpx"]
         print(f"scene {scene.name}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
               f"frame {frame.name} {cam.width}x{cam.height}, K={res['faces_per_pixel']}, "
-              f"{res['threads']} threads, backend {res['backend']}")
+              f"{res['threads']} threads (OMP_WAIT_POLICY={res['omp_wait_policy']}), "
+              f"backend {res['backend']}")
         print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
               "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
         print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
@@ -238,9 +235,21 @@ def cmd_export_mesh(args) -> int:
     from .train.checkpoint import load_checkpoint
     from .train.radiance import renderer_from_checkpoint
 
+    from .train.blocks import is_block_run
+
+    scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
+    if Path(args.checkpoint).is_dir() and is_block_run(args.checkpoint):
+        # a long drive: one mesh per block (neighbouring blocks overlap)
+        run = _open_run(argparse.Namespace(checkpoint=args.checkpoint, scene=None))
+        out = Path(args.out)
+        for name, renderer in run.models():
+            info = export_mesh(renderer, out.with_name(f"{out.stem}_{name}{out.suffix}"),
+                               colour=args.colour, scales=scales)
+            print(f"wrote {info['path']}: {info['primitives']} primitives, {info['faces']} faces "
+                  f"({name}; scene frame, metres)")
+        return 0
     ckpt = load_checkpoint(args.checkpoint)
     renderer = renderer_from_checkpoint(ckpt)
-    scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
     info = export_mesh(renderer, args.out, colour=args.colour, scales=scales)
     print(f"wrote {info['path']}: {info['primitives']} primitives, {info['vertices']} vertices, "
           f"{info['faces']} faces (scene frame, metres; from {ckpt['path']})")
@@ -275,7 +284,8 @@ def cmd_train_autoencoder(args) -> int:
 
 PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
 the resolution of the scene's first test frame, all primitives of the scene; OpenMP
-threads spin-wait (OMP_WAIT_POLICY=ACTIVE unless set), so run it on an idle machine):
+threads wait passively as in every command, or spin with --spin (OMP_WAIT_POLICY=ACTIVE:
+faster on an idle machine, many times slower on a busy one); the output names the policy):
   raster_ms_per_kpx       dnmp.ops.rasterize alone (all scales, each with its K), ms per
                           1000 pixels; raster_ms_per_kpx_by_scale: each scale alone
   render_ms_per_kpx       full render: rasterize + interpolate + radiance MLP + alpha
@@ -292,19 +302,22 @@ Without CHECKPOINT an untrained model of the default config is built on the scen
 (rendering cost does not depend on the learned weights)."""
 
 
-def _int_at_least(lo: int):
+def _int_at_least(lo: int, hi: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be >= {lo}, got {value}" if hi is None else f"must be between {lo} and {hi}, got {value}")
         return value
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train.config import MAX_FACES_PER_PIXEL
+
     p = argparse.ArgumentParser(
         prog="dnmp",
         description="Deformable Neural Mesh Primitives (Lu et al., ICCV 2023): train urban "
@@ -313,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a scene (default: the bundled KITTI drive)",
                        description="Voxelize the scene's points into primitives (0.25 m fine and "
-                                   "1.0 m coarse scales by default), fit their shapes to the LiDAR "
-                                   "depth of the training frames (geometry stage), then train the "
+                                   "1.0 m coarse scales by default), fit their shapes to the depth "
+                                   "of the training frames (geometry stage; LiDAR, else stereo: "
+                                   "geometry_depth in the config), then train the "
                                    "radiance stage; writes OUT/checkpoints/ (geometry.pt, step_*.pt), "
                                    "OUT/metrics.json (PSNR/SSIM, held-out depth error before/after "
                                    "the geometry stage) and held-out renders in OUT/renders/test/.")
@@ -327,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or shortens the run)")
     t.add_argument("--stages", default=None,
                    help="comma-separated stages to run (default geometry,radiance, or radiance "
-                        "alone for a scene without LiDAR depth images); "
+                        "alone for a scene without depth images, LiDAR or stereo); "
                         "'radiance' alone starts from OUT/checkpoints/geometry.pt if present, "
                         "else from template spheres")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -339,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
     r.add_argument("--split", choices=["test", "train", "all"], default="test",
                    help="which frames (default: test, the held-out frames)")
-    r.add_argument("--out", help="output folder (default: RUN/renders/SPLIT)")
+    r.add_argument("--out", help="output folder (default: RUN/renders/SPLIT_frames; train and "
+                                 "eval write RUN/renders/test)")
     r.add_argument("--video", action="store_true", help="also write one mp4 per camera, frames in time order")
     r.add_argument("--fps", type=_int_at_least(1), default=10, help="video frame rate (default 10)")
     r.set_defaults(func=cmd_render)
@@ -361,7 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", nargs="?", help="checkpoint file or run folder (optional)")
     pr.add_argument("--scene", help="scene folder (default: the checkpoint's, else the bundled one)")
     pr.add_argument("--config", help="TOML config for the untrained model (without CHECKPOINT)")
-    pr.add_argument("--faces-per-pixel", type=_int_at_least(1), help="override K")
+    pr.add_argument("--faces-per-pixel", type=_int_at_least(1, MAX_FACES_PER_PIXEL),
+                    help=f"override K (1 to {MAX_FACES_PER_PIXEL})")
+    pr.add_argument("--spin", action="store_true",
+                    help="OpenMP threads spin while waiting (OMP_WAIT_POLICY=ACTIVE): faster on an "
+                         "idle machine, many times slower when other processes share the cores; "
+                         "default PASSIVE like every other command (an explicit OMP_WAIT_POLICY wins)")
     pr.add_argument("--repeats", type=_int_at_least(1), default=5, help="timed runs (default 5)")
     pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     pr.add_argument("--geometry", action="store_true",
@@ -434,15 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Before torch loads OpenMP: threads that spin while waiting collapse when another
-    # process shares the cores (training measured 5x slower on 2 busy cores), so work
-    # commands wait passively; `profile` measures an otherwise idle machine, where
-    # spinning is faster (full render 1.8x). An explicit OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if args.command == "profile" else "PASSIVE")
+    # process shares the cores (training measured 5x slower on 2 busy cores, profile 10x),
+    # so every command waits passively; `profile --spin` chooses spinning (full render
+    # 1.8x faster on an idle machine). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if getattr(args, "spin", False) else "PASSIVE")
     from .data.scene import SceneError
     from .train.checkpoint import CheckpointError
+    from .train.interrupt import Interrupted, handle_signals
 
     try:
-        return args.func(args)
+        with handle_signals():  # SIGTERM ends a command like Ctrl-C (the radiance loop saves first)
+            return args.func(args)
+    except Interrupted as exc:
+        print(f"dnmp: {exc}", file=sys.stderr)  # "dnmp: interrupted by SIGTERM"
+        return exc.exit_code
     except KeyboardInterrupt:
         print("dnmp: interrupted", file=sys.stderr)
         return 130

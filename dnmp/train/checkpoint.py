@@ -3,7 +3,11 @@
 A checkpoint is a `torch.save`d dict:
     format "dnmp-checkpoint", version 1, config (TrainConfig dict), step,
     model (renderer state_dict), optimizer (dict of optimizer state_dicts),
-    rng (torch RNG state), scene {name, fingerprint, path}.
+    rng (torch RNG state), scene {name, fingerprint, path (absolute; see
+    `checkpoint_scene_path` for older relative ones)}, train_seconds (radiance loop
+    time summed over resumed runs), extra_metrics.
+Only plain data (tensors, numbers, strings, containers): it is read with
+torch.load(weights_only=True), so a crafted file cannot run code (`dnmp._io`).
 Saved as `step_XXXXXXX.pt` in the checkpoint folder, through a temporary file in
 the same folder, fsync and `os.replace`, so an interrupted save never leaves a
 truncated checkpoint under the final name. The geometry stage's result is
@@ -16,9 +20,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
-from .._io import atomic_torch_save
+from ..data.subset import SceneSubset, subset_scene
+from .._io import UnsafeFileError, atomic_torch_save, load_plain, remove_stale_temporaries
 
 FORMAT = "dnmp-checkpoint"
 VERSION = 2
@@ -68,11 +71,64 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def remove_stale_checkpoint_files(folder: str | Path) -> list[Path]:
+    """Delete the `.tmp_*` files that a process killed while saving left in a checkpoint
+    folder (see `dnmp._io.atomic_torch_save`); returns the paths removed. Call it when a
+    run starts, before anything else writes there."""
+    return remove_stale_temporaries(folder)
+
+
+def scene_info(scene) -> dict:
+    """What a checkpoint records of its scene: name, fingerprint and the absolute path
+    of its folder, so that a run can be rendered from any working directory."""
+    info = {"name": scene.name, "fingerprint": scene.fingerprint(),
+            "path": str(Path(scene.root).resolve())}
+    if isinstance(scene, SceneSubset):  # a block of a long drive: which frames
+        info.update(frames=[f.name for f in scene.frames], parent_fingerprint=scene.parent_fingerprint)
+    return info
+
+
+def scene_for_checkpoint(ckpt: dict, scene):
+    """The scene a checkpoint's model belongs to, given the whole scene it names: the
+    scene itself, or for a block of a long drive its frame subset (`data.subset`)."""
+    info = ckpt.get("scene") or {}
+    if info.get("frames") and info.get("parent_fingerprint") == scene.fingerprint():
+        return subset_scene(scene, info["frames"], name=info.get("name"))
+    return scene
+
+
+def checkpoint_scene_path(ckpt: dict) -> Path | None:
+    """The folder of the scene a checkpoint was trained on, if it is still there.
+
+    New checkpoints store an absolute path. Older ones may hold a path relative to the
+    working directory of the training command; it is tried relative to the current
+    directory, then relative to the run folder (CHECKPOINT/../..) and each folder above
+    it (e.g. `runs/kitti00` trained from the repository with `scenes/kitti00`). Returns
+    the first candidate holding a scene.json, else None (the caller suggests --scene).
+    """
+    stored = (ckpt.get("scene") or {}).get("path")
+    if not stored:
+        return None
+    stored = Path(stored)
+    if stored.is_absolute():
+        return stored if stored.is_dir() else None
+    candidates = [Path.cwd() / stored]
+    if ckpt.get("path"):
+        run = Path(ckpt["path"]).resolve().parent.parent
+        candidates += [base / stored for base in (run, *run.parents)]
+    for c in candidates:
+        if (c / "scene.json").is_file():
+            return c
+    return None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file (or the newest one in a run/checkpoint folder).
 
     Raises:
-        CheckpointError: missing file, not a dnmp checkpoint, corrupt, or unknown version.
+        CheckpointError: missing file, not a dnmp checkpoint, corrupt, unknown version,
+            or a file holding Python objects other than plain data (a crafted pickle is
+            refused without running it: torch.load(weights_only=True)).
     """
     p = Path(path)
     if p.is_dir():
@@ -83,7 +139,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint file not found")
     try:
-        data = torch.load(p, map_location="cpu", weights_only=False)
+        data = load_plain(p)  # weights_only=True: a crafted pickle is refused, never run
+    except UnsafeFileError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:
         raise CheckpointError(f"{p}: cannot read checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -7,6 +7,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Upper bound of faces_per_pixel (both scales): every layer costs memory per cached
+# training pixel and per rendered pixel (K = 100000 asked for 93 GB); 32 is 8x the default.
+MAX_FACES_PER_PIXEL = 32
+
 
 @dataclass
 class TrainConfig:
@@ -25,7 +29,8 @@ class TrainConfig:
             of features, view directions and the background's directions.
         background_hidden: width of the background MLP (it also stands in for distant
             structure that no primitive covers, so it gets fine frequencies and width).
-        faces_per_pixel: K layers composited per pixel (fine scale).
+        faces_per_pixel: K layers composited per pixel (fine scale), 1 to
+            MAX_FACES_PER_PIXEL (32).
         coarse_voxel_size: voxel edge of the coarse primitive scale (paper: 1.0 m),
             composited behind the fine layers; 0 = one scale only.
         coarse_faces_per_pixel: K of the coarse scale (paper: 2).
@@ -34,13 +39,17 @@ class TrainConfig:
             or a path to weights written by `dnmp train-autoencoder`.
         near, far: rasterization clipping depths (camera z, metres).
     Geometry stage (paper Sec. 3.2; decoder frozen, latents + centre offsets fitted
-    to LiDAR depth of the training frames):
+    to the depth images of the training frames):
         geometry_steps: SparseAdam steps (0 skips the stage).
         geometry_windows, geometry_window: each step renders this many square
             windows of this many pixels, centred on random LiDAR pixels of random
             training frames (only the primitives seen there are decoded).
         geometry_lr_latent, geometry_lr_offset: learning rates (latent units, metres).
-        depth_max_range: LiDAR depths beyond this (metres) are not used.
+        depth_max_range: depths beyond this (metres) are not used.
+        geometry_depth: which depth images supervise the stage: "lidar" (the frames'
+            LiDAR depth, scene field `depth`), "stereo" (the converters' SGBM depth of
+            the training stereo pairs, `stereo_depth`; the paper uses multi-view-stereo
+            depth) or "auto" (LiDAR when the scene has it, else stereo).
         w_laplacian, w_normal: weights of the Laplacian-smoothing and
             normal-consistency regularisers (on the unit-frame meshes).
         w_offset: weight of the hinge keeping offsets within half a voxel.
@@ -55,11 +64,20 @@ class TrainConfig:
         cache_rotate_every: steps between pool rotations (one frame leaves, the next enters).
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
-        lr_final_factor: both rates decay exponentially to this factor at the last step, or
-            at the end of the time budget if that comes first.
+        lr_final_factor: both rates decay exponentially to this factor at the last step
+            (the decay follows steps, never the clock).
         seed: seeds primitives' initialisation and ray sampling.
-        time_budget_minutes: stop the loop early (and still evaluate) past this wall time;
-            0 = no limit. A safety net so the default run fits its 15-minute promise.
+        time_budget_minutes: an explicit wall-clock limit for both stages' loops: stop
+            the radiance loop past it (and still save and evaluate; metrics.json then has
+            stopped_by_time_limit = true). 0 (the default) = no limit: a run is defined by
+            its steps and seed, so it gives the same model on a busy or an idle machine.
+            The default `steps` keeps the bundled run within its 15-minute promise.
+    Long drives (`train/blocks.py`):
+        block_frames: a drive with more instants (timestamps) than this is trained as
+            overlapping blocks of this many instants, each its own model (the DNMP paper
+            trains 80-frame windows); 0 = never split.
+        block_overlap: instants shared by neighbouring blocks (at most block_frames / 2);
+            renders blend the two blocks across it.
     Output:
         log_every: steps between progress-bar updates of loss and PSNR.
         checkpoint_every: steps between checkpoints; keep_checkpoints: how many to keep.
@@ -84,13 +102,14 @@ class TrainConfig:
     geometry_lr_latent: float = 1e-2
     geometry_lr_offset: float = 2e-3
     depth_max_range: float = 40.0
+    geometry_depth: str = "auto"
     w_laplacian: float = 0.1
     w_normal: float = 0.01
     w_offset: float = 100.0
     geometry_refresh_every: int = 100
     near: float = 0.05
     far: float = 1e4
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 8192
     cache_pixels: int = 6_000_000
     cache_rotate_every: int = 50
@@ -98,7 +117,9 @@ class TrainConfig:
     lr_mlp: float = 5e-3
     lr_final_factor: float = 0.1
     seed: int = 0
-    time_budget_minutes: float = 12.0
+    time_budget_minutes: float = 0.0
+    block_frames: int = 80
+    block_overlap: int = 8
     log_every: int = 25
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -138,8 +159,10 @@ class TrainConfig:
             (self.lr_features > 0 and self.lr_mlp > 0, "learning rates must be > 0"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes must be >= 0"),
-            (self.faces_per_pixel >= 1 and self.coarse_faces_per_pixel >= 1,
-             "faces_per_pixel and coarse_faces_per_pixel must be >= 1"),
+            (1 <= self.faces_per_pixel <= MAX_FACES_PER_PIXEL
+             and 1 <= self.coarse_faces_per_pixel <= MAX_FACES_PER_PIXEL,
+             f"faces_per_pixel and coarse_faces_per_pixel must be between 1 and {MAX_FACES_PER_PIXEL} "
+             f"(got {self.faces_per_pixel} and {self.coarse_faces_per_pixel}; memory grows with K)"),
             (self.coarse_voxel_size == 0 or self.coarse_voxel_size > self.voxel_size,
              f"coarse_voxel_size ({self.coarse_voxel_size}) must be 0 (one scale) or larger than "
              f"voxel_size ({self.voxel_size}), e.g. twice it as in the paper"),
@@ -148,6 +171,8 @@ class TrainConfig:
             (self.geometry_lr_latent > 0 and self.geometry_lr_offset > 0,
              "geometry learning rates must be > 0"),
             (self.depth_max_range > 0, "depth_max_range must be > 0"),
+            (self.geometry_depth in ("auto", "lidar", "stereo"),
+             f"geometry_depth must be 'auto', 'lidar' or 'stereo', got {self.geometry_depth!r}"),
             (min(self.w_laplacian, self.w_normal, self.w_offset) >= 0,
              "regulariser weights must be >= 0"),
             (self.geometry_refresh_every >= 1, "geometry_refresh_every must be >= 1"),
@@ -155,6 +180,9 @@ class TrainConfig:
             (0 < self.near < self.far, "need 0 < near < far"),
             (self.steps >= 0, "steps must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.block_frames >= 0 and 0 <= 2 * self.block_overlap <= max(self.block_frames, 0)
+             or self.block_frames == 0,
+             "block_frames must be >= 0 and block_overlap between 0 and block_frames / 2"),
             (self.cache_pixels >= 1 and self.cache_rotate_every >= 1,
              "cache_pixels and cache_rotate_every must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),

@@ -22,9 +22,11 @@ from ..data.scene import Scene
 from ..evaluate import evaluate, write_json_atomic
 from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, RenderConfig,
                      ShapeDecoder, camera_rays, voxelize)
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint)
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+                         remove_stale_checkpoint_files, save_checkpoint, scene_info)
 from .config import TrainConfig
 from .frame_pool import FramePool
+from .interrupt import Interrupted, handle_signals
 
 
 def make_decoder(cfg: TrainConfig) -> tuple[ShapeDecoder, torch.Tensor | None]:
@@ -65,8 +67,10 @@ def build_renderer(centres: list[torch.Tensor], cfg: TrainConfig,
     prims = Primitives(torch.cat(centres), sizes, feature_dim=cfg.feature_dim,
                        decoder=decoder, latent_dim=cfg.latent_dim, seed=cfg.seed,
                        scale_counts=[len(c) for c in centres], init_latent=init_latent)
-    field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
-    background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
+    with torch.random.fork_rng():  # MLP initialisation from cfg.seed, whoever calls (reproducible runs)
+        torch.manual_seed(cfg.seed)
+        field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
+        background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
     return DNMPRenderer(prims, field, background,
                         RenderConfig(cfg.faces_per_pixel, cfg.coarse_faces_per_pixel, cfg.near, cfg.far))
 
@@ -78,6 +82,9 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
     Raises:
         ValueError: naming the scene when there are no points to voxelize.
     """
+    if not scene.point_kinds():
+        raise ValueError(f"{Path(scene.root) / 'scene.json'}: lists no point_clouds, so there is "
+                         f"nothing to place primitives on")
     kinds = cfg.point_kinds or sorted(set(scene.point_kinds()))
     missing = [k for k in kinds if k not in scene.point_kinds()]
     if missing:
@@ -147,11 +154,10 @@ def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
     return {"features": feat_opt, "mlp": mlp_opt}
 
 
-def _set_lr(opts: dict, cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> None:
-    # Exponential decay to lr_final_factor at the end of the run: the last step, or the
-    # end of the time budget if that comes first, so a budget-stopped run still
-    # finishes at the low rate.
-    progress = min(1.0, max(step / max(1, cfg.steps), time_fraction))
+def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
+    # Exponential decay to lr_final_factor at the last step. It follows steps only, never
+    # the clock, so a run is the same on a busy or an idle machine.
+    progress = min(1.0, step / max(1, cfg.steps))
     factor = cfg.lr_final_factor ** progress
     for g in opts["features"].param_groups:
         g["lr"] = cfg.lr_features * factor
@@ -162,8 +168,11 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int, time_fraction: float = 0.0)
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
                    progress: bool = True, log=print, steps: int | None = None,
                    renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
-                   extra_metrics: dict | None = None) -> dict:
+                   extra_metrics: dict | None = None, held_out: bool = True) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
+
+    `held_out=False` skips rendering and scoring the test frames (a block of a long
+    drive: the run scores them with the blended blocks).
 
     Output folder layout: OUT/checkpoints/step_*.pt, OUT/metrics.json,
     OUT/renders/test/<frame>_pred.png and <frame>_gt.png, OUT/config.json (the
@@ -181,10 +190,15 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
         FileExistsError: OUT already holds checkpoints and `resume` is False.
         ValueError: a scene without train frames or points.
-    Exits with SystemExit(130) on Ctrl-C, keeping the last checkpoint.
+    SIGINT / SIGTERM (`interrupt.handle_signals`): the loop stops at the next step
+    boundary, saves that step, logs "stopped by SIG... at step N" and exits with
+    SystemExit(130 / 143); a second signal aborts at once (Interrupted, nothing saved).
+    Stale `.tmp_*` files of a killed save are removed at the start.
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
+    for p in remove_stale_checkpoint_files(ckpt_dir):
+        log(f"removed {p.name}, left by a save that was killed")
     start_step, ckpt = 0, None
     if resume:
         path = latest_checkpoint(ckpt_dir)
@@ -242,77 +256,90 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     log(f"cached fragments of {len(cache)} pixels ({pool_note}; {cache.nbytes / 2**20:.0f} MiB) "
         f"in {time.time() - t0:.1f} s; {100 * cache.coverage:.1f}% covered by primitives")
 
+    prior_seconds = float(ckpt.get("train_seconds", 0.0)) if ckpt else 0.0  # earlier runs' loops
+
     def save(step: int) -> Path:
         return save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
             "model": renderer.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in opts.items()},
             "rng": torch.get_rng_state(),
-            "scene": {"name": scene.name, "fingerprint": scene.fingerprint(),
-                      "path": str(scene.root)},
+            "scene": scene_info(scene),
+            "train_seconds": prior_seconds + time.time() - t_loop,
             "extra_metrics": extra_metrics,
         }, keep=cfg.keep_checkpoints)
 
-    step, last_saved = start_step, start_step
+    step, last_saved = start_step, (start_step if ckpt else None)
     budget = cfg.time_budget_minutes * 60.0 if budget_seconds is None else budget_seconds
+    stopped_by_time_limit = False
     t_loop = time.time()
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None
     updating = False  # True while parameters are being changed: no consistent state to save
-    try:
-        while step < cfg.steps:
-            if budget > 0 and time.time() - t_loop > budget:
-                log(f"time budget of {budget / 60:.1f} min reached at step {step}")
-                break
-            _set_lr(opts, cfg, step, (time.time() - t_loop) / budget if budget > 0 else 0.0)
-            cache.sync(step)
-            idx = torch.randint(0, len(cache), (cfg.batch_size,))
-            p2f, bary, dirs, rgb = cache.batch(idx)
-            pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]
-            loss = torch.mean((pred - rgb) ** 2)
-            for o in opts.values():
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            updating = True
-            for o in opts.values():
-                o.step()
-            step += 1
-            updating = False
-            lv = loss.item()
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
-                                         f"(step {last_saved}) is kept")
-            running = lv if running is None else 0.95 * running + 0.05 * lv
-            bar.update(1)
-            if step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{running:.4f}", psnr=f"{-10 * math.log10(running):.2f}")
-            if step % cfg.checkpoint_every == 0:
-                save(step)
+    with handle_signals(defer=True, notice="stopping at the end of the current step to save it") as stop:
+        try:
+            while step < cfg.steps and not stop.requested:
+                if budget > 0 and time.time() - t_loop > budget:
+                    stopped_by_time_limit = True
+                    break
+                _set_lr(opts, cfg, step)
+                cache.sync(step)
+                idx = torch.randint(0, len(cache), (cfg.batch_size,))
+                p2f, bary, dirs, rgb = cache.batch(idx)
+                pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]
+                loss = torch.mean((pred - rgb) ** 2)
+                for o in opts.values():
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                updating = True
+                for o in opts.values():
+                    o.step()
+                step += 1
+                updating = False
+                lv = loss.item()
+                if not math.isfinite(lv):
+                    raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
+                                             f"({latest_checkpoint(ckpt_dir)}) is kept")
+                running = lv if running is None else 0.95 * running + 0.05 * lv
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{running:.4f}", psnr=f"{-10 * math.log10(running):.2f}")
+                if step % cfg.checkpoint_every == 0:
+                    save(step)
+                    last_saved = step
+            bar.close()
+            if stopped_by_time_limit:  # on its own line, after the progress bar
+                log(f"stopped by the time limit (time_budget_minutes = {cfg.time_budget_minutes:g}) "
+                    f"at step {step} of {cfg.steps}")
+            if step != last_saved:
+                save(step)  # a signal during this save is deferred too: the file is complete
                 last_saved = step
-    except KeyboardInterrupt:
-        bar.close()
-        if not updating and step > last_saved:
-            save(step)  # parameters are those after `step` complete steps
-        kept = latest_checkpoint(ckpt_dir)
-        if kept is None:
-            log(f"\ninterrupted at step {step}; no checkpoint was written, nothing to resume")
-        else:
-            log(f"\ninterrupted at step {step}; last checkpoint: {kept}; continue with --resume")
-        raise SystemExit(130) from None
-    bar.close()
-    train_s = time.time() - t_loop
-    if step != last_saved or step == 0:
-        save(step)
+        except KeyboardInterrupt as exc:  # a second signal (abort at once), or Ctrl-C outside the main thread
+            bar.close()
+            if not isinstance(exc, Interrupted) and not updating and step != last_saved:
+                save(step)  # parameters are those after `step` complete steps
+            kept = latest_checkpoint(ckpt_dir)
+            how = f"aborted by a second {stop.name}" if isinstance(exc, Interrupted) else "interrupted"
+            log(f"\n{how} at step {step}; " + (f"newest checkpoint: {kept}; continue with --resume"
+                                              if kept else "no step checkpoint"))
+            raise SystemExit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
+    if stop.requested:
+        log(f"stopped by {stop.name} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "
+            f"continue with --resume")
+        raise SystemExit(stop.exit_code)
+    train_s = prior_seconds + time.time() - t_loop
 
-    if scene.frames_by_split("test"):
+    held_out = held_out and bool(scene.frames_by_split("test"))
+    if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
+              "stopped_by_time_limit": stopped_by_time_limit,
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
               "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}
-    if scene.frames_by_split("test"):
+    if held_out:
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
     write_json_atomic(out / "metrics.json", result)
     return result

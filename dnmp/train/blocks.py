@@ -1,0 +1,314 @@
+"""Drives of any length: overlapping blocks along the trajectory, each its own model.
+
+A drive with more than `TrainConfig.block_frames` instants (an instant = the frames
+of all cameras at one timestamp) is split into blocks of that many consecutive
+instants overlapping by `block_overlap`, spread evenly over the drive (Block-NeRF
+and the DNMP paper's 80-frame KITTI-360 windows do the same). Each block is trained
+by `pipeline.train` on the scene restricted to its frames (`data.subset`: its points
+are those its cameras see), into RUN/blocks/block_NNN/ as an ordinary run folder, so
+a block's training is a function of (scene subset, config, folder) with no shared
+state, the unit that several processes can spread. RUN/manifest.json lists the
+blocks, their frames and their status, and is rewritten (atomically) after each
+block, so an interrupted run resumes at its first unfinished block.
+
+Rendering a camera (`BlockRenderer`): its position along the drive is the
+projection of its centre onto the polyline of the instants' mean camera centres
+(a fractional instant index); inside an overlap the two blocks' images are blended
+with weights that ramp linearly across the overlap (a partition of unity), so a
+video through the overlap has no seam; elsewhere one block renders alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.scene import Scene
+from ..data.subset import subset_scene
+
+MANIFEST = "manifest.json"
+FORMAT = "dnmp-blocks"
+VERSION = 1
+
+
+@dataclass
+class Block:
+    """Instants first..last (inclusive, indices into `drive_instants`) and their frames."""
+
+    index: int
+    first: int
+    last: int
+    frames: list
+
+    @property
+    def name(self) -> str:
+        return f"block_{self.index:03d}"
+
+
+def drive_instants(scene: Scene) -> tuple[np.ndarray, list[int]]:
+    """(sorted distinct timestamps float64 [T], instant index of every scene frame)."""
+    stamps = np.array([round(float(f.timestamp), 6) for f in scene.frames])
+    times = np.unique(stamps)
+    return times, [int(i) for i in np.searchsorted(times, stamps)]
+
+
+def plan_blocks(scene: Scene, block_frames: int, overlap: int) -> list[Block]:
+    """Split the drive into blocks of `block_frames` instants overlapping by `overlap`.
+
+    One block (the whole scene) when `block_frames` is 0 or the drive is not longer.
+    Otherwise ceil((T - overlap) / (block_frames - overlap)) blocks whose starts are
+    spread evenly, so consecutive blocks overlap by at least `overlap` instants and
+    only neighbours overlap.
+
+    Raises:
+        ValueError: overlap < 0, or overlap > block_frames / 2 (then three blocks could
+            share an instant and the blend weights would not be defined).
+    """
+    times, inst = drive_instants(scene)
+    n = len(times)
+    if block_frames <= 0 or n <= block_frames:
+        return [Block(0, 0, n - 1, [f.name for f in scene.frames])]
+    if overlap < 0 or 2 * overlap > block_frames:
+        raise ValueError(f"block_overlap ({overlap}) must be between 0 and block_frames / 2 "
+                         f"({block_frames // 2})")
+    count = math.ceil((n - overlap) / (block_frames - overlap))
+    starts = np.round(np.linspace(0, n - block_frames, count)).astype(int)
+    blocks = []
+    for b, s in enumerate(starts):
+        last = int(s) + block_frames - 1
+        names = [f.name for f, i in zip(scene.frames, inst) if s <= i <= last]
+        blocks.append(Block(b, int(s), last, names))
+    return blocks
+
+
+def blend_weights(blocks: list[Block], position: float) -> dict[int, float]:
+    """Weights (summing to 1) of the blocks that render a camera at fractional instant
+    `position`: linear ramps across each overlap between neighbours, 1 elsewhere."""
+    position = min(max(position, blocks[0].first), blocks[-1].last)
+    weights = {}
+    for i, b in enumerate(blocks):
+        if not b.first <= position <= b.last:
+            continue
+        w = 1.0
+        if i > 0 and blocks[i - 1].last > b.first:  # ramp in across the previous overlap
+            w = min(w, (position - b.first) / (blocks[i - 1].last - b.first))
+        if i + 1 < len(blocks) and b.last > blocks[i + 1].first:  # ramp out
+            w = min(w, (b.last - position) / (b.last - blocks[i + 1].first))
+        if w > 0:
+            weights[i] = w
+    if not weights:  # position in a gap (overlap 0): the nearest block
+        i = min(range(len(blocks)), key=lambda j: min(abs(position - blocks[j].first),
+                                                       abs(position - blocks[j].last)))
+        weights[i] = 1.0
+    total = sum(weights.values())
+    return {i: w / total for i, w in weights.items()}
+
+
+class DrivePath:
+    """Fractional instant index of any camera centre: its projection onto the polyline
+    through the mean camera centre of every instant (metres, scene frame)."""
+
+    def __init__(self, scene: Scene):
+        times, inst = drive_instants(scene)
+        centres = np.zeros((len(times), 3))
+        counts = np.zeros(len(times))
+        for f, i in zip(scene.frames, inst):
+            centres[i] += f.camera_centre
+            counts[i] += 1
+        self.points = centres / counts[:, None]
+
+    def position(self, centre: np.ndarray) -> float:
+        p = self.points
+        if len(p) == 1:
+            return 0.0
+        a, d = p[:-1], p[1:] - p[:-1]
+        len2 = np.maximum((d * d).sum(1), 1e-12)
+        t = np.clip(((centre - a) * d).sum(1) / len2, 0.0, 1.0)
+        dist = np.linalg.norm(a + t[:, None] * d - centre, axis=1)
+        i = int(np.argmin(dist))
+        return i + float(t[i])
+
+
+def read_manifest(run: str | Path) -> dict:
+    """The manifest of a block run folder.
+
+    Raises:
+        ValueError: missing, unreadable, or not a dnmp block manifest of this version.
+    """
+    path = Path(run) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no block manifest (not a run of a long drive)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable block manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a dnmp block manifest")
+    if data.get("version") != VERSION:
+        raise ValueError(f"{path}: block manifest version {data.get('version')!r} is not supported "
+                         f"(this dnmp reads version {VERSION})")
+    return data
+
+
+def is_block_run(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], stages, resume: bool,
+                 progress: bool = True, log=print, steps: int | None = None) -> dict:
+    """Train every block of a long drive into OUT/blocks/block_NNN/ and evaluate the
+    held-out frames with the blended blocks; see the module docstring.
+
+    With `resume`, finished blocks are kept, an interrupted block continues from its
+    checkpoints and the rest are trained; without it, an OUT that already holds a
+    manifest is refused.
+
+    Returns the run's metrics (also OUT/metrics.json): held-out PSNR/SSIM/LPIPS over all
+    test frames, `num_blocks`, and per block its frames, steps and training time.
+    Raises: as `pipeline.train`; FileExistsError for an existing run without `resume`.
+    """
+    from ..evaluate import evaluate, write_json_atomic
+    from .checkpoint import GEOMETRY_NAME, latest_checkpoint, scene_info
+    from .pipeline import train
+
+    out = Path(out_dir)
+    path = out / MANIFEST
+    if path.is_file() and not resume:
+        raise FileExistsError(f"{out}: holds a block run; pass --resume to continue it or choose "
+                              f"another --out")
+    done: dict = {}
+    if path.is_file():
+        old = read_manifest(out)
+        if old["scene"].get("fingerprint") != scene.fingerprint():
+            raise ValueError(f"{path}: the run belongs to scene {old['scene'].get('name')!r}, "
+                             f"not to {scene.name!r} ({scene.root})")
+        done = {b["name"]: b for b in old["blocks"] if b.get("status") == "done"}
+    manifest = {"format": FORMAT, "version": VERSION, "scene": scene_info(scene),
+                "config": cfg.to_dict(), "stages": list(stages),
+                "blocks": [{"name": b.name, "folder": f"blocks/{b.name}", "first_instant": b.first,
+                            "last_instant": b.last, "frames": b.frames, "status": "pending"}
+                           for b in blocks]}
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in manifest["blocks"]:
+        if entry["name"] in done and done[entry["name"]]["frames"] == entry["frames"]:
+            entry.update(done[entry["name"]])
+    write_json_atomic(path, manifest)
+    n_inst = len(drive_instants(scene)[0])
+    log(f"drive of {n_inst} instants ({len(scene.frames)} frames) in {len(blocks)} blocks of "
+        f"{cfg.block_frames} instants overlapping by {cfg.block_overlap}")
+    t0 = time.time()
+    for b, entry in zip(blocks, manifest["blocks"]):
+        if entry["status"] == "done":
+            log(f"[{b.name}] done earlier (step {entry.get('step')}), kept")
+            continue
+        log(f"[{b.name} {b.index + 1}/{len(blocks)}] instants {b.first}-{b.last}, "
+            f"{len(b.frames)} frames")
+        sub = subset_scene(scene, b.frames, name=f"{scene.name}-{b.name}")
+        folder = out / entry["folder"]
+        ckpts = folder / "checkpoints"
+        t_block = time.time()
+        if latest_checkpoint(ckpts) is not None:
+            result = train(sub, folder, None, stages=stages, resume=True, progress=progress,
+                           log=log, steps=steps, held_out=False)
+        elif (ckpts / GEOMETRY_NAME).is_file() and "radiance" in stages:
+            result = train(sub, folder, None, stages=("radiance",), progress=progress, log=log,
+                           steps=steps, held_out=False)
+        else:
+            result = train(sub, folder, cfg, stages=stages, progress=progress, log=log,
+                           steps=steps, held_out=False)
+        entry.update({"status": "done", "step": result.get("step"),
+                      "train_seconds": round(time.time() - t_block, 1),
+                      "num_primitives": result.get("num_primitives"),
+                      "num_train_frames": len(sub.frames_by_split("train"))})
+        write_json_atomic(path, manifest)
+    manifest["complete"] = True
+    write_json_atomic(path, manifest)
+    result = {"num_blocks": len(blocks), "block_frames": cfg.block_frames,
+              "block_overlap": cfg.block_overlap, "train_seconds": round(time.time() - t0, 1),
+              "blocks": [{k: e.get(k) for k in ("name", "first_instant", "last_instant", "step",
+                                                 "train_seconds", "num_primitives")}
+                         for e in manifest["blocks"]]}
+    if scene.frames_by_split("test") and "radiance" in stages:
+        log("rendering held-out frames with the blended blocks ...")
+        with BlockRenderer(out, scene) as renderer:
+            result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
+    write_json_atomic(out / "metrics.json", result)
+    return result
+
+
+class BlockRenderer:
+    """Renders any camera of a block run: the blocks' images blended by `blend_weights`.
+
+    Has `render(intrinsics, cam_to_world, height, width)` like `DNMPRenderer.render`, so
+    `evaluate` and the CLI use either. At most `max_loaded` blocks are held in memory
+    (least recently used dropped); render cameras in drive order to load each once.
+
+    Raises (on construction): ValueError for a manifest of another scene or an
+    unfinished run; CheckpointError for a block without a usable checkpoint.
+    """
+
+    def __init__(self, run: str | Path, scene: Scene, max_loaded: int = 2):
+        self.run = Path(run)
+        self.manifest = read_manifest(self.run)
+        if self.manifest["scene"].get("fingerprint") != scene.fingerprint():
+            raise ValueError(f"{self.run / MANIFEST}: the run belongs to scene "
+                             f"{self.manifest['scene'].get('name')!r}, not to {scene.name!r} "
+                             f"({scene.root})")
+        pending = [b["name"] for b in self.manifest["blocks"] if b.get("status") != "done"]
+        if pending:
+            raise ValueError(f"{self.run}: blocks {', '.join(pending)} are not trained yet; "
+                             f"finish the run with `dnmp train --resume --out {self.run}`")
+        self.scene = scene
+        self.blocks = [Block(i, b["first_instant"], b["last_instant"], b["frames"])
+                       for i, b in enumerate(self.manifest["blocks"])]
+        self.path = DrivePath(scene)
+        self.max_loaded = max_loaded
+        self._loaded: dict[int, object] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._loaded.clear()
+
+    def checkpoint_path(self, index: int) -> Path:
+        return self.run / self.manifest["blocks"][index]["folder"]
+
+    def renderer(self, index: int):
+        """The trained `DNMPRenderer` of block `index` (loaded on first use)."""
+        from .checkpoint import load_checkpoint
+        from .radiance import renderer_from_checkpoint
+
+        if index in self._loaded:
+            self._loaded[index] = self._loaded.pop(index)  # most recently used last
+        else:
+            while len(self._loaded) >= self.max_loaded:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[index] = renderer_from_checkpoint(load_checkpoint(self.checkpoint_path(index)))
+        return self._loaded[index]
+
+    def weights(self, cam_to_world) -> dict[int, float]:
+        """Blend weights of the blocks for a camera pose (float [4, 4], camera to world)."""
+        c2w = np.asarray(cam_to_world, dtype=np.float64)
+        return blend_weights(self.blocks, self.path.position(c2w[:3, 3]))
+
+    @torch.no_grad()
+    def render(self, intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
+               width: int) -> dict[str, torch.Tensor]:
+        """As `DNMPRenderer.render`: rgb [H, W, 3], depth [H, W], coverage [H, W], each the
+        weighted sum of the blending blocks' images (depth weighted where covered)."""
+        out = None
+        for i, w in sorted(self.weights(cam_to_world.cpu().numpy()).items()):
+            img = self.renderer(i).render(intrinsics, cam_to_world, height, width)
+            img["depth"] = img["depth"] * img["coverage"]
+            out = {k: v * w for k, v in img.items()} if out is None else \
+                {k: out[k] + v * w for k, v in img.items()}
+        out["depth"] = torch.where(out["coverage"] > 0, out["depth"] / out["coverage"].clamp_min(1e-12),
+                                   torch.zeros_like(out["depth"]))
+        return out
