@@ -1,27 +1,97 @@
-"""Atomic file writing shared by checkpoints and shipped weights."""
+"""Atomic file writing and safe loading, shared by checkpoints and shipped weights.
+
+Files written with `atomic_torch_save` hold only plain data (tensors, numbers,
+strings, None and dict/list/tuple containers of them) and are read back with
+`load_plain`, i.e. `torch.load(weights_only=True)`: a file that would run code
+when unpickled (a crafted "checkpoint") is refused instead of executed.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+TMP_PREFIX = ".tmp_"
+_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.Tensor, torch.Size)
 
-def atomic_torch_save(obj, path: str | Path) -> Path:
-    """`torch.save` to a temporary file in the target folder, fsync, chmod 644 and
-    rename over `path`, so a crash or full disk leaves the old file or the new one,
-    never a truncated file under the final name.
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds Python objects other than plain data; not loaded."""
+
+
+def check_plain(obj, where: str = "") -> None:
+    """Raise TypeError naming the key path of the first value that `load_plain` could not
+    read back (anything but tensors, numbers, strings, None, dict/list/tuple)."""
+    if isinstance(obj, _PLAIN_SCALARS):
+        return
+    if isinstance(obj, (dict, OrderedDict)):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} is not plain data")
+            check_plain(v, f"{where}/{k}")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where or 'value'}: {type(obj).__module__}.{type(obj).__name__} is not "
+                    f"plain data (tensors, numbers, strings, containers)")
+
+
+def load_plain(path: str | Path):
+    """`torch.load(path, map_location="cpu", weights_only=True)`.
 
     Raises:
-        OSError: naming `path` (not the temporary file), e.g. an unwritable folder or
-            a full disk (torch reports the latter as RuntimeError; converted here).
+        UnsafeFileError: one line naming `path`, when the file holds other Python
+            objects (it may have been crafted to run code; it is not unpickled).
+        Other exceptions of torch.load (corrupt or truncated file) pass through.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise
+        raise UnsafeFileError(f"{path}: refused to load: the file holds Python objects other than "
+                              f"tensors and plain data (unpickling it could run code); dnmp "
+                              f"never opens such files") from None
+
+
+def _enospc(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk space: an OSError ENOSPC anywhere in the
+    exception chain (torch.save reports it as RuntimeError 'unexpected pos ...')."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """`torch.save` to a temporary file (`.tmp_*`) in the target folder, fsync, chmod 644
+    and rename over `path`, so a crash or full disk leaves the old file or the new one,
+    never a truncated file under the final name. A process killed mid-save leaves its
+    `.tmp_*` file; `remove_stale_temporaries` clears them at the next start.
+
+    `obj` must be plain data (see `check_plain`), so that `load_plain` reads it back.
+
+    Raises:
+        TypeError: `obj` holds non-plain values (a programming error; nothing written).
+        OSError: naming `path` (not the temporary file), e.g. an unwritable folder, or
+            errno ENOSPC with "No space left on device" for a full disk (torch reports
+            that as RuntimeError 'unexpected pos ...'; converted here).
     """
     path = Path(path)
+    check_plain(obj, path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
@@ -33,8 +103,24 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _enospc(exc):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
         raise OSError(f"{path}: cannot write ({str(exc).splitlines()[0]})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | Path, pattern: str = TMP_PREFIX + "*") -> list[Path]:
+    """Delete files matching `pattern` in `folder` (temporaries of saves that a killed
+    process left behind); returns the paths removed. A missing folder is no error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.glob(pattern):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
