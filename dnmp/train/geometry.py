@@ -1,11 +1,16 @@
-"""Geometry stage (paper Sec. 3.2): fit primitive shapes to LiDAR depth.
+"""Geometry stage (paper Sec. 3.2): fit primitive shapes to depth images.
 
 The shape decoder is frozen; each primitive's unit-norm latent and its centre
 offset (bounded by a hinge to half a voxel) are optimised so that the depth of
 the nearest rasterized face (zbuf of layer 0, differentiated through the
-rasterizer's backward pass to the vertices) matches the LiDAR depth of the
+rasterizer's backward pass to the vertices) matches the depth images of the
 training frames, with Laplacian-smoothing and normal-consistency regularisers on
 the decoded meshes. Each scale (fine, coarse) is fitted on its own.
+
+The depth is LiDAR projected into the frames (scene field ``depth``) or dense
+depth from the training frames' stereo pairs (``stereo_depth``; the paper uses
+multi-view-stereo depth): :func:`geometry_depth_kind` picks one per scene from
+``TrainConfig.geometry_depth``.
 
 A step renders a few small windows centred on random LiDAR pixels of random
 training frames and decodes only the primitives those windows saw at the last
@@ -30,12 +35,38 @@ from ..model.mesh_losses import mesh_laplacian_smoothing, mesh_normal_consistenc
 from .config import TrainConfig
 
 
-class _FrameDepth:
-    """One training frame's LiDAR pixels (within range) and camera."""
+def geometry_depth_kind(scene: Scene, setting: str = "auto") -> str:
+    """The depth images the geometry stage fits to: "lidar" (frame field
+    ``depth``) or "stereo" (``stereo_depth``), from ``setting``
+    (`TrainConfig.geometry_depth`): "lidar" / "stereo" as named, "auto" LiDAR
+    when any training frame has a LiDAR depth image, else stereo.
 
-    def __init__(self, scene: Scene, frame, max_range: float):
+    Raises:
+        ValueError: (one line naming the scene) no training frame has the
+            requested kind (for "auto": neither), or an unknown ``setting``.
+    """
+    kinds = scene.depth_kinds("train")
+    if setting == "auto":
+        if not kinds:
+            raise ValueError(f"{scene.root}: no training frame has a depth image (LiDAR `depth` or stereo "
+                             f"`stereo_depth`); the geometry stage needs one (use --stages radiance)")
+        return kinds[0]  # "lidar" first
+    if setting not in ("lidar", "stereo"):
+        raise ValueError(f"geometry_depth must be 'auto', 'lidar' or 'stereo', got {setting!r}")
+    if setting not in kinds:
+        what = "LiDAR depth images (`depth`)" if setting == "lidar" else "stereo depth images (`stereo_depth`)"
+        raise ValueError(f"{scene.root}: geometry_depth = {setting!r} but no training frame has {what}; "
+                         f"it has: {', '.join(kinds) or 'none'}")
+    return setting
+
+
+class _FrameDepth:
+    """One training frame's depth pixels (within range, of the ``kind`` depth
+    image: "lidar" or "stereo") and camera."""
+
+    def __init__(self, scene: Scene, frame, max_range: float, kind: str = "lidar"):
         cam = scene.camera_of(frame)
-        depth = scene.load_depth(frame)
+        depth = scene.load_depth(frame, kind)
         v, u = np.nonzero((depth > 0) & (depth <= max_range))
         self.frame = frame
         self.height, self.width = cam.height, cam.width
@@ -79,9 +110,9 @@ def window_depth_l1(prims, index: torch.Tensor, latents: torch.Tensor, offsets: 
         latents, offsets: float [S, D] / [S, 3] their latents and offsets (rows
             gathered from the parameters; gradients flow back to them).
         intrinsics: float32 [N, 3, 3] window cameras; world_to_cam: float32 [4, 4].
-        gt: float32 [N, h, w] LiDAR depth of the window pixels (metres, 0 = none).
+        gt: float32 [N, h, w] depth of the window pixels (LiDAR or stereo; metres, 0 = none).
     Returns:
-        (loss, shape): mean |zbuf_0 - gt| in metres over pixels with LiDAR depth in
+        (loss, shape): mean |zbuf_0 - gt| in metres over pixels with depth in
         (0, cfg.depth_max_range] that a face covers (None if there is none), and the
         decoded unit-frame meshes float [S, 42, 3] for the regularisers. The depth is
         the rasterizer's zbuf of layer 0, differentiable w.r.t. the vertices.
@@ -101,23 +132,26 @@ def window_depth_l1(prims, index: torch.Tensor, latents: torch.Tensor, offsets: 
 class GeometryFitter:
     """The geometry stage's state and one optimisation step (paper Sec. 3.2).
 
-    Holds the training frames' LiDAR pixels, the SparseAdam optimisers of the
-    latents and offsets, and per scale and frame the primitive seen at every
-    pixel (layer 0) from the last `refresh()`. `step()` samples
-    `cfg.geometry_windows` windows and updates only the primitives they see.
+    Holds the training frames' depth pixels (LiDAR or stereo:
+    :func:`geometry_depth_kind` of `cfg.geometry_depth`, in `self.kind`), the
+    SparseAdam optimisers of the latents and offsets, and per scale and frame the
+    primitive seen at every pixel (layer 0) from the last `refresh()`. `step()`
+    samples `cfg.geometry_windows` windows and updates only the primitives they see.
 
     Raises (constructor):
-        ValueError: no training frame has LiDAR depth within `cfg.depth_max_range`.
+        ValueError: no training frame has depth of that kind within `cfg.depth_max_range`.
     """
 
     def __init__(self, renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig):
         self.renderer, self.cfg = renderer, cfg
         self.prims = prims = renderer.primitives
-        frames = [f for f in scene.frames_by_split("train") if f.depth is not None]
-        self.data = [d for d in (_FrameDepth(scene, f, cfg.depth_max_range) for f in frames)
+        self.kind = kind = geometry_depth_kind(scene, cfg.geometry_depth)
+        frames = [f for f in scene.frames_by_split("train") if f.depth_file(kind) is not None]
+        self.data = [d for d in (_FrameDepth(scene, f, cfg.depth_max_range, kind) for f in frames)
                      if len(d.pixels)]
         if not self.data:
-            raise ValueError(f"{scene.root}: no training frame has LiDAR depth within "
+            what = "LiDAR" if kind == "lidar" else "stereo"
+            raise ValueError(f"{scene.root}: no training frame has {what} depth within "
                              f"{cfg.depth_max_range} m; the geometry stage needs it "
                              f"(use --stages radiance)")
         self.scales = [s for s, (a, b) in enumerate(prims.scale_ranges()) if b > a]
@@ -146,7 +180,7 @@ class GeometryFitter:
     def step(self) -> float | None:
         """One SparseAdam step on the latents and offsets the sampled windows see.
         Returns the depth L1 (metres, mean over windows) or None when no window had a
-        covered LiDAR pixel (nothing updated)."""
+        covered depth pixel (nothing updated)."""
         prims, cfg, gen = self.prims, self.cfg, self.gen
         if not self.visible:
             self.refresh()
@@ -205,16 +239,20 @@ def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progr
     `cfg.geometry_steps` steps of `GeometryFitter`, re-deciding visibility every
     `cfg.geometry_refresh_every` steps.
 
-    Uses the training frames that have depth images (LiDAR, DESIGN.md scene
-    format). Returns {"steps", "seconds", "ms_per_step", "loss_depth_l1_m" (running
-    mean at the end, metres)}.
+    Uses the training frames' depth images of the kind :func:`geometry_depth_kind`
+    picks (LiDAR, else stereo, for `cfg.geometry_depth = "auto"`). Returns
+    {"steps", "seconds", "ms_per_step", "loss_depth_l1_m" (running mean at the
+    end, metres), "depth_source" ("lidar" | "stereo"), "depth_frames" (training
+    frames with such depth)}.
 
     Raises:
-        ValueError: no training frame has LiDAR depth within `cfg.depth_max_range`.
+        ValueError: no training frame has depth of that kind within `cfg.depth_max_range`.
         FloatingPointError: the loss became NaN/Inf.
     """
     prims = renderer.primitives
     fitter = GeometryFitter(renderer, scene, cfg)
+    log(f"geometry stage: fitting to the {'LiDAR' if fitter.kind == 'lidar' else 'stereo'} depth of "
+        f"{len(fitter.data)} training frames")
     t0 = time.time()
     running = None
     bar = tqdm(total=cfg.geometry_steps, desc="geometry", disable=not progress,
@@ -240,4 +278,4 @@ def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progr
     seconds = time.time() - t0
     return {"steps": cfg.geometry_steps, "seconds": round(seconds, 1),
             "ms_per_step": round(1000 * seconds / max(1, cfg.geometry_steps), 1),
-            "loss_depth_l1_m": running}
+            "loss_depth_l1_m": running, "depth_source": fitter.kind, "depth_frames": len(fitter.data)}

@@ -1,5 +1,6 @@
 """Geometry stage (paper Sec. 3.2): depth-loss gradients, the offset hinge, two
-scales, and the stage improving held-out depth on the synthetic wall."""
+scales, the stage improving held-out depth on the synthetic wall, and its depth
+source (LiDAR, else stereo depth images)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dnmp.evaluate import depth_errors
 from dnmp.model import Primitives, ShapeDecoder
 from dnmp.train import load_checkpoint
 from dnmp.train.config import TrainConfig
-from dnmp.train.geometry import _FrameDepth, offset_hinge, window_cameras, window_depth_l1
+from dnmp.train.geometry import (_FrameDepth, geometry_depth_kind, offset_hinge, window_cameras,
+                                 window_depth_l1)
 from dnmp.train.pipeline import parse_stages, train
 from dnmp.train.radiance import build_renderer, scene_centres
 
@@ -154,14 +156,90 @@ def test_geometry_stage_improves_held_out_depth_and_feeds_radiance(tmp_path):
         geo["test_depth_optimized"]["median_m"])
 
 
-def test_geometry_stage_needs_lidar_depth(tmp_path):
+def test_geometry_stage_needs_depth_images(tmp_path):
     scene = load_scene(make_tiny_scene(tmp_path / "s", depth=False))
     cfg = TrainConfig(shape_decoder="template", geometry_steps=2, steps=1, **FAST)
-    with pytest.raises(ValueError, match="LiDAR depth"):
+    with pytest.raises(ValueError, match="no training frame has a depth image") as e:
         train(scene, tmp_path / "run", cfg, **QUIET)
+    assert "\n" not in str(e.value)
+
+
+def _stereo_scene(tmp_path, test_lidar: bool):
+    """The wall scene with its training frames' depth given as stereo depth
+    (`stereo_depth`) instead of LiDAR; the test frame keeps its LiDAR depth
+    when ``test_lidar``."""
+    root = make_tiny_scene(tmp_path / "s", depth=True)
+    sj = json.loads((root / "scene.json").read_text())
+    for f in sj["frames"]:
+        if f["split"] == "train":
+            f["stereo_depth"] = f.pop("depth")
+        elif not test_lidar:
+            del f["depth"]
+    (root / "scene.json").write_text(json.dumps(sj))
+    return load_scene(root)
+
+
+def test_geometry_depth_kind_choice(tmp_path):
+    stereo = _stereo_scene(tmp_path / "a", test_lidar=True)
+    assert stereo.depth_kinds("train") == ["stereo"] and stereo.depth_kinds("test") == ["lidar"]
+    assert geometry_depth_kind(stereo, "auto") == "stereo"
+    assert geometry_depth_kind(stereo, "stereo") == "stereo"
+    with pytest.raises(ValueError, match="geometry_depth = 'lidar' but no training frame has LiDAR") as e:
+        geometry_depth_kind(stereo, "lidar")
+    assert "\n" not in str(e.value)
+    lidar = load_scene(make_tiny_scene(tmp_path / "b", depth=True))
+    assert geometry_depth_kind(lidar, "auto") == "lidar"  # LiDAR wins when there is some
+    with pytest.raises(ValueError, match="no training frame has stereo depth images"):
+        geometry_depth_kind(lidar, "stereo")
+    with pytest.raises(ValueError, match="geometry_depth must be"):
+        TrainConfig(geometry_depth="mvs").validate()
+
+
+def test_geometry_stage_from_stereo_depth(tmp_path):
+    """Without LiDAR on the training frames the stage fits the stereo depth, and
+    the held-out depth error is still measured against the test frame's LiDAR."""
+    scene = _stereo_scene(tmp_path, test_lidar=True)
+    cfg = TrainConfig(shape_decoder="template", voxel_size=0.5, coarse_voxel_size=0.0,
+                      geometry_steps=60, geometry_lr_offset=1e-2, steps=5, **FAST)
+    res = train(scene, tmp_path / "run", cfg, stages=parse_stages("geometry"), **QUIET)
+    geo = res["geometry"]
+    assert geo["depth_source"] == "stereo" and geo["depth_frames"] == 4
+    assert geo["test_depth_optimized"]["median_m"] < 0.6 * geo["test_depth_template"]["median_m"]
+    assert "test_depth_note" not in geo
+
+
+def test_geometry_stage_stereo_only_scene_says_depth_error_not_measured(tmp_path):
+    scene = _stereo_scene(tmp_path, test_lidar=False)
+    cfg = TrainConfig(shape_decoder="template", voxel_size=0.5, coarse_voxel_size=0.0,
+                      geometry_steps=3, steps=1, **FAST)
+    lines = []
+    res = train(scene, tmp_path / "run", cfg, stages=parse_stages("geometry"), progress=False, log=lines.append)
+    geo = res["geometry"]
+    assert geo["depth_source"] == "stereo"
+    assert geo["test_depth_template"] is None and geo["test_depth_optimized"] is None
+    assert "no held-out frame has LiDAR depth" in geo["test_depth_note"]
+    assert any("held-out depth error vs LiDAR: not measured" in str(ln) for ln in lines)
+    assert any("stereo depth of 4 training frames" in str(ln) for ln in lines)
 
 
 def test_parse_stages():
     assert parse_stages("radiance,geometry") == ("geometry", "radiance")
     with pytest.raises(ValueError, match="unknown"):
         parse_stages("geometry,colour")
+
+
+def test_dnmp_train_runs_the_geometry_stage_on_a_stereo_only_scene(tmp_path, capsys):
+    """`dnmp train` no longer skips the geometry stage when the scene has stereo
+    depth images but no LiDAR."""
+    from dnmp.cli import main
+
+    scene = _stereo_scene(tmp_path, test_lidar=False)
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text('shape_decoder = "template"\nvoxel_size = 0.5\ncoarse_voxel_size = 0.0\ngeometry_steps = 3\n'
+                   "geometry_window = 16\ngeometry_windows = 2\nsteps = 2\nbatch_size = 256\nhidden = 16\n"
+                   "feature_dim = 4\n")
+    assert main(["train", str(scene.root), "--out", str(tmp_path / "run"), "--config", str(cfg), "--quiet"]) == 0
+    assert "skipping the geometry stage" not in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "geometry.pt").is_file()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["geometry"]["depth_source"] == "stereo" and "test_depth_note" in m["geometry"]
