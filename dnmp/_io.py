@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 TMP_PREFIX = ".tmp_"
-_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.Tensor, torch.Size)
+_PLAIN_SCALARS = (str, int, float, bool, type(None))  # exact types: np.float64 is a float subclass
 
 
 class UnsafeFileError(ValueError):
@@ -28,15 +29,15 @@ class UnsafeFileError(ValueError):
 def check_plain(obj, where: str = "") -> None:
     """Raise TypeError naming the key path of the first value that `load_plain` could not
     read back (anything but tensors, numbers, strings, None, dict/list/tuple)."""
-    if isinstance(obj, _PLAIN_SCALARS):
+    if type(obj) in _PLAIN_SCALARS or isinstance(obj, (torch.Tensor, torch.Size)):
         return
-    if isinstance(obj, (dict, OrderedDict)):
+    if type(obj) in (dict, OrderedDict):
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
                 raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} is not plain data")
             check_plain(v, f"{where}/{k}")
         return
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):
         for i, v in enumerate(obj):
             check_plain(v, f"{where}[{i}]")
         return
@@ -50,16 +51,18 @@ def load_plain(path: str | Path):
     Raises:
         UnsafeFileError: one line naming `path`, when the file holds other Python
             objects (it may have been crafted to run code; it is not unpickled).
-        Other exceptions of torch.load (corrupt or truncated file) pass through.
+        pickle.UnpicklingError and the other exceptions of torch.load: a corrupt or
+            truncated file.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise
-        raise UnsafeFileError(f"{path}: refused to load: the file holds Python objects other than "
-                              f"tensors and plain data (unpickling it could run code); dnmp "
-                              f"never opens such files") from None
+        found = re.search(r"unsupported (?:global|class)\s+(?:GLOBAL\s+)?([\w.]+)", str(exc), re.I)
+        if found is None:  # junk bytes ("Unsupported operand"): a corrupt file, not a crafted one
+            raise pickle.UnpicklingError("corrupt, truncated or not a torch file") from None
+        raise UnsafeFileError(f"{path}: refused to load: the file holds the Python object "
+                              f"{found.group(1)}, not only tensors and plain data (unpickling it "
+                              f"could run code)") from None
 
 
 def _enospc(exc: BaseException) -> bool:

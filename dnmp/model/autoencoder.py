@@ -168,8 +168,12 @@ def _read_weights(path) -> tuple[Path, dict]:
                 "`dnmp train-autoencoder --out dnmp/model/weights/shape_autoencoder.pt`)"
                 if path == DEFAULT_WEIGHTS else "")
         raise ShapeWeightsError(path, "shape auto-encoder weights file not found" + hint)
+    from .._io import UnsafeFileError, load_plain
+
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_plain(path)  # torch.load(weights_only=True): a crafted pickle is refused
+    except UnsafeFileError as exc:
+        raise ShapeWeightsError(path, str(exc).split(": ", 1)[1]) from None
     except Exception as exc:  # pickle / zip errors of every kind: report, do not leak a traceback
         raise ShapeWeightsError(path, f"unreadable weights file ({type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

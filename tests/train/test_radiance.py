@@ -82,7 +82,7 @@ def test_resume_refuses_checkpoint_of_another_scene(tiny_scene, make_scene, tmp_
         train_radiance(other, out, None, resume=True, progress=False, log=lambda *a: None)
 
 
-def test_learning_rate_decay_ends_at_the_last_step_or_the_budget():
+def test_learning_rate_decay_follows_steps_only():
     from dnmp.train.radiance import _set_lr
 
     cfg = TrainConfig(steps=100, lr_features=1.0, lr_mlp=0.5, lr_final_factor=0.01)
@@ -93,7 +93,9 @@ def test_learning_rate_decay_ends_at_the_last_step_or_the_budget():
     assert lr() == pytest.approx((1.0, 0.5))
     _set_lr(opts, cfg, 50)
     assert lr() == pytest.approx((0.1, 0.05))  # 0.01 ** 0.5
-    _set_lr(opts, cfg, 10, time_fraction=1.0)  # budget used up before the last step
+    _set_lr(opts, cfg, 100)
     assert lr() == pytest.approx((0.01, 0.005))
-    _set_lr(opts, cfg, 100, time_fraction=0.2)
+    _set_lr(opts, cfg, 150)  # --resume --steps may shorten a run past its step: stays at the end
     assert lr() == pytest.approx((0.01, 0.005))
+    with pytest.raises(TypeError):  # no clock input: the decay cannot depend on machine load
+        _set_lr(opts, cfg, 10, time_fraction=1.0)
