@@ -38,6 +38,62 @@ def vertex_colours(field, features: torch.Tensor, normals: torch.Tensor,
     return out
 
 
+def write_glb(path: str | Path, verts: np.ndarray, faces: np.ndarray, normals: np.ndarray,
+              colours: np.ndarray | None = None) -> None:
+    """Write a triangle mesh as binary glTF 2.0 (.glb): a JSON chunk and one BIN chunk
+    holding uint32 indices, float32 positions, normals and optional RGB colours, with
+    each accessor's exact min/max.
+
+    open3d 0.x writes .glb files with the data in a base64 URI instead of the BIN chunk
+    and an index `max` of count - 1, which its own reader (assimp) refuses; this writer
+    is read back by open3d and other glTF readers.
+
+    Args: verts float [V, 3] (metres), faces int [F, 3] (vertex indices), normals
+        float [V, 3], colours float [V, 3] in [0, 1] or None.
+    Raises: ValueError for mismatched shapes or out-of-range indices; OSError from writing.
+    """
+    import json
+    import struct
+
+    verts = np.ascontiguousarray(verts, np.float32).reshape(-1, 3)
+    normals = np.ascontiguousarray(normals, np.float32).reshape(-1, 3)
+    idx = np.ascontiguousarray(faces, np.uint32).reshape(-1)
+    if normals.shape != verts.shape or (colours is not None and np.shape(colours) != verts.shape):
+        raise ValueError(f"{path}: normals/colours must have the vertices' shape {verts.shape}")
+    if idx.size and int(idx.max()) >= len(verts):
+        raise ValueError(f"{path}: face index {int(idx.max())} out of range for {len(verts)} vertices")
+    arrays = [(idx, "SCALAR", 5125, 34963), (verts, "VEC3", 5126, 34962), (normals, "VEC3", 5126, 34962)]
+    if colours is not None:
+        arrays.append((np.ascontiguousarray(colours, np.float32).reshape(-1, 3), "VEC3", 5126, 34962))
+    views, accessors, blobs, offset = [], [], [], 0
+    for i, (a, kind, ctype, target) in enumerate(arrays):
+        data = a.tobytes()
+        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": target})
+        acc = {"bufferView": i, "componentType": ctype, "count": len(a), "type": kind}
+        if len(a):
+            flat = a.reshape(len(a), -1)
+            cast = int if kind == "SCALAR" else float
+            acc["min"] = [cast(v) for v in flat.min(0)]
+            acc["max"] = [cast(v) for v in flat.max(0)]
+        accessors.append(acc)
+        blobs.append(data)
+        offset += len(data)  # every component is 4 bytes: views stay 4-byte aligned
+    attributes = {"POSITION": 1, "NORMAL": 2, **({"COLOR_0": 3} if colours is not None else {})}
+    doc = {"asset": {"version": "2.0", "generator": "dnmp"}, "scene": 0,
+           "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+           "meshes": [{"primitives": [{"attributes": attributes, "indices": 0, "mode": 4}]}],
+           "buffers": [{"byteLength": offset}], "bufferViews": views, "accessors": accessors}
+    js = json.dumps(doc, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 4)
+    binary = b"".join(blobs)
+    binary += b"\0" * (-len(binary) % 4)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<4sII", b"glTF", 2, total))
+        fh.write(struct.pack("<I4s", len(js), b"JSON") + js)
+        fh.write(struct.pack("<I4s", len(binary), b"BIN\0") + binary)
+
+
 @torch.no_grad()
 def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
                 scales: list[int] | None = None) -> dict:
@@ -87,7 +143,12 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
-        ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=colour)
+        if path.suffix.lower() == ".glb":  # open3d's own .glb cannot be read back (see write_glb)
+            write_glb(tmp, np.asarray(mesh.vertices), np.asarray(mesh.triangles),
+                      np.asarray(mesh.vertex_normals), np.asarray(mesh.vertex_colors) if colour else None)
+            ok = True
+        else:
+            ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=colour)
         if not ok or not tmp.is_file():
             raise OSError(f"{path}: open3d could not write the mesh (disk full?)")
         os.replace(tmp, path)

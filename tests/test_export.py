@@ -58,3 +58,17 @@ def test_export_one_scale_and_errors(renderer, tmp_path):
     with pytest.raises(ValueError, match="do not exist"):
         export_mesh(renderer, tmp_path / "m.ply", scales=[2])
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_glb_export_reads_back_in_open3d(renderer, tmp_path):
+    prims = renderer.primitives
+    info = export_mesh(renderer, tmp_path / "m.glb", colour=True)
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / "m.glb"))
+    v, f = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    assert v.shape == (info["vertices"], 3) == (prims.num_primitives * 42, 3)
+    assert f.shape == (info["faces"], 3) == (prims.num_faces, 3)
+    # the reader may reorder vertices: compare the triangles' corner coordinates as sets
+    ref_v = prims.vertices().detach().double().numpy()
+    corners = lambda verts, tris: np.sort(np.round(verts[tris].reshape(len(tris), 9), 4), axis=0)
+    np.testing.assert_allclose(corners(v, f), corners(ref_v, prims.faces.numpy()), atol=2e-4)
+    assert mesh.has_vertex_colors() and np.asarray(mesh.vertex_colors).max() <= 1

@@ -389,6 +389,18 @@ def _require(d: dict, keys: Iterable[str], where, ctx: str):
         raise SceneError(where, f"{ctx} is missing key(s) {', '.join(missing)}")
 
 
+def _check_misspelled_keys(data: dict, where) -> None:
+    """SceneError for a top-level key that looks like a misspelled known one (e.g.
+    "point_cloud"): its content would be ignored silently. Other extra keys are allowed."""
+    import difflib
+
+    known = ("format", "version", "name", "source", "world_offset", "cameras", "frames", "point_clouds")
+    for key in data:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+        if key not in known and close and close[0] not in data:
+            raise SceneError(where, f"unknown key {key!r}; did you mean {close[0]!r}?")
+
+
 # ----------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------
@@ -429,8 +441,12 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
             f"unknown scene format version {version!r}; this dnmp reads version {FORMAT_VERSION}",
         )
     _require(data, ["name", "cameras", "frames"], jpath, "scene")
+    _check_misspelled_keys(data, jpath)
     source = data.get("source", {}) or {}
-    world_offset = np.asarray(data.get("world_offset", [0.0, 0.0, 0.0]), dtype=np.float64)
+    try:
+        world_offset = np.asarray(data.get("world_offset", [0.0, 0.0, 0.0]), dtype=np.float64)
+    except (TypeError, ValueError):  # e.g. "abc": reported below, naming the file
+        world_offset = np.full(1, np.nan)
     if world_offset.shape != (3,) or not np.all(np.isfinite(world_offset)):
         raise SceneError(jpath, f"world_offset must be 3 finite numbers, got {data.get('world_offset')!r}")
 
