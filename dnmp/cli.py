@@ -151,14 +151,14 @@ def cmd_profile(args) -> int:
         cfg = load_config(args.config)
         renderer = build_renderer(scene_centres(scene, cfg), cfg)
         source = "untrained model with default config (timing does not depend on weights)"
-    if args.faces_per_pixel:
-        renderer.config.faces_per_pixel = args.faces_per_pixel
     frames = scene.frames_by_split("test") or scene.frames
     frame = frames[0]
     if args.checkpoint:
         renderer = run.model_for(frame)  # a block run: the block that renders this frame
         if run.blocks > 1:
             source = f"{args.checkpoint} (the block that renders frame {frame.name}, of {run.blocks})"
+    if args.faces_per_pixel:  # after the renderer is chosen (bounded by the parser)
+        renderer.config.faces_per_pixel = args.faces_per_pixel
     cam = scene.camera_of(frame)
     res = profile_renderer(renderer, cam.intrinsics(as_tensor=True),
                            torch.from_numpy(frame.cam_to_world), cam.height, cam.width,
