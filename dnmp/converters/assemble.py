@@ -9,7 +9,9 @@ converter does the same way (DESIGN.md): recentre on ``world_offset`` (the mean
 camera centre), undistort (when asked) and downscale the images, write sparse
 per-frame depth from each frame's own scan, fuse the scans (crop to what the
 frames see, voxel down-sampling + outlier removal), run the projection sanity
-check, write scene.json, print the summary and draw overview.png.
+check, write scene.json, print the summary and draw overview.png. Before the
+heavy work it prints the expected training memory and time
+(:func:`dnmp.converters.common.training_estimate`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dnmp.converters.common import (  # noqa: F401  (as_rgb8: re-exported)
     projection_sanity,
     read_image_native,
     recentre,
+    training_estimate,
     transform,
     undistort_image,
     write_frame_depth,
@@ -148,6 +151,10 @@ def assemble_scene(
     world_offset, shift = recentre([f.cam_to_world[:3, 3] for f in frames])
     t0 = min(f.timestamp for f in frames)
     out_cams = output_cameras(cameras, downscale)
+    along = sorted((f for f in frames if f.camera == (ref_camera or frames[0].camera)), key=lambda f: f.timestamp)
+    estimate = training_estimate([(out_cams[f.camera].width * out_cams[f.camera].height, f.split) for f in frames],
+                                 [f.cam_to_world[:3, 3] for f in along], lidar=bool(scans))
+    log(estimate["line"])
 
     out_frames = []
     for pf in progress(frames, quiet, desc="images", unit="img"):
@@ -185,7 +192,7 @@ def assemble_scene(
 
     report = dict(report or {})
     report.update({"downscale": downscale, "max_depth": max_depth, "voxel": voxel,
-                   "undistorted": sorted(distortion), "first_timestamp": t0})
+                   "undistorted": sorted(distortion), "first_timestamp": t0, "training_estimate": estimate})
     point_clouds = []
     probe_clouds = []
 

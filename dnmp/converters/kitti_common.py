@@ -529,7 +529,8 @@ def write_drive_scene(
     fmt = f"{{:0{digits}d}}"
     estimate = training_estimate(
         [(out_cams[p.camera].width * out_cams[p.camera].height, p.split) for p in plan],
-        [p.cam_to_world[:3, 3] for p in plan if p.camera == held_out_cam])
+        [p.cam_to_world[:3, 3] for p in plan if p.camera == held_out_cam],
+        lidar=scans is not None or extra_points is not None)
     log(estimate["line"])
 
     frames, images_full = [], {}

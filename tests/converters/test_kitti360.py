@@ -277,3 +277,19 @@ def test_fisheye_refused(k360, tmp_path, capsys):
 
 def test_preset_window_out_of_range(k360, tmp_path, capsys):
     expect_cli_error(capsys, k360, tmp_path / "o", "--window 1..5", extra=("--preset", "dnmp-paper", "--window", "9"))
+
+
+def test_window_start_len_and_stride(k360, tmp_path):
+    """--window START:LEN (any drive, like the other KITTI converters) and --stride N:
+    frames 1..6 that have a pose (5 has none), every 2nd, alternate train/test."""
+    s = convert(k360, tmp_path / "o", window="1:6", stride=2, lidar=False, sanity=False)
+    left = sorted((f.name, f.split) for f in s.frames if f.camera == "image_00")
+    assert left == [(f"image_00/{1:010d}", "train"), (f"image_00/{3:010d}", "test"), (f"image_00/{6:010d}", "train")]
+    assert s.source["frames"] == [1, 6] and s.source["stride"] == 2
+    # without a stride the paper's parity (of the frame index) is kept
+    s1 = convert(k360, tmp_path / "o1", window="1:6", lidar=False, sanity=False)
+    assert s1.frame(f"image_00/{2:010d}").split == "train" and s1.frame(f"image_00/{1:010d}").split == "test"
+
+
+def test_preset_window_must_be_a_number(k360, tmp_path, capsys):
+    expect_cli_error(capsys, k360, tmp_path / "o", "a window number", extra=("--preset", "dnmp-paper", "--window", "1:80"))

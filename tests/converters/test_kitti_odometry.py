@@ -306,3 +306,43 @@ def test_real_kitti00(tmp_path):
     assert 6.4 < travelled < 7.0  # SemanticKITTI/ICP: 6.7 m (README)
     # the car drives along +z of the world (camera 0 of frame 0)
     assert c[-1, 2] - c[0, 2] > 6.0
+
+
+# --- choices for long drives -------------------------------------------------
+
+
+def test_stride_keeps_every_nth_frame_before_the_split(tmp_path):
+    root = write_kitti(tmp_path / "k", n=8)
+    s = convert(root, tmp_path / "o", stride=2, sanity=False)  # the synthetic wall has no ground
+    left = sorted((f.name, f.split) for f in s.frames if f.camera == "image_2")
+    # frames 0, 2, 4, 6 are kept; they alternate train / test along the kept frames
+    assert left == [("image_2/000000", "train"), ("image_2/000002", "test"),
+                    ("image_2/000004", "train"), ("image_2/000006", "test")]
+    assert sorted(f.name for f in s.frames if f.camera == "image_3") == ["image_3/000000", "image_3/000004"]
+    assert [f.timestamp for f in s.frames if f.camera == "image_2"] == pytest.approx([0, 0.2, 0.4, 0.6])
+    assert s.source["stride"] == 2
+    # the LiDAR depth of a kept frame is still its own scan: frame 4 is 2 m closer to the wall
+    dep = s.load_depth(s.frame("image_2/000004"))
+    assert np.median(dep[dep > 0]) == pytest.approx(15.0 - 2.0 + B[2][2], abs=0.1)
+
+
+def test_window_start_len(tmp_path):
+    root = write_kitti(tmp_path / "k", n=8)
+    s = convert(root, tmp_path / "o", window="3:4", sanity=False)
+    assert sorted(f.name for f in s.frames if f.camera == "image_2") == [f"image_2/00000{i}" for i in (3, 4, 5, 6)]
+    assert s.frame("image_2/000003").split == "train" and s.frame("image_2/000004").split == "test"
+    assert s.source["frames"] == [3, 6]
+    s2 = convert(root, tmp_path / "o2", window="3:4", stride=2, sanity=False)
+    assert sorted(f.name for f in s2.frames_by_split("train")) == ["image_2/000003", "image_3/000003"]
+    assert [f.name for f in s2.frames_by_split("test")] == ["image_2/000005"]
+
+
+def test_dispatcher_picks_the_grey_pair(tmp_path):
+    """`dnmp convert kitti` on an odometry root without colour images: no --cameras needed."""
+    from dnmp.converters.kitti import main as kitti_main
+
+    root = write_kitti(tmp_path / "k", cams=(0, 1), grey=True)
+    assert kitti_main([str(root), "--out", str(tmp_path / "o"), "--quiet", "--no-stereo", "--voxel", "0"]) == 0
+    s = load_scene(tmp_path / "o")
+    assert set(s.cameras) == {"image_0", "image_1"} and s.cameras["image_0"].channels == 1
+    assert s.point_kinds() == ["lidar"]  # velodyne/ and Tr present: LiDAR as usual

@@ -352,6 +352,11 @@ def test_bundled_scene_loads_and_decodes():
     assert (BUNDLED / "LICENSE.md").is_file()
     size = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
     assert size < 60e6
+    # LiDAR depth on every frame; stereo depth (both cameras) on the training frames only
+    assert all(f.depth is not None for f in s.frames)
+    assert [f.name for f in s.frames if f.stereo_depth] == [f.name for f in s.frames_by_split("train")]
+    d = s.load_depth(s.frame("image_2/000000"), "stereo")
+    assert (d > 0).mean() > 0.2 and np.median(d[d > 0]) < 25.0
 
 
 def test_truncated_ply_is_refused(tmp_path):
@@ -373,3 +378,86 @@ def test_truncated_ply_is_refused(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"hello")
     with pytest.raises(SceneError, match="not a PLY file"):
         read_ply_points(tmp_path / "junk.ply")
+
+
+# --- grayscale cameras and stereo depth images ---------------------------------------
+
+
+def test_grayscale_camera_round_trip(scene_dir):
+    def grey(d):
+        d["cameras"]["left"]["channels"] = 1
+    edit_json(scene_dir, grey)
+    for p in (scene_dir / "images" / "left").iterdir():
+        iio.imwrite(p, np.full((15, 21), 77, np.uint8))
+    s = load_scene(scene_dir, check_images=True)
+    assert s.cameras["left"].channels == 1 and s.cameras["right"].channels == 3
+    img = s.load_image(s.frame("left/000000"))
+    assert img.shape == (15, 21, 3) and np.all(img == np.float32(77 / 255))
+    # written back: only the grayscale camera carries the key (RGB scenes' json is unchanged)
+    s.save(scene_dir)
+    cams = json.loads((scene_dir / "scene.json").read_text())["cameras"]
+    assert cams["left"]["channels"] == 1 and "channels" not in cams["right"]
+    small = downscale_scene(scene_dir, scene_dir.parent / "small", 3)
+    assert small.cameras["left"].channels == 1
+    assert iio.imread(small.frame("left/000000").image_path).shape == (5, 7)
+
+
+def test_grayscale_camera_refuses_a_colour_image(scene_dir):
+    edit_json(scene_dir, lambda d: d["cameras"]["left"].update(channels=1))
+    s = load_scene(scene_dir)
+    with pytest.raises(SceneError, match="is grayscale") as e:
+        s.load_image(s.frame("left/000000"))
+    assert_one_line_naming(e, scene_dir / "images" / "left" / "000000.png")
+
+
+@pytest.mark.parametrize("bad", [2, 4, "1", True])
+def test_bad_channels(scene_dir, bad):
+    edit_json(scene_dir, lambda d: d["cameras"]["left"].update(channels=bad))
+    with pytest.raises(SceneError, match="channels") as e:
+        load_scene(scene_dir)
+    assert_one_line_naming(e, scene_dir / "scene.json")
+
+
+def _add_stereo_depth(root: Path):
+    d = np.zeros((15, 21), np.float32)
+    d[2:10, 3:15] = 7.5
+    def add(j):
+        for f in j["frames"]:
+            if f["split"] == "train":
+                f["stereo_depth"] = "depth_stereo/" + f["name"] + ".png"
+                write_depth_png(root / f["stereo_depth"], d)
+    edit_json(root, add)
+
+
+def test_stereo_depth_field(scene_dir, tmp_path):
+    _add_stereo_depth(scene_dir)
+    s = load_scene(scene_dir, check_images=True)
+    f = s.frame("left/000000")
+    assert f.stereo_depth == "depth_stereo/left/000000.png"
+    assert s.depth_kinds("train") == ["lidar", "stereo"] and s.depth_kinds("test") == ["lidar"]
+    st = s.load_depth(f, "stereo")
+    assert st[5, 5] == 7.5 and st[0, 0] == 0 and (st > 0).sum() == 96
+    assert s.load_depth(f)[3, 4] == 12.5  # the default kind stays LiDAR
+    with pytest.raises(SceneError, match="has no stereo depth image"):
+        s.load_depth(s.frame("left/000001"), "stereo")
+    fp = s.fingerprint()
+    # like LiDAR depth, stereo depth is not part of the scene's identity
+    edit_json(scene_dir, lambda j: [fr.pop("stereo_depth", None) for fr in j["frames"]])
+    assert load_scene(scene_dir).fingerprint() == fp
+    _add_stereo_depth(scene_dir)
+    small = downscale_scene(scene_dir, tmp_path / "small", 3)
+    assert small.load_depth(small.frame("left/000000"), "stereo").shape == (5, 7)
+
+
+def test_stereo_depth_missing_or_wrong_size(scene_dir):
+    _add_stereo_depth(scene_dir)
+    p = scene_dir / "depth_stereo" / "right" / "000002.png"
+    write_depth_png(p, np.ones((4, 4)))
+    s = load_scene(scene_dir)
+    with pytest.raises(SceneError, match="depth size mismatch") as e:
+        s.check_files()
+    assert_one_line_naming(e, p)
+    p.unlink()
+    with pytest.raises(SceneError, match="stereo depth file") as e:
+        load_scene(scene_dir)
+    assert_one_line_naming(e, p)
