@@ -55,6 +55,9 @@ class TrainConfig:
         w_offset: weight of the hinge keeping offsets within half a voxel.
         geometry_refresh_every: steps between re-rasterizations of the training
             frames that decide which primitives each window sees.
+        geometry_pool_frames: windows are drawn from at most this many training frames
+            at a time; each refresh moves to the next ones of a seeded cyclic order, so
+            the stage's memory and refresh time do not grow with the drive.
     Optimisation (radiance stage: geometry fixed, fragments cached):
         steps: Adam steps; batch_size: random rays per step.
         cache_pixels: the fragments of at most this many training pixels are cached at a
@@ -107,6 +110,7 @@ class TrainConfig:
     w_normal: float = 0.01
     w_offset: float = 100.0
     geometry_refresh_every: int = 100
+    geometry_pool_frames: int = 16
     near: float = 0.05
     far: float = 1e4
     steps: int = 4000
@@ -176,6 +180,7 @@ class TrainConfig:
             (min(self.w_laplacian, self.w_normal, self.w_offset) >= 0,
              "regulariser weights must be >= 0"),
             (self.geometry_refresh_every >= 1, "geometry_refresh_every must be >= 1"),
+            (self.geometry_pool_frames >= 1, "geometry_pool_frames must be >= 1"),
             (self.shape_decoder != "", "shape_decoder must be 'pretrained', 'template' or a path"),
             (0 < self.near < self.far, "need 0 < near < far"),
             (self.steps >= 0, "steps must be >= 0"),

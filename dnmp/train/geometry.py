@@ -147,9 +147,10 @@ class GeometryFitter:
         self.prims = prims = renderer.primitives
         self.kind = kind = geometry_depth_kind(scene, cfg.geometry_depth)
         frames = [f for f in scene.frames_by_split("train") if f.depth_file(kind) is not None]
-        self.data = [d for d in (_FrameDepth(scene, f, cfg.depth_max_range, kind) for f in frames)
-                     if len(d.pixels)]
-        if not self.data:
+        # frames with depth pixels in range (each image read once here, not kept)
+        self.frames = [f for f in frames if _FrameDepth(scene, f, cfg.depth_max_range, kind).pixels.numel()]
+        self.scene = scene
+        if not self.frames:
             what = "LiDAR" if kind == "lidar" else "stereo"
             raise ValueError(f"{scene.root}: no training frame has {what} depth within "
                              f"{cfg.depth_max_range} m; the geometry stage needs it "
@@ -158,14 +159,30 @@ class GeometryFitter:
         self.lat_opt = torch.optim.SparseAdam([prims.latents], lr=cfg.geometry_lr_latent)
         self.off_opt = torch.optim.SparseAdam([prims.offsets], lr=cfg.geometry_lr_offset)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.visible: list[list[torch.Tensor]] = []  # [scale][frame] -> int64 [H, W]
+        # Windows come from a pool of at most geometry_pool_frames frames, the next ones of
+        # a seeded cyclic order at every refresh, so memory and refresh time do not grow
+        # with the drive (a drive that fits is pooled whole, in order).
+        n = len(self.frames)
+        self.pool_size = min(cfg.geometry_pool_frames, n)
+        self.order = (torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+                      if self.pool_size < n else list(range(n)))
+        self.refreshes = 0
+        self.data: list[_FrameDepth] = []  # the pool
+        self.visible: list[list[torch.Tensor]] = []  # [scale][pool frame] -> int32 [H, W]
         prims.latents.requires_grad_(True)
         prims.offsets.requires_grad_(True)
 
     def refresh(self) -> None:
-        """Rasterize every training frame with the current shapes (layer 0 per scale)
-        to know which primitive each pixel sees."""
+        """Move the pool to its next frames and rasterize them with the current shapes
+        (layer 0 per scale) to know which primitive each pixel sees."""
         per_face = self.prims.faces_per_primitive
+        n, r = len(self.frames), self.refreshes
+        wanted = [self.order[(r * self.pool_size + i) % n] for i in range(self.pool_size)]
+        loaded = {id(d.frame): d for d in self.data}
+        self.data = [loaded.get(id(self.frames[i])) or
+                     _FrameDepth(self.scene, self.frames[i], self.cfg.depth_max_range, self.kind)
+                     for i in wanted]
+        self.refreshes += 1
         self.visible.clear()
         self.renderer.refresh_geometry()
         for s in self.scales:
@@ -174,7 +191,7 @@ class GeometryFitter:
                 frags = self.renderer.rasterize_scale(s, d.intrinsics, d.world_to_cam,
                                                       (d.height, d.width), faces_per_pixel=1)
                 p2f = frags.pix_to_face[0, ..., 0]
-                per_frame.append(torch.where(p2f >= 0, p2f // per_face, p2f))
+                per_frame.append(torch.where(p2f >= 0, p2f // per_face, p2f).to(torch.int32))
             self.visible.append(per_frame)
 
     def step(self) -> float | None:
@@ -200,7 +217,7 @@ class GeometryFitter:
                     rows = topleft[:, :1, None] + torch.arange(h).view(1, h, 1)
                     cols = topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)
                     seen = self.visible[s][f][rows, cols]  # [n, h, w]
-                    idx = torch.unique(seen[seen >= 0])
+                    idx = torch.unique(seen[seen >= 0]).long()
                     if idx.numel() == 0:
                         continue
                     touched.append(idx)
@@ -252,7 +269,9 @@ def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progr
     prims = renderer.primitives
     fitter = GeometryFitter(renderer, scene, cfg)
     log(f"geometry stage: fitting to the {'LiDAR' if fitter.kind == 'lidar' else 'stereo'} depth of "
-        f"{len(fitter.data)} training frames")
+        f"{len(fitter.frames)} training frames"
+        + (f" (windows from {fitter.pool_size} of them at a time, the next ones every "
+           f"{cfg.geometry_refresh_every} steps)" if fitter.pool_size < len(fitter.frames) else ""))
     t0 = time.time()
     running = None
     bar = tqdm(total=cfg.geometry_steps, desc="geometry", disable=not progress,
@@ -278,4 +297,5 @@ def train_geometry(renderer: DNMPRenderer, scene: Scene, cfg: TrainConfig, progr
     seconds = time.time() - t0
     return {"steps": cfg.geometry_steps, "seconds": round(seconds, 1),
             "ms_per_step": round(1000 * seconds / max(1, cfg.geometry_steps), 1),
-            "loss_depth_l1_m": running, "depth_source": fitter.kind, "depth_frames": len(fitter.data)}
+            "loss_depth_l1_m": running, "depth_source": fitter.kind, "depth_frames": len(fitter.frames),
+            "pool_frames": fitter.pool_size}
