@@ -402,13 +402,15 @@ def scan_agreement(
     fail_below: float = 0.3,
     where="scan agreement check",
     verbose: bool = True,
+    what: str = "scans",
 ) -> dict:
     """Multi-scan pose check: for each frame, z-buffer its own scan (``own[k]``,
     world points) and all the other scans (``others[k]``) into it, and measure
     the fraction of pixels seen by both whose depths agree within ``rel_tol``.
     Correct poses give ~0.9 on KITTI; inverted or wrong poses put the other
     scans' surfaces at other depths. Prints a warning below ``warn_below`` and
-    raises ConversionError when the mean is below ``fail_below``."""
+    raises ConversionError when the mean is below ``fail_below``. ``what`` names
+    the clouds in the printed lines (e.g. "stereo pairs")."""
     per = []
     for f, a, b in zip(frames, own, others):
         cam = cameras[f.camera]
@@ -420,7 +422,7 @@ def scan_agreement(
         med = float(np.median(rel)) if m.any() else float("nan")
         per.append((f.name, frac, int(m.sum()), med))
         if verbose:
-            print(f"  scans agree {f.name}: {100 * frac:.1f}% of {int(m.sum())} shared pixels within "
+            print(f"  {what} agree {f.name}: {100 * frac:.1f}% of {int(m.sum())} shared pixels within "
                   f"{100 * rel_tol:.0f}% (median {100 * med:.1f}%)")
     mean = float(np.mean([p[1] for p in per])) if per else 0.0
     if per and mean < fail_below:
@@ -651,10 +653,11 @@ def run_cli(fn: Callable[[], object]) -> int:
 # go stale but stay the right order of magnitude (it is an estimate).
 EST_BASE_BYTES = 0.45e9  # resident python + torch + open3d + dnmp before any data (measured 0.41 GB)
 EST_CACHE_PIXELS = 6_000_000  # TrainConfig.cache_pixels: at most this many training pixels cached
-EST_BYTES_PER_CACHED_PIXEL = 80  # cached fragments of one pixel (K = 4 + 2 layers), radiance stage
-EST_BYTES_PER_PRIMITIVE = 19_000  # 42 vertices x 32 float32 features (5.4 KB) + 2 Adam moments (10.8 KB),
-#                                   80 faces (1.9 KB int64), vertices, latent; geometry.pt of the bundled
-#                                   scene: 7.2 KB per primitive without the moments (README)
+EST_BYTES_PER_CACHED_PIXEL = 75  # cached fragments of one pixel (K = 4 + 2 layers; train/frame_pool.py)
+EST_BYTES_PER_PRIMITIVE = 19_000  # 42 vertices x 32 float32 features (5.4 KB) + 2 Adam moments (10.8 KB)
+#                                   + 80 faces (1.9 KB int64) + vertices, latent. Measured: the bundled
+#                                   scene's geometry.pt is 141 MB for 25,959 primitives (5.4 KB each),
+#                                   with the moments a radiance checkpoint 0.42 GB (16.2 KB each)
 # Primitives (0.25 m fine + 1.0 m coarse voxels) grow with the metres driven, plus what the
 # first frames see ahead: kitti_gray_51 (stereo points to 25 m) has 40.7k over 51.8 m, the
 # bundled scene (LiDAR to 80 m + stereo) 26.0k over 6.7 m.

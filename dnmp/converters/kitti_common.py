@@ -695,7 +695,7 @@ def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fm
                   for k in picks]
         log("pose check (stereo points of neighbouring pairs, no LiDAR):")
         agr = scan_agreement(chk, out_cams, [pts[k] for k in picks], others, stereo_max_depth, warn_below=0.5,
-                             where=pose_path, verbose=not quiet)
+                             where=pose_path, verbose=not quiet, what="stereo pairs")
         report["stereo_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
     allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0
     xyz, rgb = clean_points(allp, allc, voxel=voxel, nb_neighbors=outlier_neighbors)
