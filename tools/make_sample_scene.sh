@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the bundled scene scenes/kitti00 from ../shared/data/kitti_odometry_00
 # (KITTI odometry sequence 00, frames 0-9, SemanticKITTI poses, both colour
-# cameras at full resolution, LiDAR + SGBM stereo points).
+# cameras at full resolution, LiDAR + SGBM stereo points, LiDAR depth images of every
+# frame and stereo depth images of the training frames).
 # Usage (from the repository root): tools/make_sample_scene.sh [DATA_ROOT]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,9 +13,11 @@ FORMATS = {
     "kitti": ("dnmp.converters.kitti",
               "KITTI raw (<date>/<date>_drive_NNNN_sync, OXTS poses) or odometry (sequences/), auto-detected"),
     "kitti-odometry": ("dnmp.converters.kitti_odometry",
-                       "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt"),
+                       "KITTI odometry benchmark: sequences/XX, calib.txt, times.txt, poses/XX.txt; colour or "
+                       "grayscale pair, LiDAR or stereo only (picked from what is there)"),
     "kitti360": ("dnmp.converters.kitti360",
-                 "KITTI-360: data_2d_raw/, data_poses/, calibration/, data_3d_raw/ (DNMP paper windows: --preset)"),
+                 "KITTI-360: data_2d_raw/, data_poses/, calibration/, data_3d_raw/ (DNMP paper windows: --preset "
+                 "dnmp-paper --window N, or --window START:LEN)"),
     "dgp": ("dnmp.converters.dgp",
             "DGP format (DDAD, TRI): scene_dataset_v1.0.json, scene_*.json, calibration/, rgb/, point_cloud/"),
     "colmap": ("dnmp.converters.colmap",

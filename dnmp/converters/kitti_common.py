@@ -755,7 +755,8 @@ def add_drive_options(p: argparse.ArgumentParser, default_cameras: str | None, r
                    help="statistical outlier removal neighbours, 0 = off (20)")
     p.add_argument("--no-stereo", action="store_true", help="skip SGBM stereo points")
     p.add_argument("--no-lidar", action="store_true", help="skip LiDAR points and depth")
-    p.add_argument("--no-depth", action="store_true", help="skip per-frame sparse depth images")
+    p.add_argument("--no-depth", action="store_true",
+                   help="skip the per-frame depth images (LiDAR depth/ and stereo depth_stereo/)")
     p.add_argument("--no-sanity", action="store_true", help="skip the LiDAR projection sanity check")
     p.add_argument("--name", default=None, help="scene name")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output scene")
