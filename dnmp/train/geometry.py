@@ -48,8 +48,8 @@ def geometry_depth_kind(scene: Scene, setting: str = "auto") -> str:
     kinds = scene.depth_kinds("train")
     if setting == "auto":
         if not kinds:
-            raise ValueError(f"{scene.root}: no training frame has a depth image (LiDAR `depth` or stereo "
-                             f"`stereo_depth`); the geometry stage needs one (use --stages radiance)")
+            raise ValueError(f"{scene.root}: no training frame has LiDAR depth or stereo depth images (frame "
+                             f"fields `depth`, `stereo_depth`); the geometry stage needs one (use --stages radiance)")
         return kinds[0]  # "lidar" first
     if setting not in ("lidar", "stereo"):
         raise ValueError(f"geometry_depth must be 'auto', 'lidar' or 'stereo', got {setting!r}")

@@ -159,7 +159,7 @@ def test_geometry_stage_improves_held_out_depth_and_feeds_radiance(tmp_path):
 def test_geometry_stage_needs_depth_images(tmp_path):
     scene = load_scene(make_tiny_scene(tmp_path / "s", depth=False))
     cfg = TrainConfig(shape_decoder="template", geometry_steps=2, steps=1, **FAST)
-    with pytest.raises(ValueError, match="no training frame has a depth image") as e:
+    with pytest.raises(ValueError, match="no training frame has LiDAR depth or stereo depth images") as e:
         train(scene, tmp_path / "run", cfg, **QUIET)
     assert "\n" not in str(e.value)
 
