@@ -16,6 +16,7 @@ from ..evaluate import depth_errors, write_json_atomic
 from .checkpoint import (GEOMETRY_NAME, CheckpointError, latest_checkpoint, load_checkpoint,
                          remove_stale_checkpoint_files, save_geometry_checkpoint, scene_info)
 from .config import TrainConfig
+from .frame_pool import release_freed_memory
 from .geometry import train_geometry
 from .radiance import (build_renderer, check_checkpoint_scene, describe_primitives,
                        renderer_from_checkpoint, scene_centres, train_radiance)
@@ -104,6 +105,7 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         before = depth_errors(renderer, scene, "test", cfg.depth_max_range) if has_test_depth else None
         try:
             stats = train_geometry(renderer, scene, cfg, progress, log)
+            release_freed_memory()  # the stage's depth images and visibility maps
         except KeyboardInterrupt:  # SIGINT / SIGTERM (interrupt.Interrupted): all or nothing
             log(f"\nthe geometry stage was interrupted; it saves {GEOMETRY_NAME} only when it "
                 f"completes: run the command again")

@@ -10,6 +10,7 @@ features, so a step costs O(batch), not O(scene)).
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -339,6 +340,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
               "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}
+    # The last step is saved: free the cached fragments and the Adam moments before
+    # rendering, so the held-out renders do not add to the training peak memory.
+    del cache
+    opts.clear()
+    gc.collect()
     if held_out:
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
     write_json_atomic(out / "metrics.json", result)
