@@ -196,6 +196,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     SystemExit(130 / 143); a second signal aborts at once (Interrupted, nothing saved).
     Stale `.tmp_*` files of a killed save are removed at the start.
     """
+    t_enter = time.time()  # for time_to_first_step_s: setup, caching and the first step
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
     for p in remove_stale_checkpoint_files(ckpt_dir):
@@ -274,6 +275,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     budget = cfg.time_budget_minutes * 60.0 if budget_seconds is None else budget_seconds
     stopped_by_time_limit = False
     t_loop = time.time()
+    first_step_s = None
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None
@@ -298,6 +300,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                     o.step()
                 step += 1
                 updating = False
+                if first_step_s is None:
+                    first_step_s = time.time() - t_enter
                 lv = loss.item()
                 if not math.isfinite(lv):
                     raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
@@ -335,6 +339,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
+              "time_to_first_step_s": None if first_step_s is None else round(first_step_s, 1),
               "stopped_by_time_limit": stopped_by_time_limit,
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
