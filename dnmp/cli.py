@@ -331,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "geometry_depth in the config), then train the "
                                    "radiance stage; writes OUT/checkpoints/ (geometry.pt, step_*.pt), "
                                    "OUT/metrics.json (PSNR/SSIM, held-out depth error before/after "
-                                   "the geometry stage) and held-out renders in OUT/renders/test/.")
+                                   "the geometry stage) and held-out renders in OUT/renders/test/. "
+                                   "A drive longer than block_frames (80) instants trains as "
+                                   "overlapping blocks in OUT/blocks/, listed in OUT/manifest.json "
+                                   "(README, 'Long drives').")
     t.add_argument("scene", nargs="?", help=f"scene folder (default: {bundled_scene()})")
     t.add_argument("--out", help="output folder (default: runs/<scene name>)")
     t.add_argument("--config", help="TOML file overriding TrainConfig fields (see dnmp/train/config.py)")
@@ -349,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render frames (PNG) and optionally an mp4 video",
                        description="Render a trained checkpoint's scene frames to PNG.")
-    r.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
+    r.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
+                                     "long drive's run folder (its blocks, blended)")
     r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
     r.add_argument("--split", choices=["test", "train", "all"], default="test",
                    help="which frames (default: test, the held-out frames)")
@@ -364,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "test_ssim (torchmetrics, Gaussian 11x11, sigma 1.5, data_range "
                                    "1.0), test_lpips (null with a reason when its network weights "
                                    "are not available offline), num_test_frames.")
-    e.add_argument("checkpoint", help="checkpoint file, or a run folder (newest checkpoint)")
+    e.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
+                                     "long drive's run folder (its blocks, blended)")
     e.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
     e.add_argument("--out", help="folder for metrics.json (updated in place, other keys kept) and "
                                  "renders (default: the run folder)")

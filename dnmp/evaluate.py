@@ -41,10 +41,14 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def render_frame(renderer: DNMPRenderer, scene: Scene, frame) -> dict[str, torch.Tensor]:
-    """Render one scene frame with its camera's intrinsics and pose (see DNMPRenderer.render)."""
+    """Render one scene frame with its camera's intrinsics and pose (see DNMPRenderer.render);
+    for a grayscale camera (`channels` 1) rgb holds the channel mean in all three channels."""
     cam = scene.camera_of(frame)
-    return renderer.render(cam.intrinsics(as_tensor=True),
-                           torch.from_numpy(frame.cam_to_world), cam.height, cam.width)
+    out = renderer.render(cam.intrinsics(as_tensor=True),
+                          torch.from_numpy(frame.cam_to_world), cam.height, cam.width)
+    if getattr(cam, "channels", 3) == 1:  # a grayscale camera sees the mean of the channels
+        out["rgb"] = out["rgb"].mean(-1, keepdim=True).expand_as(out["rgb"]).contiguous()
+    return out
 
 
 def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",

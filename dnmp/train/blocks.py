@@ -62,13 +62,14 @@ def plan_blocks(scene: Scene, block_frames: int, overlap: int) -> list[Block]:
     """Split the drive into blocks of `block_frames` instants overlapping by `overlap`.
 
     One block (the whole scene) when `block_frames` is 0 or the drive is not longer.
-    Otherwise ceil((T - overlap) / (block_frames - overlap)) blocks whose starts are
-    spread evenly, so consecutive blocks overlap by at least `overlap` instants and
-    only neighbours overlap.
+    Otherwise ceil((T - overlap) / (block_frames - overlap)) blocks spread evenly.
+
+    Blocks all have the same length (at most `block_frames`), chosen so that
+    neighbours share about `overlap` instants; only neighbours overlap.
 
     Raises:
-        ValueError: overlap < 0, or overlap > block_frames / 2 (then three blocks could
-            share an instant and the blend weights would not be defined).
+        ValueError: overlap < 0, overlap > block_frames / 2, or a plan in which three
+            blocks would share an instant (the blend weights need only neighbours).
     """
     times, inst = drive_instants(scene)
     n = len(times)
@@ -77,13 +78,20 @@ def plan_blocks(scene: Scene, block_frames: int, overlap: int) -> list[Block]:
     if overlap < 0 or 2 * overlap > block_frames:
         raise ValueError(f"block_overlap ({overlap}) must be between 0 and block_frames / 2 "
                          f"({block_frames // 2})")
+    # As few blocks as fit, all of one length L <= block_frames, so that neighbours share
+    # about `overlap` instants (not a whole block when the drive is one instant too long).
     count = math.ceil((n - overlap) / (block_frames - overlap))
-    starts = np.round(np.linspace(0, n - block_frames, count)).astype(int)
+    length = min(block_frames, math.ceil((n - overlap) / count) + overlap)
+    starts = np.round(np.linspace(0, n - length, count)).astype(int)
     blocks = []
     for b, s in enumerate(starts):
-        last = int(s) + block_frames - 1
+        last = int(s) + length - 1
         names = [f.name for f, i in zip(scene.frames, inst) if s <= i <= last]
         blocks.append(Block(b, int(s), last, names))
+    for a, c in zip(blocks, blocks[2:]):
+        if c.first <= a.last:
+            raise ValueError(f"block_frames = {block_frames} with block_overlap = {overlap} makes "
+                             f"three blocks share instants; use a smaller block_overlap")
     return blocks
 
 
@@ -153,6 +161,22 @@ def read_manifest(run: str | Path) -> dict:
     if data.get("version") != VERSION:
         raise ValueError(f"{path}: block manifest version {data.get('version')!r} is not supported "
                          f"(this dnmp reads version {VERSION})")
+    blocks = data.get("blocks")
+    ok = (isinstance(data.get("scene"), dict) and isinstance(data.get("config"), dict)
+          and isinstance(blocks, list) and len(blocks) > 0)
+    for b in blocks if isinstance(blocks, list) else []:
+        ok = ok and isinstance(b, dict) and isinstance(b.get("name"), str) \
+            and isinstance(b.get("folder"), str) and isinstance(b.get("frames"), list) \
+            and all(isinstance(x, str) for x in b["frames"]) \
+            and all(isinstance(b.get(k), int) and not isinstance(b.get(k), bool)
+                    for k in ("first_instant", "last_instant")) \
+            and b["first_instant"] <= b["last_instant"]
+    if ok:
+        firsts = [b["first_instant"] for b in blocks]
+        ok = firsts == sorted(firsts)
+    if not ok:
+        raise ValueError(f"{path}: malformed block manifest (needs scene, config and a non-empty "
+                         f"list of blocks with name, folder, frames and ordered first/last_instant)")
     return data
 
 
@@ -188,7 +212,12 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
         if old["scene"].get("fingerprint") != scene.fingerprint():
             raise ValueError(f"{path}: the run belongs to scene {old['scene'].get('name')!r}, "
                              f"not to {scene.name!r} ({scene.root})")
-        done = {b["name"]: b for b in old["blocks"] if b.get("status") == "done"}
+        target = steps if steps is not None else cfg.steps
+        done = {b["name"]: b for b in old["blocks"] if b.get("status") == "done"
+                and set(stages) <= set(b.get("stages_done", ()))
+                and ("radiance" not in stages or b.get("step") == target)}
+        if steps is not None:
+            cfg.steps = steps
     manifest = {"format": FORMAT, "version": VERSION, "scene": scene_info(scene),
                 "config": cfg.to_dict(), "stages": list(stages),
                 "blocks": [{"name": b.name, "folder": f"blocks/{b.name}", "first_instant": b.first,
@@ -200,8 +229,10 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
             entry.update(done[entry["name"]])
     write_json_atomic(path, manifest)
     n_inst = len(drive_instants(scene)[0])
+    shared = [a.last - b.first + 1 for a, b in zip(blocks, blocks[1:])]
     log(f"drive of {n_inst} instants ({len(scene.frames)} frames) in {len(blocks)} blocks of "
-        f"{cfg.block_frames} instants overlapping by {cfg.block_overlap}")
+        f"{blocks[0].last - blocks[0].first + 1} instants (block_frames {cfg.block_frames}), "
+        f"neighbours sharing {min(shared)}-{max(shared)}")
     t0 = time.time()
     for b, entry in zip(blocks, manifest["blocks"]):
         if entry["status"] == "done":
@@ -222,17 +253,19 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
         else:
             result = train(sub, folder, cfg, stages=stages, progress=progress, log=log,
                            steps=steps, held_out=False)
-        entry.update({"status": "done", "step": result.get("step"),
-                      "train_seconds": round(time.time() - t_block, 1),
+        entry.update({"status": "done", "step": result.get("step"), "stages_done": list(stages),
+                      "wall_seconds": round(time.time() - t_block, 1),
+                      "train_seconds": result.get("train_seconds"),
                       "num_primitives": result.get("num_primitives"),
                       "num_train_frames": len(sub.frames_by_split("train"))})
         write_json_atomic(path, manifest)
     manifest["complete"] = True
     write_json_atomic(path, manifest)
     result = {"num_blocks": len(blocks), "block_frames": cfg.block_frames,
-              "block_overlap": cfg.block_overlap, "train_seconds": round(time.time() - t0, 1),
+              "block_overlap": cfg.block_overlap,
+              "train_seconds": round(sum(e.get("train_seconds") or 0 for e in manifest["blocks"]), 1),
               "blocks": [{k: e.get(k) for k in ("name", "first_instant", "last_instant", "step",
-                                                 "train_seconds", "num_primitives")}
+                                                 "train_seconds", "wall_seconds", "num_primitives")}
                          for e in manifest["blocks"]]}
     if scene.frames_by_split("test") and "radiance" in stages:
         log("rendering held-out frames with the blended blocks ...")
@@ -282,7 +315,7 @@ class BlockRenderer:
 
     def renderer(self, index: int):
         """The trained `DNMPRenderer` of block `index` (loaded on first use)."""
-        from .checkpoint import load_checkpoint
+        from .checkpoint import CheckpointError, load_checkpoint
         from .radiance import renderer_from_checkpoint
 
         if index in self._loaded:
@@ -290,7 +323,13 @@ class BlockRenderer:
         else:
             while len(self._loaded) >= self.max_loaded:
                 self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[index] = renderer_from_checkpoint(load_checkpoint(self.checkpoint_path(index)))
+            ckpt = load_checkpoint(self.checkpoint_path(index))
+            info, entry = ckpt.get("scene") or {}, self.manifest["blocks"][index]
+            if info.get("frames") != entry["frames"] or \
+                    info.get("parent_fingerprint") != self.manifest["scene"].get("fingerprint"):
+                raise CheckpointError(f"{ckpt['path']}: not the checkpoint of {entry['name']} of this "
+                                      f"run (trained on other frames or another scene)")
+            self._loaded[index] = renderer_from_checkpoint(ckpt)
         return self._loaded[index]
 
     def weights(self, cam_to_world) -> dict[int, float]:

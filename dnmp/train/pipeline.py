@@ -73,6 +73,9 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         else:
             block_cfg = cfg or TrainConfig()
         blocks = plan_blocks(scene, block_cfg.block_frames, block_cfg.block_overlap)
+        if not resume and is_block_run(out):
+            raise FileExistsError(f"{out}: holds a block run; pass --resume to continue it or "
+                                  f"choose another --out")
         if len(blocks) > 1:
             return train_blocks(scene, out, block_cfg, blocks, stages, resume, progress, log, steps)
     if resume:

@@ -156,3 +156,52 @@ def test_cli_render_and_export_a_block_run(drive, tmp_path, capsys):
     (out / "manifest.json").write_text(json.dumps(m))
     assert main(["render", str(out)]) == 2
     assert "not trained yet" in capsys.readouterr().err
+
+
+def test_plan_keeps_the_overlap_near_the_setting(drive, make_scene):
+    # one instant more than a block: two short blocks sharing ~2 instants, not 10
+    blocks = plan_blocks(drive, 11, 2)
+    assert [(b.first, b.last) for b in blocks] == [(0, 6), (5, 11)]
+    long = load_scene(make_scene("d24", frames=24, width=8, height=6))
+    with pytest.raises(ValueError, match="three blocks"):
+        plan_blocks(long, 10, 5)
+    shared = [a.last - b.first + 1 for a, b in zip(plan_blocks(long, 20, 8), plan_blocks(long, 20, 8)[1:])]
+    assert shared and min(shared) >= 8 and max(shared) <= 9
+
+
+def test_malformed_manifest_and_foreign_checkpoint_give_one_line_errors(drive, tmp_path, capsys):
+    cfg = TrainConfig(steps=5, block_frames=6, block_overlap=2, **FAST)
+    out = tmp_path / "run"
+    train(drive, out, cfg, stages=("radiance",), progress=False, log=lambda *a: None)
+    good = (out / "manifest.json").read_text()
+    # a fresh train into a block run is refused whatever its settings
+    with pytest.raises(FileExistsError, match="block run"):
+        train(drive, out, TrainConfig(steps=5, **FAST), stages=("radiance",), progress=False,
+              log=lambda *a: None)
+    for bad in ('"blocks": []', '"blocks": "abc"', '"first_instant": "x"'):
+        m = json.loads(good)
+        if bad.startswith('"blocks"'):
+            m["blocks"] = json.loads(bad.split(": ", 1)[1])
+        else:
+            m["blocks"][0]["first_instant"] = "x"
+        (out / "manifest.json").write_text(json.dumps(m))
+        assert main(["render", str(out)]) == 2
+        assert "malformed block manifest" in capsys.readouterr().err
+    (out / "manifest.json").write_text(good)
+    # block_001's folder holding block_000's checkpoint is refused
+    import shutil
+    b1 = out / "blocks" / "block_001" / "checkpoints"
+    shutil.rmtree(b1)
+    shutil.copytree(out / "blocks" / "block_000" / "checkpoints", b1)
+    assert main(["render", str(out), "--split", "all"]) == 2
+    assert "not the checkpoint of block_001" in capsys.readouterr().err
+
+
+def test_resume_with_more_steps_extends_finished_blocks(drive, tmp_path):
+    cfg = TrainConfig(steps=5, block_frames=6, block_overlap=2, **FAST)
+    out = tmp_path / "run"
+    train(drive, out, cfg, stages=("radiance",), progress=False, log=lambda *a: None)
+    train(drive, out, None, stages=("radiance",), resume=True, steps=8, progress=False,
+          log=lambda *a: None)
+    m = read_manifest(out)
+    assert all(b["step"] == 8 for b in m["blocks"]) and m["config"]["steps"] == 8
