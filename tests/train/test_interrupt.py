@@ -62,6 +62,7 @@ def _assert_identical(x, y, where):
 def test_signal_saves_the_step_it_landed_on(tiny_scene, tmp_path, monkeypatch, signum):
     scene = load_scene(tiny_scene)
     out, lines = tmp_path / "run", []
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started as a background job
     _signal_on_step(monkeypatch, 15, signum)
     with pytest.raises(SystemExit) as exc:
         train_radiance(scene, out, TrainConfig(steps=40, **FAST), progress=False, log=lines.append)
@@ -69,7 +70,7 @@ def test_signal_saves_the_step_it_landed_on(tiny_scene, tmp_path, monkeypatch, s
     name = signal.Signals(signum).name
     assert any(ln.startswith(f"stopped by {name} at step 15; saved ") for ln in lines), lines
     assert load_checkpoint(out)["step"] == 15  # step 15 completed, then saved (not 10)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     monkeypatch.undo()
     res = train_radiance(scene, out, None, resume=True, progress=False, log=lines.append)
     assert res["step"] == 40 and "resuming from" in "\n".join(lines)
