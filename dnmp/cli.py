@@ -240,7 +240,9 @@ def cmd_export_mesh(args) -> int:
     scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
     if Path(args.checkpoint).is_dir() and is_block_run(args.checkpoint):
         # a long drive: one mesh per block (neighbouring blocks overlap)
-        run = _open_run(argparse.Namespace(checkpoint=args.checkpoint, scene=None))
+        from .train.run import open_run
+
+        run = open_run(args.checkpoint)
         out = Path(args.out)
         for name, renderer in run.models():
             info = export_mesh(renderer, out.with_name(f"{out.stem}_{name}{out.suffix}"),

@@ -46,7 +46,7 @@ def render_frame(renderer: DNMPRenderer, scene: Scene, frame) -> dict[str, torch
     cam = scene.camera_of(frame)
     out = renderer.render(cam.intrinsics(as_tensor=True),
                           torch.from_numpy(frame.cam_to_world), cam.height, cam.width)
-    if getattr(cam, "channels", 3) == 1:  # a grayscale camera sees the mean of the channels
+    if cam.channels == 1:  # a grayscale camera sees the mean of the channels
         out["rgb"] = out["rgb"].mean(-1, keepdim=True).expand_as(out["rgb"]).contiguous()
     return out
 
