@@ -26,6 +26,7 @@ of column u / row v at image coordinates (u, v).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -453,9 +454,24 @@ def recentre(centres) -> tuple:
     return world_offset, translation(-world_offset)
 
 
-def output_cameras(cameras: dict, downscale: float) -> dict:
-    """name -> Camera of the written images (``downscale_camera`` unless 1)."""
-    return {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
+# Smallest written image side (pixels): below it a frame holds too few pixels to train on, and a
+# large --downscale is far more likely a typo (e.g. 300 for 3) than a wish.
+MIN_IMAGE_SIDE = 16
+
+
+def output_cameras(cameras: dict, downscale: float, where="--downscale") -> dict:
+    """name -> Camera of the written images (``downscale_camera`` unless 1).
+    Raises ConversionError (naming ``where``) when a camera's image would be
+    smaller than MIN_IMAGE_SIDE pixels on a side."""
+    out = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
+    for c, cam in out.items():
+        if min(cam.width, cam.height) < MIN_IMAGE_SIDE:
+            full = cameras[c]
+            most = min(full.width, full.height) / MIN_IMAGE_SIDE
+            raise ConversionError(where, f"--downscale {downscale:g} would write {c} images of {cam.width}x"
+                                  f"{cam.height} pixels (at least {MIN_IMAGE_SIDE} per side needed; "
+                                  f"use --downscale <= {math.floor(most * 100) / 100:g})")
+    return out
 
 
 def write_frame_depth(root, frame: Frame, xyz_world, cam: Camera, max_depth: float, stem: str) -> None:

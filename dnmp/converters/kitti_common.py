@@ -156,10 +156,13 @@ def camera_from_P(P: np.ndarray, name: str, width: int, height: int, where, key:
 
 def select_cameras(cameras: Sequence[str], allowed: Sequence[str], downscale: float, where,
                    refused: dict | None = None) -> list:
-    """The chosen cameras, deduplicated in order; refuses (ConversionError
-    naming ``where``) an empty choice, a camera in ``refused`` (name -> reason),
-    one not in ``allowed`` and a downscale below 1."""
-    cameras = list(dict.fromkeys(cameras))
+    """The chosen cameras, in order; refuses (ConversionError naming
+    ``where``) an empty choice, a camera given twice, a camera in ``refused``
+    (name -> reason), one not in ``allowed`` and a downscale below 1."""
+    cameras = list(cameras)
+    twice = sorted({c for c in cameras if cameras.count(c) > 1})
+    if twice:
+        raise ConversionError(where, f"camera {', '.join(twice)} given twice in --cameras")
     if not cameras:
         raise ConversionError(where, "no cameras selected")
     for c in cameras:
@@ -485,6 +488,7 @@ def write_drive_scene(
     scans: Callable[[int], tuple] | None = None,
     extra_points: np.ndarray | None = None,
     stereo_pair: tuple | None = None,
+    source_pair: Callable[[int], tuple | None] | None = None,
     downscale: float = 1.0,
     max_depth: float = 80.0,
     depth: bool = True,
@@ -504,7 +508,9 @@ def write_drive_scene(
     (path of scan i, 4x4 scanner -> world original), or None for no LiDAR;
     ``extra_points``: world (original) points to fuse with the scans (e.g.
     KITTI-360's accumulated clouds); ``stereo_pair``: (left, right, baseline m)
-    of a rectified pair for SGBM points of train frames, or None.
+    of a rectified pair for SGBM points of train frames, or None;
+    ``source_pair(i)``: the pair of any source frame i (also those a stride
+    skips) for the no-LiDAR pose check, see :func:`_stereo_cloud`.
 
     Steps: print the expected training memory and time
     (:func:`dnmp.converters.common.training_estimate`); recentre on the mean
@@ -620,7 +626,7 @@ def write_drive_scene(
         _stereo_cloud(out, frames, cameras, out_cams, images_full, stereo_pair, indices, fmt,
                       max_depth, stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet,
                       depth_images=depth, check_poses=sanity and "scan_agreement" not in report,
-                      pose_path=pose_path)
+                      pose_path=pose_path, shift=shift, source_pair=source_pair)
     images_full.clear()
 
     scene = write_scene(out, name, source, world_offset, out_cams, frames, point_clouds)
@@ -657,15 +663,40 @@ def write_stereo_depth(root, frame: Frame, xyz_world: np.ndarray, cam: Camera, s
     return int((d > 0).sum())
 
 
+# The no-LiDAR pose check compares a pair's stereo points with those of the pairs 2, 4, ..., 10
+# source frames before and after it (about 10 m at KITTI's 10 Hz and 36 km/h: surfaces seen from
+# both within SGBM's 25 m), whatever the --stride: skipped frames are matched for the check only.
+STEREO_CHECK_OFFSETS = (-10, -8, -6, -4, -2, 2, 4, 6, 8, 10)
+
+
+def _stereo_neighbours(i, done: dict, left: str, cam, baseline, stereo_max_depth, shift, source_pair):
+    """World points [N, 3] of the stereo pairs at source frames i + STEREO_CHECK_OFFSETS: those
+    already matched (``done``: frame -> points) and, with ``source_pair(j)`` -> (left uint8 [H, W, 3],
+    right, left cam_to_world original) or None, the skipped ones."""
+    parts = []
+    for j in (i + d for d in STEREO_CHECK_OFFSETS):
+        if j in done:
+            parts.append(done[j])
+        elif source_pair is not None and (src := source_pair(j)) is not None:
+            xyz_c, _, _ = stereo_points(src[0], src[1], cam, baseline, max_depth=stereo_max_depth)
+            parts.append(transform(shift @ src[2], xyz_c))
+    if not parts:  # no frame in reach: the nearest matched pairs
+        near = sorted(done, key=lambda j: abs(j - i))[1:3]
+        parts = [done[j] for j in near]
+    return np.concatenate(parts)
+
+
 def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fmt, max_depth,
                   stereo_max_depth, voxel, outlier_neighbors, report, point_clouds, quiet,
-                  depth_images: bool = True, check_poses: bool = False, pose_path=None):
+                  depth_images: bool = True, check_poses: bool = False, pose_path=None, shift=None,
+                  source_pair=None):
     """SGBM points of every training stereo pair: ``points/stereo.ply`` (fused,
     voxel + outlier filtered) and, with ``depth_images``, a stereo depth image
     of both frames of each pair (:func:`write_stereo_depth`). With
     ``check_poses`` (a scene without LiDAR to check the poses with), the
-    points of the first, middle and last pair are compared with those of
-    their 5 neighbouring pairs on each side (:func:`scan_agreement`; fails on
+    points of the first, middle and last pair are compared with those of the
+    pairs up to 10 source frames away (:func:`_stereo_neighbours`, skipped
+    frames included through ``source_pair``; :func:`scan_agreement`; fails on
     inverted or wrong poses, blaming ``pose_path``)."""
     log = logger(quiet)
     l, r, baseline = pair
@@ -691,8 +722,8 @@ def _stereo_cloud(out, frames, cameras, out_cams, images_full, pair, indices, fm
     if check_poses and len(pts) > 1:
         picks = sorted({0, len(pts) // 2, len(pts) - 1})
         chk = [next(f for f in frames if f.name == f"{l}/{fmt.format(train_idx[k])}") for k in picks]
-        others = [np.concatenate([pts[j] for j in range(max(0, k - 5), min(len(pts), k + 6)) if j != k])
-                  for k in picks]
+        others = [_stereo_neighbours(train_idx[k], dict(zip(train_idx, pts)), l, fl, baseline, stereo_max_depth,
+                                     shift, source_pair) for k in picks]
         log("pose check (stereo points of neighbouring pairs, no LiDAR):")
         agr = scan_agreement(chk, out_cams, [pts[k] for k in picks], others, stereo_max_depth, warn_below=0.5,
                              where=pose_path, verbose=not quiet, what="stereo pairs")

@@ -305,18 +305,25 @@ def _convert_into(
     stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, calib_path, pipeline.get("stereo", True))
     if not lidar and stereo_pair is None:
         why = "--no-lidar" if (seq_dir / "velodyne").is_dir() else "no velodyne/ folder"
-        print(f"warning: {seq_dir}: the scene gets no points (no LiDAR: {why}; no stereo pair among "
-              f"cameras {', '.join(cameras)}{': --no-stereo' if not pipeline.get('stereo', True) else ''}); "
-              f"dnmp train needs points to place primitives")
+        raise ConversionError(seq_dir, f"the scene would get no points (no LiDAR: {why}; no stereo pair among "
+                              f"cameras {', '.join(cameras)}{': --no-stereo' if not pipeline.get('stereo', True) else ''}); "
+                              "dnmp train needs points to place primitives")
     report.update({"poses": pose_kind, "pose_file": str(pose_path), "first_timestamp": times[first],
                    "stride": stride})
     scans = (lambda i: (seq_dir / "velodyne" / f"{i:06d}.bin", T0[i] @ Tr)) if lidar else None
+
+    def source_pair(i):  # any frame of the range with a pose, for the no-LiDAR pose check
+        if stereo_pair is None or i not in T0 or not (seq_dir / stereo_pair[0] / f"{i:06d}.png").is_file():
+            return None
+        l, r = (read_image(seq_dir / c / f"{i:06d}.png") for c in stereo_pair[:2])
+        return l, r, T0[i] @ rigid_inverse(translation(offsets[stereo_pair[0]]))
+
     source = {"dataset": "KITTI odometry", "sequence": sequence, "licence": LICENCE,
               "frames": [first, last], "poses": pose_kind, **({"stride": stride} if stride > 1 else {})}
     return write_drive_scene(
         out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=6,
         name=name or f"kitti_odometry_{sequence}", source=source, report=report, pose_path=pose_path,
-        calib_path=calib_path, scans=scans, stereo_pair=stereo_pair, downscale=downscale, quiet=quiet,
+        calib_path=calib_path, scans=scans, stereo_pair=stereo_pair, source_pair=source_pair, downscale=downscale, quiet=quiet,
         **pipeline,
     )
 

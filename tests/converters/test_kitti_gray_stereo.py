@@ -229,3 +229,40 @@ def test_real_gray51_slice(tmp_path, capsys):
     rel = np.abs(seen[m] - d0[m]) / d0[m]
     assert np.median(rel) < 0.05 and np.mean(rel < 0.1) > 0.7
     assert 1.0 < np.median(d0[d0 > 0]) < 25.0  # within the stereo range (2-25 m)
+
+
+def test_downscale_below_the_minimum_image_size(tmp_path, capsys):
+    """--downscale 300 would write 0x0 (here) / 4x1 (KITTI) images: one-line error naming the limit."""
+    root = write_grey_stereo(tmp_path / "k")
+    rc = main([str(root), "--out", str(tmp_path / "o"), "--quiet", "--downscale", "300"])
+    # 160x80 / 300 -> 1x1 pixels; at least 16 per side means --downscale <= 80 / 16 = 5
+    assert_cli_error(rc, capsys.readouterr().err, tmp_path / "o", "--downscale 300 would write image_0 images of 1x1",
+                     "at least 16 per side", "--downscale <= 5")
+    s = convert_kitti_odometry(root, tmp_path / "ok", downscale=5, quiet=True)
+    assert (s.cameras["image_0"].width, s.cameras["image_0"].height) == (32, 16)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--cameras", "image_0,image_0"], ["camera image_0 given twice"]),
+    (["--no-stereo"], ["no points", "no velodyne/ folder", "--no-stereo"]),
+    (["--cameras", "image_0"], ["no points", "no stereo pair among cameras image_0"]),
+])
+def test_scene_without_points_is_refused(tmp_path, capsys, flags, words):
+    """Grey data without LiDAR: a duplicate camera or no stereo leaves no points; exit 2, one line."""
+    root = write_grey_stereo(tmp_path / "k")
+    rc = main([str(root), "--out", str(tmp_path / "o"), "--quiet", *flags])
+    assert_cli_error(rc, capsys.readouterr().err, tmp_path / "o", *words)
+
+
+@pytest.mark.skipif(not (REAL / "sequences" / "00").is_dir(), reason="../shared/data/kitti_gray_51 absent")
+def test_real_gray51_stride_passes_the_pose_check(tmp_path):
+    """--stride 5 keeps frames 10 m apart; the stereo pose check matches the skipped frames in
+    between (the same neighbours as at stride 1), so correct poses pass with the same agreement."""
+    s = convert_kitti_odometry(REAL, tmp_path / "g", first=0, last=20, stride=5, downscale=4, quiet=True)
+    assert [f.name for f in s.frames_by_split("train")] == ["image_0/000000", "image_1/000000", "image_0/000010",
+                                                            "image_1/000010", "image_0/000020", "image_1/000020"]
+    rep = json.loads((tmp_path / "g" / "conversion_report.json").read_text())
+    per = {name: frac for name, frac, _, _ in rep["stereo_agreement"]["per_frame"]}
+    assert sorted(per) == ["image_0/000000", "image_0/000010", "image_0/000020"]
+    assert per["image_0/000000"] == pytest.approx(0.806, abs=0.01)  # as at stride 1 (frames 2-10 compared)
+    assert rep["stereo_agreement"]["mean_fraction"] > 0.7

@@ -205,7 +205,7 @@ def test_empty_scan(kitti, tmp_path):
 def test_missing_tr(tmp_path):
     root = write_kitti(tmp_path / "k", tr=False)
     expect_error(lambda: convert(root, tmp_path / "o"), root / "sequences" / "00" / "calib.txt", "Tr")
-    convert(root, tmp_path / "o2", lidar=False)  # fine without LiDAR
+    convert(root, tmp_path / "o2", lidar=False, stereo=True, sanity=False)  # fine without LiDAR (stereo points)
 
 
 def test_short_pose_file(tmp_path):

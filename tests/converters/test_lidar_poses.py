@@ -106,7 +106,7 @@ def test_icp_fails_loudly_on_unrelated_scans():
 def test_real_kitti00_lidar_poses(tmp_path):
     from dnmp.converters.kitti_odometry import main
 
-    rc = main([str(REAL), "--out", str(tmp_path / "o"), "--poses", "lidar", "--no-stereo", "--no-lidar",
+    rc = main([str(REAL), "--out", str(tmp_path / "o"), "--poses", "lidar", "--no-stereo",
                "--downscale", "4", "--quiet"])
     assert rc == 0
     rep = json.loads((tmp_path / "o" / "conversion_report.json").read_text())
