@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dnmp.data import Camera, Frame, PointCloud, write_ply_points, write_scene_json
-from dnmp.data.scene import write_depth_png
+from dnmp.data import write_depth_png
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"

@@ -41,17 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dnmp.converters.assemble import ExtraPoints, PlannedFrame, add_common_args, assemble_scene, common_kwargs
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    every_nth_split,
-    logger,
-    make_rigid,
-    quat_to_rotation,
-    rigid_inverse,
-    run_cli,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Points
+from dnmp.converters.options import add_output_options, output_options, run_cli
+from dnmp.converters.report import logger
+from dnmp.converters.splits import every_nth_split
+from dnmp.converters.writer import convert
+from dnmp.data.rigid import check_rigid, quat_to_rotation, rigid_inverse
 from dnmp.data.scene import Camera
 
 # model id -> (name, number of params), COLMAP's camera model list
@@ -275,34 +270,29 @@ def pinhole_of(cid: int, model: str, w: int, h: int, p: np.ndarray, undistort: b
 
 def convert_colmap(source, out, overwrite: bool = False, **options):
     """Convert a COLMAP sparse model (+ its images) into the dnmp scene folder
-    ``out`` (atomically). Options: see :func:`_convert_into`. Returns the
+    ``out`` (atomically). Options: :func:`read_colmap` and
+    :func:`dnmp.converters.writer.write_capture`. Returns the
     loaded Scene; raises ConversionError (one line naming the file)."""
     if not options.get("scale", 1.0) > 0:
         raise ConversionError(source, "--scale must be > 0")
-    return convert_atomically(Path(out), overwrite, lambda st: _convert_into(source, st, **options))
+    options.setdefault("voxel", 0.0)  # model units: keep every sfm point unless asked
+    return convert(read_colmap, source, out, overwrite, **options)
 
 
-def _convert_into(
+def read_colmap(
     source,
-    out,
     model: str | None = None,
     images: str | None = None,
     scale: float = 1.0,
     undistort: bool = False,
     test_every: int = 4,
-    voxel: float = 0.0,
-    name: str | None = None,
     quiet: bool = False,
-    **pipeline,
-):
+) -> Capture:
     """source: the COLMAP project folder. model: the sparse model folder
     (default sparse/0, sparse or source). images: image folder (default
     <source>/images). scale: metres per model unit (COLMAP is up to scale).
     undistort: allow distorted models (OpenCV undistort, same K). test_every:
-    every N-th image by name is held out (0 = none). voxel: point voxel size in
-    model units after scaling (default 0 = keep every sfm point).
-    The remaining options (downscale, outlier_neighbors, sanity, min_sanity_fraction)
-    are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    every N-th image by name is held out (0 = none)."""
     log = logger(quiet)
     source = Path(source)
     mdir = find_model(source, Path(model) if model else None)
@@ -327,11 +317,11 @@ def _convert_into(
         w2c = np.eye(4)
         w2c[:3, :3] = quat_to_rotation(*q, where=mdir / f"images.{kind}", what=f"image {iname!r}")
         w2c[:3, 3] = t
-        w2c = make_rigid(w2c, mdir / f"images.{kind}", f"pose of image {iname!r}")
+        w2c = check_rigid(w2c, mdir / f"images.{kind}", f"pose of image {iname!r}", orthonormalise=True)
         c2w = rigid_inverse(w2c)
         c2w[:3, 3] *= scale
         stem = Path(iname).with_suffix("").as_posix().replace("/", "_")
-        frames.append(PlannedFrame(name=f"{cname}/{stem}", camera=cname, cam_to_world=c2w, timestamp=float(k),
+        frames.append(CaptureFrame(name=f"{cname}/{stem}", camera=cname, cam_to_world=c2w, timestamp=float(k),
                                    split=splits[k], image=img_dir / iname))
     if len({f.name for f in frames}) != len(frames):
         raise ConversionError(mdir, "two images map to the same frame name (names differing only in extension)")
@@ -339,13 +329,12 @@ def _convert_into(
         f"scale {scale:g} m/unit")
     report = {"converter": "dnmp.converters.colmap", "model": str(mdir), "model_format": kind, "scale": scale,
               "test_every": test_every}
-    extra = [ExtraPoints("sfm", xyz * scale, rgb)] if len(xyz) else []
+    extra = [Points("sfm", xyz * scale, rgb)] if len(xyz) else []
     src = {"dataset": "COLMAP", "model": str(mdir), "scale_m_per_unit": scale,
            "note": "COLMAP reconstructions are up to scale unless --scale was set from a known length"}
-    return assemble_scene(
-        Path(out), name=name or f"colmap_{source.resolve().name}", source=src, cameras=cams, frames=frames,
-        extra_points=extra, distortion=dist, voxel=voxel, sanity_max_depth=np.inf,
-        sanity_where=mdir / f"images.{kind}", report=report, quiet=quiet, **pipeline)
+    return Capture(name=f"colmap_{source.resolve().name}", source=src, cameras=cams, frames=frames, points=extra,
+                   distortion=dist, report=report, calib_path=mdir / f"images.{kind}",
+                   pose_path=mdir / f"images.{kind}", check_max_depth=np.inf)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undistort", action="store_true",
                    help="accept SIMPLE_RADIAL/RADIAL/OPENCV/FULL_OPENCV cameras, undistorting with OpenCV")
     p.add_argument("--test-every", type=int, default=4, help="hold out every N-th image by name (4; 0 = none)")
-    add_common_args(p, lidar=False, voxel=0.0)
+    add_output_options(p, lidar=False, voxel=0.0)
     return p
 
 
@@ -371,7 +360,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_colmap(args.source, args.out, model=args.model, images=args.images,
                                           scale=args.scale, undistort=args.undistort, test_every=args.test_every,
-                                          **common_kwargs(args)))
+                                          **output_options(args)))
 
 
 if __name__ == "__main__":

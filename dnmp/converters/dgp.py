@@ -39,23 +39,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.assemble import (
-    PlannedFrame,
-    PlannedScan,
-    add_common_args,
-    assemble_scene,
-    common_kwargs,
-    split_list,
-)
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    every_nth_split,
-    logger,
-    pose_from_quat,
-    run_cli,
-    transform,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
+from dnmp.converters.options import add_output_options, output_options, run_cli, split_list
+from dnmp.converters.report import logger
+from dnmp.converters.splits import every_nth_split
+from dnmp.converters.writer import convert
+from dnmp.data.rigid import pose_from_quat
 from dnmp.data.scene import Camera
 
 DATASET_JSON = "scene_dataset_v1.0.json"
@@ -186,29 +175,25 @@ def read_point_cloud(path: Path, point_format: Sequence[str]) -> np.ndarray:
 
 def convert_dgp(source, out, overwrite: bool = False, **options):
     """Convert one scene of a DGP dataset into the dnmp scene folder ``out``
-    (atomically). Options: see :func:`_convert_into`. Returns the loaded Scene.
+    (atomically). Options: :func:`read_dgp` and
+    :func:`dnmp.converters.writer.write_capture`. Returns the loaded Scene.
     Raises ConversionError (one line naming the file) on unsupported input."""
-    return convert_atomically(Path(out), overwrite, lambda st: _convert_into(source, st, **options))
+    return convert(read_dgp, source, out, overwrite, **options)
 
 
-def _convert_into(
+def read_dgp(
     source,
-    out,
     scene=None,
     cameras: Sequence[str] | None = None,
     test_every: int | None = None,
     lidar: bool = True,
-    name: str | None = None,
     quiet: bool = False,
-    **pipeline,
-):
+) -> Capture:
     """source: DGP dataset root (with scene_dataset_v1.0.json), a scene folder
     or a scene JSON. scene: index or name (default the first). cameras: names
     (default every camera datum of the scene). test_every: None = middle sample
     held out for <= 5 samples, else every 4th; N = every N-th sample (offset
-    N // 2); 0 = none.
-    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
-    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    N // 2); 0 = none."""
     log = logger(quiet)
     scene_json = pick_scene(Path(source), scene)
     sdir = scene_json.parent
@@ -265,8 +250,7 @@ def _convert_into(
             T_l = read_pose(pc["pose"], scene_json, f"pose of LiDAR datum {d.get('key')}")
             path = sdir / pc.get("filename", "")
             fmt = pc.get("point_format", [])
-            scans.append(PlannedScan(load=lambda p=path, T=T_l, f=fmt: transform(T, read_point_cloud(p, f)),
-                                     where=str(path)))
+            scans.append(Scan.rigid(lambda p=path, f=fmt: read_point_cloud(p, f), T_l, str(path)))
             scan_idx = len(scans) - 1
         for c in cameras:
             if c not in e["images"]:
@@ -284,7 +268,7 @@ def _convert_into(
             T = read_pose(im["pose"], scene_json, f"pose of image datum {d.get('key')} ({c})")
             fname = im.get("filename", "")
             stem = Path(fname).stem or f"{si:03d}"
-            frames.append(PlannedFrame(
+            frames.append(CaptureFrame(
                 name=f"{c}/{stem}", camera=c, cam_to_world=T,
                 timestamp=parse_time(d.get("id", {}).get("timestamp", ""), scene_json),
                 split=splits[si], image=sdir / fname, scan=scan_idx))
@@ -304,10 +288,8 @@ def _convert_into(
         f"{len(scans)} LiDAR sweeps")
     src = {"dataset": "DGP", "scene": sdir.name, "scene_file": scene_json.name, "log": sj.get("log", ""),
            "licence": "see the dataset's LICENSE (DDAD: CC BY-NC-SA 4.0; TRI dgp test data: MIT)"}
-    return assemble_scene(
-        Path(out), name=name or f"dgp_{sdir.name}", source=src, cameras=cams, frames=frames, scans=scans,
-        sanity_where=scene_json, report=report,
-        ref_camera=cameras[0], quiet=quiet, **pipeline)
+    return Capture(name=f"dgp_{sdir.name}", source=src, cameras=cams, frames=frames, scans=scans, report=report,
+                   calib_path=scene_json, pose_path=scene_json, ref_camera=cameras[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-every", type=int, default=None,
                    help="hold out every N-th sample (0 = none; default: the middle sample when the scene "
                         "has <= 5 samples, else every 4th)")
-    add_common_args(p)
+    add_output_options(p)
     return p
 
 
@@ -328,7 +310,7 @@ def main(argv=None) -> int:
     """Command-line entry: 0 on success, 2 with one line ``dnmp: error: ...`` on bad input."""
     args = build_parser().parse_args(argv)
     return run_cli(lambda: convert_dgp(args.source, args.out, scene=args.scene, cameras=split_list(args.cameras),
-                                       test_every=args.test_every, **common_kwargs(args)))
+                                       test_every=args.test_every, **output_options(args)))
 
 
 if __name__ == "__main__":

@@ -46,24 +46,15 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli, translation
-from dnmp.converters.kitti_common import (
-    PlannedImage,
-    add_drive_options,
-    add_pose_options,
-    camera_from_P,
-    convert_drive_atomically,
-    drive_options,
-    lidar_odometry,
-    need,
-    read_key_values,
-    report_drift,
-    select_cameras,
-    stereo_pair_of,
-    stride_frames,
-    stereo_plan,
-    write_drive_scene,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
+from dnmp.converters.kitti_files import camera_from_P, need, read_key_values, read_velodyne, select_cameras
+from dnmp.converters.lidar_odometry import lidar_odometry, report_drift
+from dnmp.converters.options import add_drive_options, add_pose_options, drive_options, pose_options, run_cli
+from dnmp.converters.report import logger
+from dnmp.converters.splits import drive_range, stereo_plan, stride_frames
+from dnmp.converters.stereo import stereo_pair_of
+from dnmp.converters.writer import convert
+from dnmp.data.rigid import check_rigid, rigid_inverse, translation
 
 ALL_CAMERAS = ("image_00", "image_01", "image_02", "image_03")
 LEFT_CAMERAS = ("image_02", "image_00")
@@ -153,7 +144,7 @@ def rigid_from_RT(calib: dict, path, what: str) -> np.ndarray:
     T = np.eye(4)
     T[:3, :3] = need(calib, "R", 9, path, what).reshape(3, 3)
     T[:3, 3] = need(calib, "T", 3, path, what)
-    return make_rigid(T, path, what)
+    return check_rigid(T, path, what, orthonormalise=True)
 
 
 # ----------------------------------------------------------------------------
@@ -219,47 +210,46 @@ def convert_kitti(source, out, overwrite: bool = False, **options):
 
 def convert_kitti_raw(source, out, overwrite: bool = False, **options):
     """Convert a KITTI raw drive into the dnmp scene folder ``out``, atomically
-    (see :func:`dnmp.converters.common.convert_atomically`). Options and
-    errors: :func:`_convert_raw_into`. Returns the loaded Scene."""
-    return convert_drive_atomically(_convert_raw_into, source, out, overwrite, options)
+    (:func:`dnmp.converters.writer.convert`). Options and errors:
+    :func:`read_kitti_raw` and :func:`dnmp.converters.writer.write_capture`.
+    Returns the loaded Scene."""
+    return convert(read_kitti_raw, source, out, overwrite, **options)
 
 
-def _convert_raw_into(
+def read_kitti_raw(
     source,
-    out,
     drive: str | None = None,
     first: int | None = None,
     last: int | None = None,
+    window: str | None = None,
     stride: int = 1,
     cameras: Sequence[str] = ("image_02", "image_03"),
     poses: str = "auto",
-    downscale: float = 1.0,
     lidar: bool = True,
-    name: str | None = None,
+    stereo: bool = True,
     quiet: bool = False,
     icp_voxel: float = 0.2,
     icp_max_distance: float = 0.5,
     min_icp_fitness: float = 0.3,
-    **pipeline,
-):
-    """Convert frames ``first..last`` (inclusive; default all images of the
-    left camera), every ``stride``-th, of a KITTI raw drive into ``out``.
+) -> Capture:
+    """Read frames ``first..last`` (inclusive; default all images of the
+    left camera; or ``window`` "START:LEN"), every ``stride``-th, of a KITTI
+    raw drive into a :class:`Capture`.
 
     cameras: among image_00..image_03 (default image_02,image_03); the first
     left camera (image_02, else image_00) holds the test frames. poses: "auto"
     / "oxts" (the devkit's OXTS poses) or "lidar" (chained ICP of the scans,
-    :func:`dnmp.converters.kitti_common.icp_poses`). downscale: image size
-    divisor. The remaining options (max_depth, depth, stereo,
-    stereo_max_depth, voxel, outlier_neighbors, sanity, min_sanity_fraction)
-    are :func:`dnmp.converters.kitti_common.write_drive_scene`'s. Raises
+    :func:`dnmp.converters.lidar_odometry.icp_poses`). stereo: False leaves
+    the stereo pair out. Raises
     ConversionError (one line naming the file) on a missing file or
     calibration key, a truncated scan, too few OXTS records or timestamps, a
     non-rigid transform, an unrectified camera or a failed check.
     """
     log = logger(quiet)
+    first, last = drive_range(first, last, window, stride, source)
     drive_dir = find_drive(Path(source), drive)
     date_dir = drive_dir.parent
-    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, drive_dir)
+    cameras = select_cameras(cameras, ALL_CAMERAS, drive_dir)
     if poses not in RAW_POSES:
         raise ConversionError(drive_dir, f"poses must be one of {', '.join(RAW_POSES)}, got {poses!r}")
     held_out_cam = next((c for c in LEFT_CAMERAS if c in cameras), cameras[0])
@@ -284,7 +274,7 @@ def _convert_raw_into(
     c2c = read_key_values(c2c_path)
     R_rect = np.eye(4)
     R_rect[:3, :3] = need(c2c, "R_rect_00", 9, c2c_path, "rectification").reshape(3, 3)
-    R_rect = make_rigid(R_rect, c2c_path, "R_rect_00")
+    R_rect = check_rigid(R_rect, c2c_path, "R_rect_00", orthonormalise=True)
     T_rect_velo = R_rect @ rigid_from_RT(read_key_values(v2c_path), v2c_path, "velodyne -> camera 0")
     T_velo_imu = rigid_from_RT(read_key_values(i2v_path), i2v_path, "IMU -> velodyne")
     full_cams, offsets = {}, {}
@@ -311,28 +301,27 @@ def _convert_raw_into(
     else:
         pose_path, pose_kind = oxts_dir, "oxts"
         recs = np.stack([read_oxts(oxts_dir / f"{i:010d}.txt") for i in indices])
-        T_w_imu = {i: make_rigid(T, oxts_dir / f"{i:010d}.txt", f"OXTS pose of frame {i}")
+        T_w_imu = {i: check_rigid(T, oxts_dir / f"{i:010d}.txt", f"OXTS pose of frame {i}", orthonormalise=True)
                    for i, T in zip(indices, oxts_poses(recs))}
     times = read_raw_timestamps(drive_dir / held_out_cam / "timestamps.txt", indices)
     log(f"kitti raw: {drive_dir.name}, frames {first}..{last}, cameras {cameras}, poses {pose_kind}")
 
     T_w_velo = {i: T_w_imu[i] @ rigid_inverse(T_velo_imu) for i in indices}
     T_velo_rect = rigid_inverse(T_rect_velo)
-    plan = [PlannedImage(i, c, split, T_w_velo[i] @ T_velo_rect @ rigid_inverse(translation(offsets[c])),
-                         drive_dir / c / "data" / f"{i:010d}.png", times[i] - times[first])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
-    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, c2c_path, pipeline.get("stereo", True))
-    report.update({"poses": pose_kind, "pose_source": str(pose_path), "first_timestamp": times[first]})
+    cam_pose = {c: T_velo_rect @ rigid_inverse(translation(offsets[c])) for c in cameras}
+    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, c2c_path, stereo)
+    report.update({"poses": pose_kind, "pose_source": str(pose_path)})
     velo_dir = drive_dir / "velodyne_points" / "data"
-    scans = (lambda i: (velo_dir / f"{i:010d}.bin", T_w_velo[i])) if lidar else None
+    scans = [Scan.rigid(lambda i=i: read_velodyne(velo_dir / f"{i:010d}.bin")[:, :3], T_w_velo[i],
+                        str(velo_dir / f"{i:010d}.bin")) for i in indices] if lidar else []
+    frames = [CaptureFrame(f"{c}/{i:010d}", c, T_w_velo[i] @ cam_pose[c], times[i], split,
+                           drive_dir / c / "data" / f"{i:010d}.png", scan=indices.index(i) if lidar else None)
+              for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
     src = {"dataset": "KITTI raw", "sequence": drive_dir.name, "licence": LICENCE, "frames": [first, last],
            "poses": pose_kind, **({"stride": stride} if stride > 1 else {})}
-    return write_drive_scene(
-        out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=10,
-        name=name or f"kitti_{drive_dir.name.replace('_sync', '')}", source=src, report=report,
-        pose_path=pose_path, calib_path=c2c_path, scans=scans, stereo_pair=stereo_pair, downscale=downscale,
-        quiet=quiet, **pipeline,
-    )
+    return Capture(name=f"kitti_{drive_dir.name.replace('_sync', '')}", source=src, cameras=full_cams,
+                   frames=frames, scans=scans, stereo=stereo_pair, report=report, calib_path=c2c_path,
+                   pose_path=pose_path, ref_camera=held_out_cam)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,10 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     opts = drive_options(args)  # cameras None (not given): convert_kitti drops it, the layout's default applies
-    return run_cli(lambda: convert_kitti(
-        args.root, args.out, drive=args.drive, sequence=args.sequence, first=args.first, last=args.last,
-        poses=args.poses, icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,
-        min_icp_fitness=args.min_icp_fitness, **opts))
+    return run_cli(lambda: convert_kitti(args.root, args.out, drive=args.drive, sequence=args.sequence,
+                                         poses=args.poses, **pose_options(args), **opts))
 
 
 if __name__ == "__main__":

@@ -47,21 +47,15 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli
-from dnmp.converters.kitti_common import (
-    PlannedImage,
-    add_drive_options,
-    camera_from_P,
-    check_rectified_pair,
-    convert_drive_atomically,
-    drive_options,
-    need,
-    read_key_values,
-    select_cameras,
-    stereo_plan,
-    stride_frames,
-    write_drive_scene,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Points, Scan, StereoPair
+from dnmp.converters.kitti_files import camera_from_P, need, read_key_values, read_velodyne, select_cameras
+from dnmp.converters.options import add_drive_options, drive_options, run_cli
+from dnmp.converters.report import logger
+from dnmp.converters.splits import drive_range, stereo_plan, stride_frames
+from dnmp.converters.stereo import check_rectified_pair
+from dnmp.converters.writer import convert
+from dnmp.data.ply import read_ply_points
+from dnmp.data.rigid import check_rigid, rigid_inverse, rotation_angle_deg
 
 ALL_CAMERAS = ("image_00", "image_01")
 FISHEYE = ("image_02", "image_03")
@@ -114,7 +108,7 @@ def read_indexed_poses(path: Path, width: int, what: str) -> dict:
 def read_cam_to_pose(path: Path) -> dict:
     """{"image_0i": 4x4 rigid} from calib_cam_to_pose.txt."""
     cal = read_key_values(path)
-    return {k: make_rigid(v.reshape(3, 4), path, k) for k, v in cal.items()
+    return {k: check_rigid(v.reshape(3, 4), path, k, orthonormalise=True) for k, v in cal.items()
             if k.startswith("image_") and v.size == 12}
 
 
@@ -129,62 +123,7 @@ def read_cam_to_velo(path: Path) -> np.ndarray:
         raise ConversionError(path, "non-numeric values (expected 12 numbers, a 3x4 matrix)") from None
     if v.size != 12:
         raise ConversionError(path, f"has {v.size} numbers, expected 12 (3x4 camera 0 -> velodyne)")
-    return make_rigid(v.reshape(3, 4), path, "camera 0 -> velodyne")
-
-
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
-def read_ply_xyz(path: Path) -> np.ndarray:
-    """float64 [N, 3] x, y, z of a binary little-endian or ASCII PLY's vertices
-    (any other scalar properties, e.g. KITTI-360's colour/semantic/instance/
-    visible/confidence, are skipped)."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        if fh.readline().strip() != b"ply":
-            raise ConversionError(path, "not a PLY file")
-        fmt, n, props, in_vertex = None, 0, [], False
-        while True:
-            line = fh.readline()
-            if not line:
-                raise ConversionError(path, "PLY header has no end_header")
-            t = line.decode("ascii", "replace").split()
-            if not t:
-                continue
-            if t[0] == "format":
-                fmt = t[1]
-            elif t[0] == "element":
-                in_vertex = t[1] == "vertex"
-                if in_vertex:
-                    n = int(t[2])
-                elif n == 0:
-                    raise ConversionError(path, "PLY elements before 'vertex' are not supported")
-            elif t[0] == "property" and in_vertex:
-                if t[1] == "list" or t[1] not in _PLY_TYPES:
-                    raise ConversionError(path, f"unsupported PLY vertex property {' '.join(t[1:])}")
-                props.append((t[2], _PLY_TYPES[t[1]]))
-            elif t[0] == "end_header":
-                break
-        names = [p[0] for p in props]
-        if not {"x", "y", "z"} <= set(names):
-            raise ConversionError(path, "PLY vertices have no x, y, z")
-        if fmt == "binary_little_endian":
-            dt = np.dtype([(nm, "<" + ty) for nm, ty in props])
-            raw = fh.read(dt.itemsize * n)
-            if len(raw) < dt.itemsize * n:
-                raise ConversionError(path, f"truncated PLY: {len(raw)} bytes of vertices, expected {dt.itemsize * n}")
-            rec = np.frombuffer(raw, dt, n)
-            xyz = np.stack([rec["x"], rec["y"], rec["z"]], 1).astype(np.float64)
-        elif fmt == "ascii":
-            rows = np.loadtxt(fh, max_rows=n, ndmin=2)
-            xyz = rows[:, [names.index("x"), names.index("y"), names.index("z")]].astype(np.float64)
-        else:
-            raise ConversionError(path, f"unsupported PLY format {fmt!r} (binary_little_endian or ascii)")
-    if not np.all(np.isfinite(xyz)):
-        raise ConversionError(path, "PLY has NaN or Inf coordinates")
-    return xyz
+    return check_rigid(v.reshape(3, 4), path, "camera 0 -> velodyne", orthonormalise=True)
 
 
 def fused_clouds(root: Path, seq: str, first: int, last: int) -> list:
@@ -251,30 +190,28 @@ def convert_kitti360(source, out, overwrite: bool = False, **options):
             options["name"] = f"kitti360_{preset}_{int(window)}"
         options["preset_info"] = {"preset": preset, "window": int(window), "source": PRESETS[preset]["source"]}
     elif window is not None:
-        options["window"] = window  # START:LEN, read by convert_drive_atomically
-    return convert_drive_atomically(_convert_into, source, out, overwrite, options)
+        options["window"] = window  # START:LEN, read by read_kitti360
+    return convert(read_kitti360, source, out, overwrite, **options)
 
 
-def _convert_into(
+def read_kitti360(
     source,
-    out,
     sequence: str | None = None,
     first: int | None = None,
     last: int | None = None,
+    window: str | None = None,
     stride: int = 1,
     cameras: Sequence[str] | None = ("image_00", "image_01"),
     poses: str = "auto",
     lidar_source: str = "auto",
-    downscale: float = 1.0,
     lidar: bool = True,
-    name: str | None = None,
+    stereo: bool = True,
     quiet: bool = False,
     preset_info: dict | None = None,
-    **pipeline,
-):
-    """Convert frames ``first..last`` (inclusive; default: every frame with an
+) -> Capture:
+    """Read frames ``first..last`` (inclusive; default: every frame with an
     image and a pose; ``stride``: every Nth of them) of KITTI-360 sequence
-    ``sequence`` into ``out``.
+    ``sequence`` into a :class:`Capture`.
 
     cameras: image_00 and/or image_01 (image_00 holds the test frames).
     poses: "auto"/"poses" (poses.txt + calibration, the devkit rule; checked
@@ -284,15 +221,16 @@ def _convert_into(
     (poses.txt is sparse); a window reaching past the last pose is refused.
     lidar_source: "scans" (data_3d_raw velodyne), "fused" (accumulated
     data_3d_semantics clouds), "both", or "auto" (scans if present, else fused).
-    The remaining options are :func:`dnmp.converters.kitti_common.write_drive_scene`'s.
+    stereo: False leaves the stereo pair out.
     Raises ConversionError (one line naming the file) on missing files or
     calibration keys, unsupported cameras, truncated scans, non-rigid poses
     or failed checks.
     """
     log = logger(quiet)
     root = Path(source)
+    first, last = drive_range(first, last, window, stride, root)
     seq = find_sequence(root, sequence)
-    cameras = select_cameras(cameras or ALL_CAMERAS, ALL_CAMERAS, downscale, root, refused=FISHEYE_REFUSED)
+    cameras = select_cameras(cameras or ALL_CAMERAS, ALL_CAMERAS, root, refused=FISHEYE_REFUSED)
     if poses not in ("auto", "poses", "cam0"):
         raise ConversionError(root, f"poses must be auto, poses or cam0, got {poses!r}")
     if lidar_source not in LIDAR_SOURCES:
@@ -319,7 +257,7 @@ def _convert_into(
         S = need(persp, f"S_rect_{k}", 2, persp_path, c)
         R = np.eye(4)
         R[:3, :3] = need(persp, f"R_rect_{k}", 9, persp_path, c).reshape(3, 3)
-        R = make_rigid(R, persp_path, f"R_rect_{k}")
+        R = check_rigid(R, persp_path, f"R_rect_{k}", orthonormalise=True)
         full_cams[c], p_offset[c] = camera_from_P(P, c, int(round(S[0])), int(round(S[1])), persp_path,
                                                   f"P_rect_{k}")
         if c not in cam_to_pose:
@@ -358,11 +296,11 @@ def _convert_into(
             raise ConversionError(c2p_path, "missing calibration key image_00 (needed for --poses cam0)")
         R0 = np.eye(4)
         R0[:3, :3] = need(persp, "R_rect_00", 9, persp_path, "--poses cam0").reshape(3, 3)
-        r2p0 = cam_to_pose["image_00"] @ rigid_inverse(make_rigid(R0, persp_path, "R_rect_00"))
-        T_pose = {i: make_rigid(recs[i].reshape(4, 4), cam0_path, f"cam0_to_world of frame {i}")
+        r2p0 = cam_to_pose["image_00"] @ rigid_inverse(check_rigid(R0, persp_path, "R_rect_00", orthonormalise=True))
+        T_pose = {i: check_rigid(recs[i].reshape(4, 4), cam0_path, f"cam0_to_world of frame {i}", orthonormalise=True)
                   @ rigid_inverse(r2p0) for i in indices}
     else:
-        T_pose = {i: make_rigid(recs[i].reshape(3, 4), pose_path, f"pose of frame {i}") for i in indices}
+        T_pose = {i: check_rigid(recs[i].reshape(3, 4), pose_path, f"pose of frame {i}", orthonormalise=True) for i in indices}
     report = {"converter": "dnmp.converters.kitti360", "sequence": seq, "first": first, "last": last,
               "cameras": cameras, "poses": "cam0_to_world" if use_cam0 else "poses+calibration",
               "pose_file": str(src_path), "skipped_without_pose": skipped}
@@ -377,8 +315,7 @@ def _convert_into(
                 A = T_pose[i] @ rect_to_pose["image_00"]
                 Bm = c0[i].reshape(4, 4)
                 dt.append(float(np.linalg.norm(A[:3, 3] - Bm[:3, 3])))
-                cosang = (np.trace(A[:3, :3].T @ Bm[:3, :3]) - 1) / 2
-                dr.append(float(np.degrees(np.arccos(np.clip(cosang, -1, 1)))))
+                dr.append(rotation_angle_deg(A[:3, :3].T @ Bm[:3, :3]))
         if dt:
             report["cam0_to_world_check"] = {"max_translation_m": max(dt), "max_rotation_deg": max(dr)}
             log(f"kitti360: poses.txt + calibration vs cam0_to_world.txt: max {max(dt):.4f} m, {max(dr):.4f} deg")
@@ -397,30 +334,26 @@ def _convert_into(
     log(f"kitti360: {seq}, frames {first}..{last} ({len(indices)} with a pose"
         + (f", every {stride}th kept" if stride > 1 else "") + f"), cameras {cameras}")
 
-    plan = [PlannedImage(i, c, split, T_pose[i] @ rect_to_pose[c], img_dirs[c] / f"{i:010d}.png",
-                         times[i] - times[indices[0]])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam,
-                                           parity_origin=0 if stride == 1 else None)]
     stereo_pair = None
-    if pipeline.get("stereo", True) and set(cameras) == set(ALL_CAMERAS):
+    if stereo and set(cameras) == set(ALL_CAMERAS):
         rel = rigid_inverse(rect_to_pose["image_00"]) @ rect_to_pose["image_01"]  # image_01 -> image_00
-        ang = np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1, 1)))
+        ang = rotation_angle_deg(rel[:3, :3])
         if ang > 0.1 or np.abs(rel[1:3, 3]).max() > 0.01:
             raise ConversionError(c2p_path, f"image_00/image_01 are not a rectified pair after R_rect "
                                   f"(relative rotation {ang:.3f} deg, offset {np.round(rel[:3, 3], 3).tolist()}); "
                                   "use --no-stereo")
-        stereo_pair = ("image_00", "image_01",
-                       check_rectified_pair(full_cams["image_00"], full_cams["image_01"], np.zeros(3),
-                                            -rel[:3, 3], persp_path))
+        stereo_pair = StereoPair("image_00", "image_01",
+                                 check_rectified_pair(full_cams["image_00"], full_cams["image_01"], np.zeros(3),
+                                                      -rel[:3, 3], persp_path))
         # P_rect_01's last column encodes the same baseline; the devkit does not use it, so only report
         p_base = float(p_offset["image_00"][0] - p_offset["image_01"][0])
-        report["stereo_baseline"] = {"from_cam_to_pose": stereo_pair[2], "from_P_rect": p_base}
-        if abs(p_base - stereo_pair[2]) > 0.02:
+        report["stereo_baseline"] = {"from_cam_to_pose": stereo_pair.baseline, "from_P_rect": p_base}
+        if abs(p_base - stereo_pair.baseline) > 0.02:
             print(f"warning: {persp_path}: P_rect_01 implies a {p_base:.3f} m baseline, calib_cam_to_pose "
-                  f"+ R_rect a {stereo_pair[2]:.3f} m one; using the latter (devkit)")
+                  f"+ R_rect a {stereo_pair.baseline:.3f} m one; using the latter (devkit)")
 
     # LiDAR
-    scans, extra = None, None
+    scans, extra = [], None
     velo_dir = root / "data_3d_raw" / seq / "velodyne_points" / "data"
     if lidar:
         use_scans = lidar_source in ("scans", "both") or (lidar_source == "auto" and velo_dir.is_dir())
@@ -431,26 +364,29 @@ def _convert_into(
             if "image_00" not in cam_to_pose:
                 raise ConversionError(c2p_path, "missing calibration key image_00 (needed for LiDAR)")
             velo_to_pose = cam_to_pose["image_00"] @ rigid_inverse(T_velo_cam0)
-            scans = lambda i: (velo_dir / f"{i:010d}.bin", T_pose[i] @ velo_to_pose)  # noqa: E731
+            scans = [Scan.rigid(lambda i=i: read_velodyne(velo_dir / f"{i:010d}.bin")[:, :3],
+                                T_pose[i] @ velo_to_pose, str(velo_dir / f"{i:010d}.bin")) for i in indices]
         if use_fused:
             files = fused_clouds(root, seq, first, last)
             if not files:
                 raise ConversionError(root / "data_3d_semantics", f"no LiDAR for {seq}: neither "
                                       f"data_3d_raw/{seq}/velodyne_points nor fused static clouds overlapping "
                                       f"{first}..{last} (use --no-lidar)")
-            extra = np.concatenate([read_ply_xyz(p) for p in files])
+            extra = np.concatenate([read_ply_points(p, np.float64)[0] for p in files])
             report["fused_clouds"] = [p.name for p in files]
             log(f"kitti360: {len(extra)} points from {len(files)} fused static clouds")
     src = {"dataset": "KITTI-360", "sequence": seq, "licence": LICENCE, "frames": [first, last],
            "poses": report["poses"], **({"stride": stride} if stride > 1 else {})}
     if preset_info:
         src["preset"] = f"{preset_info['preset']} window {preset_info['window']}"
-    return write_drive_scene(
-        out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=10,
-        name=name or f"kitti360_{seq.replace('_sync', '')}_{first}_{last}", source=src, report=report,
-        pose_path=src_path, calib_path=persp_path, scans=scans, extra_points=extra, stereo_pair=stereo_pair,
-        downscale=downscale, quiet=quiet, **pipeline,
-    )
+    frames = [CaptureFrame(f"{c}/{i:010d}", c, T_pose[i] @ rect_to_pose[c], times[i], split,
+                           img_dirs[c] / f"{i:010d}.png", scan=indices.index(i) if scans else None)
+              for i, c, split in stereo_plan(indices, cameras, held_out_cam,
+                                             parity_origin=0 if stride == 1 else None)]
+    return Capture(name=f"kitti360_{seq.replace('_sync', '')}_{first}_{last}", source=src, cameras=full_cams,
+                   frames=frames, scans=scans, points=[Points("lidar", extra)] if extra is not None else [],
+                   stereo=stereo_pair, report=report, calib_path=persp_path, pose_path=src_path,
+                   ref_camera=held_out_cam)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,9 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: convert_kitti360(
-        args.root, args.out, sequence=args.sequence, preset=args.preset, first=args.first,
-        last=args.last, poses=args.poses, lidar_source=args.lidar_source, **drive_options(args)))
+    return run_cli(lambda: convert_kitti360(args.root, args.out, sequence=args.sequence, preset=args.preset,
+                                            poses=args.poses, lidar_source=args.lidar_source, **drive_options(args)))
 
 
 if __name__ == "__main__":

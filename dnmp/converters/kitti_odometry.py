@@ -51,28 +51,16 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.common import ConversionError, logger, make_rigid, rigid_inverse, run_cli, translation
-from dnmp.converters.kitti_common import (  # noqa: F401  (re-exported: older imports)
-    PlannedImage,
-    add_drive_options,
-    add_pose_options,
-    camera_from_P,
-    check_rectified_pair,
-    convert_drive_atomically,
-    drive_options,
-    icp_poses,
-    lidar_odometry,
-    pose_errors,
-    read_image,
-    read_velodyne,
-    report_drift,
-    select_cameras,
-    stereo_pair_of,
-    stereo_plan,
-    stereo_points,
-    stride_frames,
-    write_drive_scene,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
+from dnmp.converters.kitti_files import camera_from_P, read_velodyne, select_cameras
+from dnmp.converters.lidar_odometry import lidar_odometry, report_drift
+from dnmp.converters.options import add_drive_options, add_pose_options, drive_options, pose_options, run_cli
+from dnmp.converters.report import logger
+from dnmp.converters.splits import drive_range, stereo_plan, stride_frames
+from dnmp.converters.stereo import stereo_pair_of
+from dnmp.converters.writer import convert
+from dnmp.data.images import as_rgb8, read_image
+from dnmp.data.rigid import check_rigid, rigid_inverse, translation
 
 LEFT_CAMERAS = ("image_0", "image_2")
 STEREO_PAIRS = (("image_2", "image_3"), ("image_0", "image_1"))
@@ -126,7 +114,7 @@ def read_poses(path: Path, first: int, last: int) -> dict:
             raise ConversionError(path, f"line {i + 1} has non-numeric values") from None
         if v.size != 12:
             raise ConversionError(path, f"line {i + 1} has {v.size} numbers, expected 12 (3x4)")
-        out[i] = make_rigid(v.reshape(3, 4), path, f"pose of frame {i} (line {i + 1})")
+        out[i] = check_rigid(v.reshape(3, 4), path, f"pose of frame {i} (line {i + 1})", orthonormalise=True)
     return out
 
 
@@ -185,33 +173,29 @@ def convert_kitti_odometry(root, out, overwrite: bool = False, **options):
     the conversion succeeded, so a failed or interrupted run leaves no half scene.
     Options and errors: see :func:`_convert_into`. Returns the loaded Scene.
     """
-    return convert_drive_atomically(_convert_into, root, out, overwrite, options)
+    return convert(read_kitti_odometry, root, out, overwrite, **options)
 
 
-def _convert_into(
+def read_kitti_odometry(
     root,
-    out,
     sequence: str = "00",
-    first: int | None = 0,
+    first: int | None = None,
     last: int | None = None,
+    window: str | None = None,
     stride: int = 1,
     cameras: Sequence[str] | None = None,
     poses: str = "auto",
-    downscale: float = 1.0,
     lidar: bool = True,
-    name: str | None = None,
-    overwrite: bool = False,
+    stereo: bool = True,
     quiet: bool = False,
     icp_voxel: float = 0.2,
     icp_max_distance: float = 0.5,
     min_icp_fitness: float = 0.3,
-    **pipeline,
-):
-    """Convert ``<root>/sequences/<sequence>`` frames ``first..last`` (inclusive;
-    default all images), every ``stride``-th, into a dnmp scene folder ``out``.
-    Returns the loaded :class:`dnmp.data.Scene`. Raises :class:`ConversionError`
-    (a SceneError / ValueError with a one-line message naming the file) on
-    unsupported input.
+) -> Capture:
+    """Read ``<root>/sequences/<sequence>`` frames ``first..last`` (inclusive;
+    default all images; or ``window`` "START:LEN"), every ``stride``-th, into
+    a :class:`Capture`. Raises :class:`ConversionError` (a SceneError /
+    ValueError with a one-line message naming the file) on unsupported input.
 
     cameras: None = :func:`pick_cameras` (colour pair, else grayscale pair).
     lidar: use the velodyne scans; when the sequence has no ``velodyne/``
@@ -223,13 +207,11 @@ def _convert_into(
     ``icp_voxel`` / ``icp_max_distance`` metres, failing below
     ``min_icp_fitness``); the world is then camera 0 of frame ``first``, and
     when a pose file exists the drift against it is printed and reported.
-    downscale: image size divisor (area interpolation; intrinsics scaled with
-    the pixel-centre convention). The remaining options (max_depth, depth,
-    stereo, stereo_max_depth, voxel, outlier_neighbors, sanity,
-    min_sanity_fraction) are :func:`write_drive_scene`'s.
+    stereo: False leaves the stereo pair out (no SGBM points).
     """
     log = logger(quiet)
-    root, out = Path(root), Path(out)
+    root = Path(root)
+    first, last = drive_range(first, last, window, stride, root)
     first = 0 if first is None else first
     sequence = str(sequence)
     seq_dir = root / "sequences" / sequence
@@ -240,7 +222,7 @@ def _convert_into(
         cameras = pick_cameras(seq_dir)
         if cameras[0] == "image_0":
             auto.append(("no colour images", "using grayscale cameras image_0/image_1"))
-    cameras = select_cameras(cameras, ALL_CAMERAS, downscale, seq_dir)
+    cameras = select_cameras(cameras, ALL_CAMERAS, seq_dir)
     if poses not in POSE_CHOICES:
         raise ConversionError(seq_dir, f"poses must be one of {', '.join(POSE_CHOICES)}, got {poses!r}")
     if lidar and poses != "lidar" and not (seq_dir / "velodyne").is_dir():
@@ -254,7 +236,7 @@ def _convert_into(
     if (lidar or poses == "lidar") and "Tr" not in calib:
         raise ConversionError(calib_path, "no Tr (velodyne -> camera 0) line; needed for LiDAR "
                               "(use lidar=False / --no-lidar, and recorded poses)")
-    Tr = make_rigid(calib["Tr"], calib_path, "Tr (velodyne -> camera 0)") if "Tr" in calib else None
+    Tr = check_rigid(calib["Tr"], calib_path, "Tr (velodyne -> camera 0)", orthonormalise=True) if "Tr" in calib else None
 
     # poses: T0[i] = camera 0 of frame i -> world
     sk_path, gt_path = seq_dir / "poses.txt", root / "poses" / f"{sequence}.txt"
@@ -299,33 +281,32 @@ def _convert_into(
         img0 = read_image(seq_dir / c / f"{first:06d}.png")
         full_cams[c], offsets[c] = camera_from_P(calib[key], c, img0.shape[1], img0.shape[0], calib_path)
     held_out_cam = next((c for c in cameras if c in LEFT_CAMERAS), cameras[0])
-    plan = [PlannedImage(i, c, split, T0[i] @ rigid_inverse(translation(offsets[c])),
-                         seq_dir / c / f"{i:06d}.png", times[i] - times[first])
-            for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
-    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, calib_path, pipeline.get("stereo", True))
+    stereo_pair = stereo_pair_of(STEREO_PAIRS, cameras, full_cams, offsets, calib_path, stereo)
     if not lidar and stereo_pair is None:
         why = "--no-lidar" if (seq_dir / "velodyne").is_dir() else "no velodyne/ folder"
         raise ConversionError(seq_dir, f"the scene would get no points (no LiDAR: {why}; no stereo pair among "
-                              f"cameras {', '.join(cameras)}{': --no-stereo' if not pipeline.get('stereo', True) else ''}); "
+                              f"cameras {', '.join(cameras)}{': --no-stereo' if not stereo else ''}); "
                               "dnmp train needs points to place primitives")
-    report.update({"poses": pose_kind, "pose_file": str(pose_path), "first_timestamp": times[first],
-                   "stride": stride})
-    scans = (lambda i: (seq_dir / "velodyne" / f"{i:06d}.bin", T0[i] @ Tr)) if lidar else None
-
-    def source_pair(i):  # any frame of the range with a pose, for the no-LiDAR pose check
-        if stereo_pair is None or i not in T0 or not (seq_dir / stereo_pair[0] / f"{i:06d}.png").is_file():
-            return None
-        l, r = (read_image(seq_dir / c / f"{i:06d}.png") for c in stereo_pair[:2])
-        return l, r, T0[i] @ rigid_inverse(translation(offsets[stereo_pair[0]]))
-
+    cam_pose = lambda i, c: T0[i] @ rigid_inverse(translation(offsets[c]))  # noqa: E731
+    scans = [Scan.rigid(lambda i=i: read_velodyne(seq_dir / "velodyne" / f"{i:06d}.bin")[:, :3],
+                        T0[i] @ Tr, str(seq_dir / "velodyne" / f"{i:06d}.bin")) for i in indices] if lidar else []
+    frames = [CaptureFrame(f"{c}/{i:06d}", c, cam_pose(i, c), times[i], split, seq_dir / c / f"{i:06d}.png",
+                           scan=indices.index(i) if lidar else None)
+              for i, c, split in stereo_plan(indices, cameras, held_out_cam)]
+    if stereo_pair is not None:
+        def source_pair(i):  # any frame of the range with a pose, for the no-LiDAR pose check
+            if i not in T0 or not (seq_dir / stereo_pair.left / f"{i:06d}.png").is_file():
+                return None
+            l, r = (as_rgb8(read_image(seq_dir / c / f"{i:06d}.png"), seq_dir / c) for c in
+                    (stereo_pair.left, stereo_pair.right))
+            return l, r, cam_pose(i, stereo_pair.left)
+        stereo_pair.source_pair = source_pair
+    report.update({"poses": pose_kind, "pose_file": str(pose_path), "stride": stride})
     source = {"dataset": "KITTI odometry", "sequence": sequence, "licence": LICENCE,
               "frames": [first, last], "poses": pose_kind, **({"stride": stride} if stride > 1 else {})}
-    return write_drive_scene(
-        out, plan=plan, cameras=full_cams, indices=indices, held_out_cam=held_out_cam, digits=6,
-        name=name or f"kitti_odometry_{sequence}", source=source, report=report, pose_path=pose_path,
-        calib_path=calib_path, scans=scans, stereo_pair=stereo_pair, source_pair=source_pair, downscale=downscale, quiet=quiet,
-        **pipeline,
-    )
+    return Capture(name=f"kitti_odometry_{sequence}", source=source, cameras=full_cams, frames=frames, scans=scans,
+                   stereo=stereo_pair, report=report, calib_path=calib_path, pose_path=pose_path,
+                   ref_camera=held_out_cam)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,10 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: convert_kitti_odometry(
-        args.root, args.out, sequence=args.sequence, first=args.first, last=args.last, poses=args.poses,
-        icp_voxel=args.icp_voxel, icp_max_distance=args.icp_max_distance,
-        min_icp_fitness=args.min_icp_fitness, **drive_options(args)))
+    return run_cli(lambda: convert_kitti_odometry(args.root, args.out, sequence=args.sequence, poses=args.poses,
+                                                  **pose_options(args), **drive_options(args)))
 
 
 if __name__ == "__main__":

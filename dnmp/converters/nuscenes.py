@@ -40,23 +40,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.assemble import (
-    PlannedFrame,
-    PlannedScan,
-    add_common_args,
-    assemble_scene,
-    common_kwargs,
-    split_list,
-)
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    every_nth_split,
-    logger,
-    pose_from_quat,
-    run_cli,
-    transform,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
+from dnmp.converters.options import add_output_options, output_options, run_cli, split_list
+from dnmp.converters.report import logger
+from dnmp.converters.splits import every_nth_split
+from dnmp.converters.writer import convert
+from dnmp.data.rigid import pose_from_quat
 from dnmp.data.scene import Camera
 
 TABLES = ("scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "sensor", "log")
@@ -132,34 +121,29 @@ def read_lidar_bin(path: Path, min_range: float = 0.0) -> np.ndarray:
 
 def convert_nuscenes(dataroot, out, overwrite: bool = False, **options):
     """Convert one nuScenes scene into the dnmp scene folder ``out``
-    (atomically). Options: see :func:`_convert_into`. Returns the loaded
+    (atomically). Options: :func:`read_nuscenes` and
+    :func:`dnmp.converters.writer.write_capture`. Returns the loaded
     Scene; raises ConversionError (one line naming the table or file)."""
-    return convert_atomically(Path(out), overwrite, lambda st: _convert_into(dataroot, st, **options))
+    return convert(read_nuscenes, dataroot, out, overwrite, **options)
 
 
-def _convert_into(
+def read_nuscenes(
     dataroot,
-    out,
     scene: str | None = None,
     version: str | None = None,
     cameras: Sequence[str] | None = None,
     keyframes_only: bool = True,
     lidar_sweeps: bool = True,
     test_every: int = 4,
-    min_range: float = 2.0,
     lidar: bool = True,
-    name: str | None = None,
     quiet: bool = False,
-    **pipeline,
-):
+) -> Capture:
     """dataroot: nuScenes root (holding <version>/ and samples/). scene: scene
     name (default the first scene). cameras: channels (default the six
     CAM_*). keyframes_only: only images of annotated samples (2 Hz).
     lidar_sweeps: fuse the intermediate LIDAR_TOP sweeps too, not only the
     keyframe ones. test_every: every N-th keyframe held out (0 = none).
-    min_range: metres, drops ego-vehicle returns.
-    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
-    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    min_range: metres, drops ego-vehicle returns."""
     log = logger(quiet)
     dataroot = Path(dataroot)
     vdir = find_version_dir(dataroot, version)
@@ -215,8 +199,7 @@ def _convert_into(
                 continue
             Tw = world_from_sensor(sd)
             path = dataroot / sd["filename"]
-            scans.append(PlannedScan(load=lambda p=path, Tw=Tw: transform(Tw, read_lidar_bin(p, min_range)),
-                                     where=str(path)))
+            scans.append(Scan.rigid(lambda p=path: read_lidar_bin(p), Tw, str(path)))
             if sd.get("is_key_frame"):
                 key_scan[sd["sample_token"]] = len(scans) - 1
 
@@ -238,7 +221,7 @@ def _convert_into(
         cams[c] = cam
         key = bool(sd.get("is_key_frame"))
         stem = Path(sd["filename"]).name.split(".")[0]
-        frames.append(PlannedFrame(
+        frames.append(CaptureFrame(
             name=f"{c}/{stem}", camera=c, cam_to_world=world_from_sensor(sd), timestamp=sd["timestamp"] * 1e-6,
             split=splits[sample_idx[sd["sample_token"]]] if key else "train", image=dataroot / sd["filename"],
             scan=key_scan.get(sd["sample_token"]) if key else None))
@@ -251,9 +234,8 @@ def _convert_into(
     src = {"dataset": "nuScenes", "version": vdir.name, "scene": sc.get("name"),
            "description": sc.get("description", ""), "location": lg.get("location", ""),
            "licence": "nuScenes terms of use (CC BY-NC-SA 4.0, non-commercial)"}
-    return assemble_scene(
-        Path(out), name=name or f"nuscenes_{sc.get('name')}", source=src, cameras=cams, frames=frames,
-        scans=scans, sanity_where=cal_where, report=report, ref_camera=cameras[0], quiet=quiet, **pipeline)
+    return Capture(name=f"nuscenes_{sc.get('name')}", source=src, cameras=cams, frames=frames, scans=scans,
+                   report=report, calib_path=cal_where, pose_path=cal_where, ref_camera=cameras[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,8 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-frames", action="store_true", help="also non-keyframe camera images (12 Hz; train)")
     p.add_argument("--no-lidar-sweeps", action="store_true", help="fuse only keyframe LiDAR sweeps")
     p.add_argument("--test-every", type=int, default=4, help="hold out every N-th keyframe (4; 0 = none)")
-    p.add_argument("--min-range", type=float, default=2.0, help="drop LiDAR returns closer than this, m (2)")
-    add_common_args(p)
+    add_output_options(p)
     return p
 
 
@@ -279,7 +260,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: convert_nuscenes(
         args.dataroot, args.out, scene=args.scene, version=args.version, cameras=split_list(args.cameras),
         keyframes_only=not args.all_frames, lidar_sweeps=not args.no_lidar_sweeps, test_every=args.test_every,
-        min_range=args.min_range, **common_kwargs(args)))
+        **output_options(args)))
 
 
 if __name__ == "__main__":

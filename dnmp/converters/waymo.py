@@ -50,23 +50,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dnmp.converters.assemble import (
-    PlannedFrame,
-    PlannedScan,
-    add_common_args,
-    assemble_scene,
-    common_kwargs,
-    split_list,
-)
-from dnmp.converters.common import (
-    ConversionError,
-    convert_atomically,
-    every_nth_split,
-    logger,
-    make_rigid,
-    run_cli,
-    transform,
-)
+from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
+from dnmp.converters.options import add_output_options, output_options, run_cli, split_list
+from dnmp.converters.report import logger
+from dnmp.converters.splits import every_nth_split
+from dnmp.converters.writer import convert
+from dnmp.data.rigid import check_rigid, transform
 from dnmp.data.scene import Camera
 
 CAMERA_NAMES = {1: "FRONT", 2: "FRONT_LEFT", 3: "FRONT_RIGHT", 4: "SIDE_LEFT", 5: "SIDE_RIGHT"}
@@ -125,7 +114,7 @@ def _matrix(v, where, what) -> np.ndarray:
     a = np.asarray(v, np.float64) if v is not None else np.zeros(0)
     if a.size != 16:
         raise ConversionError(where, f"{what} has {a.size} values, expected 16 (row-major 4x4)")
-    return make_rigid(a.reshape(4, 4), where, what)
+    return check_rigid(a.reshape(4, 4), where, what, orthonormalise=True)
 
 
 def list_segments(root: Path) -> list:
@@ -190,14 +179,14 @@ def _range_image(vals, shape, where, what, channels_min: int) -> np.ndarray:
 
 def convert_waymo(root, out, overwrite: bool = False, **options):
     """Convert a Waymo Open Dataset v2 segment into the dnmp scene folder
-    ``out`` (atomically). Options: see :func:`_convert_into`. Returns the
+    ``out`` (atomically). Options: :func:`read_waymo` and
+    :func:`dnmp.converters.writer.write_capture`. Returns the
     loaded Scene; raises ConversionError (one line naming the file)."""
-    return convert_atomically(Path(out), overwrite, lambda st: _convert_into(root, st, **options))
+    return convert(read_waymo, root, out, overwrite, **options)
 
 
-def _convert_into(
+def read_waymo(
     root,
-    out,
     segment: str | None = None,
     cameras: Sequence[str] | None = None,
     lasers: Sequence[str] | None = None,
@@ -206,18 +195,14 @@ def _convert_into(
     test_every: int = 4,
     undistort: bool = False,
     lidar: bool = True,
-    name: str | None = None,
     quiet: bool = False,
-    **pipeline,
-):
+) -> Capture:
     """root: folder with the v2 component folders. segment: context name
     (default the first camera_image file). cameras: FRONT, FRONT_LEFT,
     FRONT_RIGHT, SIDE_LEFT, SIDE_RIGHT (default all present). lasers: TOP,
     FRONT, SIDE_LEFT, SIDE_RIGHT, REAR (default all present). first/last:
     frame indices (inclusive) in timestamp order. test_every: every N-th frame
-    held out (0 = none). undistort: accept k1..k3 != 0 (OpenCV undistort).
-    The remaining options (downscale, max_depth, depth, voxel, outlier_neighbors,
-    sanity, min_sanity_fraction) are :func:`dnmp.converters.assemble.assemble_scene`'s."""
+    held out (0 = none). undistort: accept k1..k3 != 0 (OpenCV undistort)."""
     log = logger(quiet)
     root = Path(root)
     segs = list_segments(root)
@@ -309,7 +294,7 @@ def _convert_into(
         vals_col, shape_col = li[f"{RI}.values"], li[f"{RI}.shape"]
 
         def load_scan(t):
-            pts = []
+            pts, ranges = [], []
             for la, r in rows_at.get(t, []):
                 ri = _range_image(vals_col[r].values.to_numpy(zero_copy_only=False), shape_col[r].as_py(), li_path,
                                   f"{la} range image at {t}", 1)
@@ -327,11 +312,12 @@ def _convert_into(
                                               f"{ri.shape[:2]}")
                 p = range_image_points(ri, E, inc, pp)
                 pts.append(p if pp is not None else transform(world_from_vehicle[t], p))
-            return np.concatenate(pts) if pts else np.zeros((0, 3))
+                ranges.append(ri[..., 0][ri[..., 0] > 0].astype(np.float64))  # the order of the points
+            return (np.concatenate(pts), np.concatenate(ranges)) if pts else (np.zeros((0, 3)), np.zeros(0))
 
         for t in timestamps:
             if t in rows_at:
-                scans.append(PlannedScan(load=lambda t=t: load_scan(t), where=f"{li_path} @ {t}"))
+                scans.append(Scan(load=lambda t=t: load_scan(t), where=f"{li_path} @ {t}"))
                 scan_of[t] = len(scans) - 1
 
     splits = every_nth_split(len(timestamps), test_every)
@@ -343,7 +329,7 @@ def _convert_into(
         if c not in cams or t not in split_of:
             continue
         data = img_col[r].as_py()
-        frames.append(PlannedFrame(
+        frames.append(CaptureFrame(
             name=f"{c}/{t}", camera=c, cam_to_world=world_from_vehicle[t] @ extr[c] @ CV_TO_WAYMO,
             timestamp=t * 1e-6, split=split_of[t], image=bytes(data or b""), scan=scan_of.get(t)))
     frames.sort(key=lambda f: (f.timestamp, cameras.index(f.camera)))
@@ -354,9 +340,8 @@ def _convert_into(
               "test_every": test_every, "pixel_poses": bool(lidar and pose_rows)}
     src = {"dataset": "Waymo Open Dataset v2", "segment": segment, "frames": [first, last],
            "licence": "Waymo Dataset License Agreement for Non-Commercial Use"}
-    return assemble_scene(
-        Path(out), name=name or f"waymo_{segment}", source=src, cameras=cams, frames=frames, scans=scans,
-        distortion=dist, sanity_where=cal_path, report=report, ref_camera=cameras[0], quiet=quiet, **pipeline)
+    return Capture(name=f"waymo_{segment}", source=src, cameras=cams, frames=frames, scans=scans, distortion=dist,
+                   report=report, calib_path=cal_path, pose_path=cal_path, ref_camera=cameras[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-every", type=int, default=4, help="hold out every N-th frame (4; 0 = none)")
     p.add_argument("--undistort", action="store_true",
                    help="accept cameras with k1,k2,p1,p2,k3 != 0 and undistort them with OpenCV")
-    add_common_args(p)
+    add_output_options(p)
     return p
 
 
@@ -385,7 +370,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: convert_waymo(
         args.root, args.out, segment=args.segment, cameras=split_list(args.cameras), lasers=split_list(args.lasers),
         first=args.first, last=args.last, test_every=args.test_every, undistort=args.undistort,
-        **common_kwargs(args)))
+        **output_options(args)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The dnmp scene format: read, write, validate.
+"""The dnmp scene format: its dataclasses and the scene.json parser and writer.
 
 A scene is a folder (see DESIGN.md, "Scene files")::
 
@@ -39,7 +39,7 @@ intrinsics put the centre of pixel (u, v) at image coordinates (u, v).
 Per-frame sparse depth (the KITTI depth-completion convention): a single-channel
 **uint16 PNG** of the frame's size, value = camera-space depth z in metres * 256
 (so 1/256 m resolution, up to 255.99 m); **0 means no measurement**.
-:func:`read_depth_png` / :func:`write_depth_png` implement it. ``depth`` is
+:func:`dnmp.data.images.read_depth_png` / ``write_depth_png`` implement it. ``depth`` is
 LiDAR projected into the frame; ``stereo_depth`` (same encoding) is depth from
 the frame's rectified stereo pair (SGBM disparity, z = fx * baseline / d), written
 by the KITTI-family converters for training frames only. Both are optional and
@@ -57,12 +57,9 @@ message is one line and starts with the offending file's path.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -73,22 +70,16 @@ FORMAT_NAME = "dnmp-scene"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
 POINT_KINDS = ("lidar", "stereo", "sfm", "mvs")
-RIGID_TOL = 1e-4
 DEPTH_SCALE = 256.0
 CHANNELS = (1, 3)  # grayscale, RGB
 DEPTH_KINDS = ("lidar", "stereo")  # Frame.depth, Frame.stereo_depth
 
 
-class SceneError(ValueError):
-    """A scene (or a converter's input) is invalid. The message is one line
-    that names the file and the problem."""
 
-    def __init__(self, path, problem: str):
-        msg = f"{path}: {problem}" if path is not None else str(problem)
-        msg = " ".join(str(msg).split())  # force one line
-        super().__init__(msg)
-        self.path = None if path is None else str(path)
-        self.problem = problem
+from dnmp.data.errors import SceneError
+from dnmp.data.images import load_depth, load_image
+from dnmp.data.ply import read_ply_points
+from dnmp.data.rigid import check_rigid, rigid_inverse
 
 
 # ----------------------------------------------------------------------------
@@ -164,12 +155,7 @@ class Frame:
 
     def world_to_cam(self) -> np.ndarray:
         """Inverse of ``cam_to_world`` (float64 [4, 4]), computed rigidly."""
-        R = self.cam_to_world[:3, :3]
-        t = self.cam_to_world[:3, 3]
-        out = np.eye(4)
-        out[:3, :3] = R.T
-        out[:3, 3] = -R.T @ t
-        return out
+        return rigid_inverse(self.cam_to_world)
 
     @property
     def camera_centre(self) -> np.ndarray:
@@ -328,57 +314,11 @@ class Scene:
         blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def extent(self, kind: str | None = None):
-        """(min xyz, max xyz) over the points (or the camera centres if none)."""
-        pts = self.load_points(kind)
-        if len(pts) == 0:
-            pts = np.stack([f.camera_centre for f in self.frames])
-        return pts.min(0), pts.max(0)
-
     def to_json(self) -> dict:
         return scene_json_dict(
             self.name, self.source, self.world_offset, self.cameras, self.frames,
             self.point_clouds,
         )
-
-    def save(self, root: str | os.PathLike | None = None) -> Path:
-        """Write scene.json (only) into ``root`` (default: the scene's own folder)."""
-        return write_scene_json(
-            root or self.root, self.name, self.source, self.world_offset,
-            self.cameras, self.frames, self.point_clouds,
-        )
-
-
-# ----------------------------------------------------------------------------
-# Validation helpers
-# ----------------------------------------------------------------------------
-
-
-def check_rigid(T, where, what: str = "cam_to_world", tol: float = RIGID_TOL) -> np.ndarray:
-    """Return T as float64 [4, 4] or raise SceneError if it is not a rigid
-    transform (shape, finite, last row [0 0 0 1], R^T R = I and det R = +1 to ``tol``)."""
-    try:
-        T = np.asarray(T, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SceneError(where, f"{what} is not a numeric matrix") from None
-    if T.shape == (3, 4):
-        T = np.vstack([T, [0.0, 0.0, 0.0, 1.0]])
-    if T.shape != (4, 4):
-        raise SceneError(where, f"{what} must be 4x4, got shape {T.shape}")
-    if not np.all(np.isfinite(T)):
-        raise SceneError(where, f"{what} contains NaN or Inf")
-    if np.abs(T[3] - [0, 0, 0, 1]).max() > tol:
-        raise SceneError(where, f"{what} last row is {T[3].tolist()}, expected [0, 0, 0, 1]")
-    R = T[:3, :3]
-    orth = np.abs(R.T @ R - np.eye(3)).max()
-    det = float(np.linalg.det(R))
-    if orth > tol or abs(det - 1.0) > tol:
-        raise SceneError(
-            where,
-            f"{what} is not rigid (rotation |R^T R - I| = {orth:.2e}, det = {det:.6f}; "
-            f"need orthonormal with det +1 within {tol:g})",
-        )
-    return T
 
 
 def _require(d: dict, keys: Iterable[str], where, ctx: str):
@@ -539,183 +479,6 @@ def load_scene(path: str | os.PathLike, check_images: bool = False) -> Scene:
     return scene
 
 
-def load_image(frame: Frame, camera: Camera | None = None) -> np.ndarray:
-    """float32 [H, W, 3] in [0, 1] (grey images are repeated to 3 channels,
-    alpha dropped). With ``camera``, the size is checked against it, and for a
-    grayscale camera (``channels`` 1) that the file has one channel. Raises
-    SceneError (one line naming the file) for a missing, unreadable or
-    mismatching image."""
-    import imageio.v3 as iio
-
-    p = frame.image_path
-    if not p.is_file():
-        raise SceneError(p, f"image file of frame {frame.name!r} is missing")
-    try:
-        img = iio.imread(p)
-    except Exception as e:  # imageio raises many types
-        raise SceneError(p, f"corrupt or unreadable image ({type(e).__name__}: {e})") from None
-    img = np.asarray(img)
-    if camera is not None and camera.channels == 1 and not (img.ndim == 2 or img.shape[2] == 1):
-        raise SceneError(p, f"camera {camera.name!r} is grayscale (channels 1) but the image has "
-                            f"{img.shape[2]} channels")
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise SceneError(p, f"unsupported image shape {img.shape}")
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    img = img[..., :3]
-    if camera is not None and (img.shape[0] != camera.height or img.shape[1] != camera.width):
-        raise SceneError(
-            p, f"image size mismatch: {img.shape[1]}x{img.shape[0]} but camera "
-            f"{camera.name!r} is {camera.width}x{camera.height}"
-        )
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535.0
-    return np.clip(img.astype(np.float32), 0.0, 1.0)
-
-
-def read_depth_png(path) -> np.ndarray:
-    """uint16 PNG (metres * 256, 0 = none) -> float32 [H, W] metres (0 = none)."""
-    import cv2
-
-    p = Path(path)
-    if not p.is_file():
-        raise SceneError(p, "depth file is missing")
-    d = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if d is None:
-        raise SceneError(p, "corrupt or unreadable depth image")
-    if d.ndim != 2 or d.dtype != np.uint16:
-        raise SceneError(p, f"depth must be single-channel uint16 PNG, got {d.dtype} shape {d.shape}")
-    return d.astype(np.float32) / DEPTH_SCALE
-
-
-def write_depth_png(path, depth: np.ndarray) -> None:
-    """float [H, W] metres (<= 0 or non-finite = none) -> uint16 PNG (metres * 256)."""
-    import cv2
-
-    d = np.asarray(depth, dtype=np.float64)
-    v = np.where(np.isfinite(d) & (d > 0), np.round(d * DEPTH_SCALE), 0)
-    v = np.clip(v, 0, 65535).astype(np.uint16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), v):
-        raise SceneError(path, "could not write depth PNG")
-
-
-def load_depth(frame: Frame, camera: Camera | None = None, kind: str = "lidar") -> np.ndarray:
-    """float32 [H, W] depth in metres (camera z), 0 = no data, of the frame's
-    ``kind`` depth image: "lidar" (``frame.depth``) or "stereo"
-    (``frame.stereo_depth``). Raises SceneError when the frame has none, or
-    (with ``camera``) its size differs from the camera's."""
-    path = frame.depth_file(kind)
-    if path is None:
-        what = "depth image" if kind == "lidar" else "stereo depth image"
-        raise SceneError(frame.image_path, f"frame {frame.name!r} has no {what}")
-    d = read_depth_png(path)
-    if camera is not None and (d.shape[0] != camera.height or d.shape[1] != camera.width):
-        raise SceneError(
-            path, f"depth size mismatch: {d.shape[1]}x{d.shape[0]} but camera "
-            f"{camera.name!r} is {camera.width}x{camera.height}"
-        )
-    return d
-
-
-_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
-              "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4,
-              "double": 8, "float64": 8}
-
-
-def _check_ply_size(p: Path) -> None:
-    """Raise SceneError if a PLY file is shorter than its header promises (PLY spec:
-    header lines up to ``end_header``, then the elements; binary rows have fixed size
-    unless an element has list properties, ASCII rows are one line each)."""
-    with open(p, "rb") as fh:
-        head = fh.read(65536)
-    end = head.find(b"end_header")
-    if not head.startswith(b"ply") or end < 0:
-        raise SceneError(p, "not a PLY file (no 'ply' magic or 'end_header')")
-    body_start = head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head)
-    fmt, elements = None, []  # [(name, count, row bytes or None for list rows)]
-    for line in head[:end].decode("ascii", "replace").splitlines():
-        w = line.split()
-        if not w:
-            continue
-        if w[0] == "format" and len(w) > 1:
-            fmt = w[1]
-        elif w[0] == "element" and len(w) == 3:
-            elements.append([w[1], int(w[2]) if w[2].isdigit() else 0, 0])
-        elif w[0] == "property" and elements:
-            if w[1] == "list" or w[1] not in _PLY_SIZES:
-                elements[-1][2] = None
-            elif elements[-1][2] is not None:
-                elements[-1][2] += _PLY_SIZES[w[1]]
-    body = p.stat().st_size - body_start
-    if fmt in ("binary_little_endian", "binary_big_endian"):
-        if any(e[2] is None for e in elements):
-            return  # variable-size rows: nothing cheap to check
-        need = sum(n * size for _, n, size in elements)
-        if body < need:
-            counts = ", ".join(f"{n} {name}" for name, n, _ in elements)
-            raise SceneError(p, f"truncated point cloud: the header promises {counts} ({need} bytes) "
-                                f"but the file holds {body} bytes after it")
-    elif fmt == "ascii":
-        with open(p, "rb") as fh:
-            fh.seek(body_start)
-            lines = sum(1 for ln in fh if ln.strip())
-        need = sum(n for _, n, _ in elements)
-        if lines < need:
-            raise SceneError(p, f"truncated point cloud: the header promises {need} rows but the "
-                                f"file holds {lines}")
-    else:
-        raise SceneError(p, f"unknown PLY format {fmt!r}")
-
-
-def read_ply_points(path):
-    """(xyz float32 [N, 3], rgb float32 [N, 3] in [0,1] or None) via open3d."""
-    import open3d as o3d
-
-    p = Path(path)
-    if not p.is_file():
-        raise SceneError(p, "point cloud file is missing")
-    _check_ply_size(p)  # open3d returns garbage points for a truncated file, with no error
-    try:
-        pcd = o3d.io.read_point_cloud(str(p), format="ply")
-    except Exception as e:
-        raise SceneError(p, f"unreadable point cloud ({e})") from None
-    xyz = np.asarray(pcd.points, dtype=np.float32)
-    if len(xyz) == 0 and p.stat().st_size > 200:
-        raise SceneError(p, "unreadable or empty point cloud")
-    rgb = np.asarray(pcd.colors, dtype=np.float32) if pcd.has_colors() else None
-    return xyz, rgb
-
-
-def write_ply_points(path, xyz: np.ndarray, rgb: np.ndarray | None = None) -> None:
-    """Write a binary PLY with float32 xyz (+ uint8 rgb when given, rgb in [0,1]
-    float or uint8)."""
-    xyz = np.ascontiguousarray(xyz, dtype="<f4").reshape(-1, 3)
-    n = len(xyz)
-    props = ["property float x", "property float y", "property float z"]
-    if rgb is not None:
-        rgb = np.asarray(rgb)
-        if rgb.dtype != np.uint8:
-            rgb = np.clip(np.round(rgb.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-        props += ["property uchar red", "property uchar green", "property uchar blue"]
-        rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                 ("r", "u1"), ("g", "u1"), ("b", "u1")])
-        rec["r"], rec["g"], rec["b"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    else:
-        rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
-    rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {n}", *props,
-                        "end_header"]) + "\n"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(rec.tobytes())
-
-
 # ----------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------
@@ -762,99 +525,3 @@ def write_scene_json(
         fh.write("\n")
     os.replace(tmp, jpath)
     return jpath
-
-
-# ----------------------------------------------------------------------------
-# Downscaling
-# ----------------------------------------------------------------------------
-
-
-def scaled_size(width: int, height: int, factor: float):
-    """Output size for downscaling by ``factor``: floor(W / f) x floor(H / f)."""
-    if not factor >= 1.0:
-        raise ValueError(f"downscale factor must be >= 1, got {factor}")
-    return max(1, int(math.floor(width / factor + 1e-9))), max(1, int(math.floor(height / factor + 1e-9)))
-
-
-def downscale_camera(cam: Camera, factor: float) -> Camera:
-    """Intrinsics for an image resized by 1/factor (keeps the OpenCV
-    pixel-centre convention): fx' = fx * s, cx' = (cx + 0.5) * s - 0.5, with
-    s = W'/W_used where W_used = W' * factor pixels of the source are used
-    (the remaining right/bottom columns/rows are cropped)."""
-    w2, h2 = scaled_size(cam.width, cam.height, factor)
-    sx = 1.0 / factor
-    sy = 1.0 / factor
-    return Camera(
-        name=cam.name, width=w2, height=h2, fx=cam.fx * sx, fy=cam.fy * sy,
-        cx=(cam.cx + 0.5) * sx - 0.5, cy=(cam.cy + 0.5) * sy - 0.5, model=cam.model,
-        channels=cam.channels,
-    )
-
-
-def downscale_image(img: np.ndarray, factor: float) -> np.ndarray:
-    """Area-resize an image (uint8/float, HxW or HxWxC) by 1/factor; crops the
-    right/bottom remainder so the scale is exactly 1/factor."""
-    import cv2
-
-    if factor == 1:
-        return img
-    h, w = img.shape[:2]
-    w2, h2 = scaled_size(w, h, factor)
-    cw, ch = min(w, int(round(w2 * factor))), min(h, int(round(h2 * factor)))
-    return cv2.resize(img[:ch, :cw], (w2, h2), interpolation=cv2.INTER_AREA)
-
-
-def downscale_depth(depth: np.ndarray, factor: float) -> np.ndarray:
-    """Nearest-valid downsampling of sparse depth (0 = none): each output pixel
-    takes the nearest (smallest) valid depth among the source pixels whose
-    centres fall into it."""
-    h, w = depth.shape
-    w2, h2 = scaled_size(w, h, factor)
-    v, u = np.nonzero(depth > 0)
-    z = depth[v, u]
-    u2 = np.floor((u + 0.5) / factor).astype(np.int64)
-    v2 = np.floor((v + 0.5) / factor).astype(np.int64)
-    ok = (u2 < w2) & (v2 < h2)
-    out = np.full((h2, w2), np.inf, dtype=np.float64)
-    np.minimum.at(out, (v2[ok], u2[ok]), z[ok])
-    out[~np.isfinite(out)] = 0
-    return out.astype(np.float32)
-
-
-def downscale_scene(src, dst, factor: float, overwrite: bool = False) -> Scene:
-    """Copy scene ``src`` to ``dst`` with images downscaled by ``factor`` (area
-    interpolation), intrinsics scaled (:func:`downscale_camera`), depth images
-    (LiDAR and stereo) downsampled nearest-valid, point clouds copied. Returns the new scene."""
-    import imageio.v3 as iio
-
-    scene = load_scene(src)
-    dst = Path(dst)
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise SceneError(dst, "destination exists and is not empty (pass overwrite=True)")
-        shutil.rmtree(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    cams = {n: downscale_camera(c, factor) for n, c in scene.cameras.items()}
-    frames = []
-    for f in scene.frames:
-        raw = iio.imread(f.image_path)
-        small = downscale_image(np.asarray(raw), factor)
-        out = dst / f.image
-        out.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(out, small)
-        nf = dataclasses.replace(f, root=dst)
-        for rel, path in ((f.depth, f.depth_path), (f.stereo_depth, f.stereo_depth_path)):
-            if rel is not None:
-                write_depth_png(dst / rel, downscale_depth(read_depth_png(path), factor))
-        frames.append(nf)
-    pcs = []
-    for pc in scene.point_clouds:
-        out = dst / pc.path
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(pc.full_path, out)
-        pcs.append(PointCloud(pc.path, pc.kind, root=dst))
-    for extra in ("LICENSE.md", "LICENSE"):
-        if (scene.root / extra).is_file():
-            shutil.copyfile(scene.root / extra, dst / extra)
-    write_scene_json(dst, scene.name, scene.source, scene.world_offset, cams, frames, pcs)
-    return load_scene(dst)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _rig import CV_TO_VEHICLE, inv, rigid, rot_to_quat, rot_z  # noqa: E402
 
 from dnmp.converters.colmap import convert_colmap, main  # noqa: E402
-from dnmp.converters.common import ConversionError  # noqa: E402
+from dnmp.converters.capture import ConversionError  # noqa: E402
 from dnmp.data import SceneError  # noqa: E402
 
 W, H = 64, 48

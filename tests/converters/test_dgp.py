@@ -15,7 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import CV_TO_VEHICLE, apply, cylinder_points, inv, nearest_dist, rigid, rot_to_quat, rot_z  # noqa: E402
 
-from dnmp.converters.common import ConversionError, zbuffer_depth  # noqa: E402
+from dnmp.converters.capture import ConversionError  # noqa: E402
+from dnmp.converters.projection import zbuffer_depth  # noqa: E402
 from dnmp.converters.dgp import convert_dgp, main  # noqa: E402
 from dnmp.data import Camera, SceneError  # noqa: E402
 
@@ -241,5 +242,8 @@ def test_real_dgp_scene(tmp_path):
     assert rep["lidar"]["raw"] == 145_319 and rep["lidar"]["written"] > 50_000
     c = np.array([f.camera_centre for f in s.frames if f.camera == "CAMERA_01"])
     assert 2.3 < np.linalg.norm(np.diff(c, axis=0), axis=1).sum() < 2.8  # README: about 2.5 m
-    s1 = convert_dgp(REAL, tmp_path / "s1", scene=0, downscale=8, quiet=True, lidar=False)
+    with pytest.raises(ConversionError, match="would get no points"):  # DGP has no other points than LiDAR
+        convert_dgp(REAL, tmp_path / "s0", scene=0, downscale=8, quiet=True, lidar=False)
+    assert not (tmp_path / "s0").exists()
+    s1 = convert_dgp(REAL, tmp_path / "s1", scene=0, downscale=8, quiet=True, voxel=0.1, outlier_neighbors=0)
     assert len(s1.frames) == 9 and sorted(s1.cameras) == ["CAMERA_01", "CAMERA_05", "CAMERA_06"]

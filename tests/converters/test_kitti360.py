@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dnmp.converters import FORMATS
-from dnmp.converters.common import rigid_inverse, translation
+from dnmp.data.rigid import rigid_inverse, translation
 from dnmp.converters.kitti360 import PRESETS, convert_kitti360, main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -222,7 +222,7 @@ def test_paper_preset(tmp_path):
     assert PRESETS["dnmp-paper"]["windows"] == [(715, 794), (880, 959), (1102, 1181), (2170, 2249), (2900, 2979)]
     a, b = PRESETS["dnmp-paper"]["windows"][1]
     root = write_k360(tmp_path / "k", frames=range(a, b + 1), lidar=False)
-    s = convert(root, tmp_path / "o", preset="dnmp-paper", window=2, lidar=False, sanity=False)
+    s = convert(root, tmp_path / "o", preset="dnmp-paper", window=2, lidar=False, stereo=True, sanity=False)  # stereo: a scene needs points
     left = [f for f in s.frames if f.camera == "image_00"]
     assert len(left) == 80 - (a <= MISSING_POSE <= b) and left[0].name == f"image_00/{a:010d}"
     assert len(s.frames_by_split("test")) == 40 and {f.camera for f in s.frames_by_split("test")} == {"image_00"}
@@ -282,12 +282,12 @@ def test_preset_window_out_of_range(k360, tmp_path, capsys):
 def test_window_start_len_and_stride(k360, tmp_path):
     """--window START:LEN (any drive, like the other KITTI converters) and --stride N:
     frames 1..6 that have a pose (5 has none), every 2nd, alternate train/test."""
-    s = convert(k360, tmp_path / "o", window="1:6", stride=2, lidar=False, sanity=False)
+    s = convert(k360, tmp_path / "o", window="1:6", stride=2, lidar=False, stereo=True, sanity=False)  # stereo: a scene needs points
     left = sorted((f.name, f.split) for f in s.frames if f.camera == "image_00")
     assert left == [(f"image_00/{1:010d}", "train"), (f"image_00/{3:010d}", "test"), (f"image_00/{6:010d}", "train")]
     assert s.source["frames"] == [1, 6] and s.source["stride"] == 2
     # without a stride the paper's parity (of the frame index) is kept
-    s1 = convert(k360, tmp_path / "o1", window="1:6", lidar=False, sanity=False)
+    s1 = convert(k360, tmp_path / "o1", window="1:6", lidar=False, stereo=True, sanity=False)  # stereo: a scene needs points
     assert s1.frame(f"image_00/{2:010d}").split == "train" and s1.frame(f"image_00/{1:010d}").split == "test"
 
 

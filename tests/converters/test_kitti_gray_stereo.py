@@ -15,9 +15,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from dnmp.converters.common import (EST_BASE_BYTES, EST_BYTES_PER_CACHED_PIXEL, EST_BYTES_PER_PRIMITIVE,
+from dnmp.converters.estimate import (EST_BASE_BYTES, EST_BYTES_PER_CACHED_PIXEL, EST_BYTES_PER_PRIMITIVE,
                                     EST_CACHE_PIXELS, EST_PRIMITIVES_AHEAD, EST_PRIMITIVES_PER_METRE,
-                                    EST_RENDER_BYTES_PER_PIXEL, training_estimate, transform)
+                                    EST_RENDER_BYTES_PER_PIXEL, training_estimate)
+from dnmp.data.rigid import transform
 from dnmp.converters.kitti_odometry import convert_kitti_odometry, main
 from dnmp.data import load_scene, read_depth_png
 
@@ -108,15 +109,16 @@ def test_grey_stereo_only_needs_no_flags(tmp_path, capsys):
 
 def test_stereo_depth_is_the_projection_of_the_stereo_points(tmp_path):
     """Downscaled: each pixel holds the nearest SGBM point of its pair projecting into it."""
-    from dnmp.converters.common import zbuffer_depth
-    from dnmp.converters.kitti_common import read_image, stereo_points
+    from dnmp.converters.projection import zbuffer_depth
+    from dnmp.converters.stereo import stereo_points
+    from dnmp.data.images import as_rgb8, read_image
     from dnmp.data import Camera
 
     root = write_grey_stereo(tmp_path / "k", n=2)
     s = convert_kitti_odometry(root, tmp_path / "o", downscale=2, quiet=True)
     seq = root / "sequences" / "00"
     full = Camera("image_0", W, H, FX, FX, CX, CY)
-    xyz, _, _ = stereo_points(read_image(seq / "image_0" / "000000.png"), read_image(seq / "image_1" / "000000.png"),
+    xyz, _, _ = stereo_points(as_rgb8(read_image(seq / "image_0" / "000000.png"), seq), as_rgb8(read_image(seq / "image_1" / "000000.png"), seq),
                               full, BASELINE)
     f = s.frame("image_0/000000")
     expect = zbuffer_depth(transform(f.world_to_cam() @ f.cam_to_world, xyz), s.cameras["image_0"], 0.5)
@@ -220,7 +222,7 @@ def test_real_gray51_slice(tmp_path, capsys):
     v, u = np.nonzero(d2 > 0)
     z = d2[v, u].astype(np.float64)
     xyz = np.stack([(u - cam.cx) / cam.fx * z, (v - cam.cy) / cam.fy * z, z], 1)
-    from dnmp.converters.common import zbuffer_depth
+    from dnmp.converters.projection import zbuffer_depth
 
     seen = zbuffer_depth(transform(f0.world_to_cam() @ f2.cam_to_world, xyz), cam, 0.5)
     d0 = s.load_depth(f0, "stereo")

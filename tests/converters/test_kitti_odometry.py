@@ -11,8 +11,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from dnmp.converters.common import ConversionError, rigid_inverse, translation
-from dnmp.converters.kitti_odometry import convert_kitti_odometry, main, stereo_points
+from dnmp.converters.capture import ConversionError
+from dnmp.data.rigid import rigid_inverse, translation
+from dnmp.converters.kitti_odometry import convert_kitti_odometry, main
+from dnmp.converters.stereo import stereo_points
 from dnmp.data import Camera, SceneError, load_scene
 
 REPO = Path(__file__).resolve().parents[2]

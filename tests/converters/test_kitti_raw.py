@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dnmp.converters import FORMATS
-from dnmp.converters.common import rigid_inverse, translation
+from dnmp.data.rigid import rigid_inverse, translation
 from dnmp.converters.kitti import convert_kitti, main
 from dnmp.data import load_scene
 
@@ -163,7 +163,7 @@ def nearest(a, b):
 
 
 def in_some_view(s, X, max_depth=80.0):
-    from dnmp.converters.common import crop_to_views
+    from dnmp.converters.points import crop_to_views
 
     return crop_to_views(X, s.frames, s.cameras, max_depth)
 
@@ -211,7 +211,7 @@ def test_raw_known_values(raw, tmp_path):
 def test_devkit_projection_agrees(raw, tmp_path):
     """The devkit's y = P_rect_02 R_rect_00 T_cam0_velo x for a scan point lands
     on the same pixel as our camera + cam_to_world applied to its world point."""
-    s = convert(raw, tmp_path / "out", lidar=False, sanity=False)
+    s = convert(raw, tmp_path / "out", lidar=False, stereo=True, sanity=False)  # stereo: a scene needs points
     f = s.frame("image_02/0000000002")
     cam = s.cameras["image_02"]
     Xw = world_points()[::7]

@@ -1,4 +1,4 @@
-"""`--poses lidar`: chained point-to-plane ICP (kitti_common.icp_poses) on a
+"""`--poses lidar`: chained point-to-plane ICP (lidar_odometry.icp_poses) on a
 synthetic scene of planes and boxes scanned from known poses (each scan an
 independent random sampling with noise, so no point is seen twice), failure on
 unrelated scans, and the real ../shared/data/kitti_odometry_00 against its
@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dnmp.converters.common import ConversionError, rigid_inverse
-from dnmp.converters.kitti_common import icp_poses, pose_errors
+from dnmp.converters.capture import ConversionError
+from dnmp.data.rigid import rigid_inverse
+from dnmp.converters.lidar_odometry import icp_poses, pose_errors
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "kitti_odometry_00"

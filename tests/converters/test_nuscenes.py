@@ -15,7 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import CV_TO_VEHICLE, apply, inv, nearest_dist, rigid, rot_to_quat, rot_z  # noqa: E402
 
-from dnmp.converters.common import ConversionError, zbuffer_depth  # noqa: E402
+from dnmp.converters.capture import ConversionError  # noqa: E402
+from dnmp.converters.projection import zbuffer_depth  # noqa: E402
 from dnmp.converters.nuscenes import convert_nuscenes, main  # noqa: E402
 from dnmp.data import SceneError  # noqa: E402
 

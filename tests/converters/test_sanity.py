@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import CV_TO_VEHICLE, cylinder_points, rigid, rot_z  # noqa: E402
 
-from dnmp.converters.common import ConversionError, projection_sanity  # noqa: E402
+from dnmp.converters.capture import ConversionError  # noqa: E402
+from dnmp.converters.checks import projection_sanity  # noqa: E402
 from dnmp.data import Camera, Frame  # noqa: E402
 
 CAM = Camera(name="cam", width=640, height=480, fx=320.0, fy=320.0, cx=319.5, cy=239.5)

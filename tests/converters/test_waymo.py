@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import inv, rigid, rot_z  # noqa: E402
 
-from dnmp.converters.common import ConversionError  # noqa: E402
+from dnmp.converters.capture import ConversionError  # noqa: E402
 from dnmp.converters.waymo import convert_waymo, main  # noqa: E402
 from dnmp.data import SceneError  # noqa: E402
 

@@ -25,7 +25,7 @@ from dnmp.data import (
     write_ply_points,
     write_scene_json,
 )
-from dnmp.data.scene import downscale_depth
+from dnmp.data.downscale import downscale_depth
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "scenes" / "kitti00"
@@ -116,8 +116,8 @@ def test_round_trip(scene_dir, tmp_path):
     assert xyz.shape == (10, 3) and rgb.shape == (10, 3) and np.all(np.isfinite(rgb))
     assert s.load_points("sfm").shape == (0, 3)
     s.check_files()
-    # save again and reload: identical
-    s.save(tmp_path / "copy")
+    # write scene.json again and reload: identical
+    write_scene_json(tmp_path / "copy", s.name, s.source, s.world_offset, s.cameras, s.frames, s.point_clouds)
     for sub in ("images", "depth", "points"):
         shutil.copytree(scene_dir / sub, tmp_path / "copy" / sub)
     s2 = load_scene(tmp_path / "copy")
@@ -360,7 +360,7 @@ def test_bundled_scene_loads_and_decodes():
 
 
 def test_truncated_ply_is_refused(tmp_path):
-    from dnmp.data.scene import read_ply_points, write_ply_points
+    from dnmp.data.ply import read_ply_points, write_ply_points
 
     xyz = np.random.default_rng(0).random((100, 3)).astype(np.float32)
     write_ply_points(tmp_path / "a.ply", xyz, np.ones((100, 3)))
@@ -394,7 +394,7 @@ def test_grayscale_camera_round_trip(scene_dir):
     img = s.load_image(s.frame("left/000000"))
     assert img.shape == (15, 21, 3) and np.all(img == np.float32(77 / 255))
     # written back: only the grayscale camera carries the key (RGB scenes' json is unchanged)
-    s.save(scene_dir)
+    write_scene_json(scene_dir, s.name, s.source, s.world_offset, s.cameras, s.frames, s.point_clouds)
     cams = json.loads((scene_dir / "scene.json").read_text())["cameras"]
     assert cams["left"]["channels"] == 1 and "channels" not in cams["right"]
     small = downscale_scene(scene_dir, scene_dir.parent / "small", 3)
