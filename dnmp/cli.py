@@ -259,12 +259,9 @@ def cmd_export_mesh(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    import importlib
+    from .converters import main
 
-    from .converters import FORMATS
-
-    module = importlib.import_module(FORMATS[args.format][0])
-    return module.main(args.converter_args) or 0
+    return main(args.format, args.converter_args)
 
 
 def cmd_train_autoencoder(args) -> int:

@@ -1,12 +1,17 @@
 """dnmp.converters: dataset converters into the dnmp scene format (DESIGN.md).
 
-One module per source format; the steps they share (LiDAR fusion, sparse depth,
-recentring, projection checks, summary, overview picture, atomic output) live in
-:mod:`dnmp.converters.common`. Every module exposes ``main(argv) -> int`` (its
-own argparse parser, one-line errors, exit 2) and a ``convert_<format>(source,
-out, overwrite=False, **options)`` function. ``dnmp convert FORMAT ...``
-dispatches through :data:`FORMATS`.
+One module per source format reads its source into a
+:class:`~dnmp.converters.capture.Capture`; one writer
+(:mod:`dnmp.converters.writer`) turns any Capture into a scene. Every format
+module exposes ``read_<format>(source, **options) -> Capture``,
+``convert_<format>(source, out, overwrite=False, **options)``,
+``build_parser()`` (its command-line options) and ``main(argv) -> int``
+(one-line errors, exit 2). ``dnmp convert FORMAT ...`` calls :func:`main`,
+which dispatches through :data:`FORMATS`. Layers and how to add a format:
+design.md next to this file.
 """
+
+import importlib
 
 # format name on the command line -> (module, one-line description)
 FORMATS = {
@@ -27,3 +32,11 @@ FORMATS = {
     "waymo": ("dnmp.converters.waymo",
               "Waymo Open Dataset v2: <component>/<segment>.parquet (camera_image, camera_calibration, lidar, ...)"),
 }
+
+
+def main(fmt: str, argv) -> int:
+    """``dnmp convert FMT ARGV...``: the format's own ``main(argv)`` (its
+    parser, one-line errors); 0 on success, 2 on bad input."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return importlib.import_module(FORMATS[fmt][0]).main(argv) or 0

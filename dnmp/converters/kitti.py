@@ -49,7 +49,7 @@ import numpy as np
 from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
 from dnmp.converters.kitti_files import camera_from_P, need, read_key_values, read_velodyne, select_cameras
 from dnmp.converters.lidar_odometry import lidar_odometry, report_drift
-from dnmp.converters.options import add_drive_options, add_pose_options, drive_options, pose_options, run_cli
+from dnmp.converters.options import add_drive_options, drive_options, run_cli
 from dnmp.converters.report import logger
 from dnmp.converters.splits import drive_range, stereo_plan, stride_frames
 from dnmp.converters.stereo import stereo_pair_of
@@ -337,17 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poses", default=None, choices=("auto", "oxts", "gt", "semantickitti", "lidar"),
                    help="raw: oxts (default) or lidar; odometry: auto (default), gt, semantickitti or lidar. "
                    "lidar estimates poses by scan-to-scan ICP and reports the drift against recorded poses")
-    add_pose_options(p)
-    add_drive_options(p, None, cameras_help="default image_02,image_03 (odometry: image_2,image_3 if present, "
-                      "else the grayscale pair image_0,image_1)")
+    add_drive_options(p, None, lidar_poses=True, cameras_help="default image_02,image_03 (odometry: image_2,"
+                      "image_3 if present, else the grayscale pair image_0,image_1)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    opts = drive_options(args)  # cameras None (not given): convert_kitti drops it, the layout's default applies
+    # cameras None (not given): convert_kitti drops it, the layout's default applies
     return run_cli(lambda: convert_kitti(args.root, args.out, drive=args.drive, sequence=args.sequence,
-                                         poses=args.poses, **pose_options(args), **opts))
+                                         **drive_options(args)))
 
 
 if __name__ == "__main__":

@@ -167,9 +167,10 @@ def find_sequence(root: Path, sequence: str | None) -> str:
 
 def convert_kitti360(source, out, overwrite: bool = False, **options):
     """Convert a KITTI-360 drive window into the dnmp scene folder ``out``,
-    atomically (see :func:`dnmp.converters.common.convert_atomically`).
+    atomically (:func:`dnmp.converters.writer.convert`).
     ``preset`` / ``window`` select a paper window (:data:`PRESETS`); other
-    options and errors: :func:`_convert_into`. Returns the loaded Scene."""
+    options and errors: :func:`read_kitti360` and :func:`dnmp.converters.writer.write_capture`.
+    Returns the loaded Scene."""
     preset, window = options.pop("preset", None), options.pop("window", None)
     if preset is not None:
         if preset not in PRESETS:

@@ -39,7 +39,7 @@ outliers removed), ``points/stereo.ply`` (SGBM depth of TRAIN stereo pairs only,
 left-right consistent, within ``stereo_max_depth``, with colours),
 ``depth_stereo/<camera>/<frame>.png`` (that SGBM depth per training frame, same
 encoding), and a ``conversion_report.json`` with the options and the numbers
-printed. The shared steps live in :mod:`dnmp.converters.kitti_common`.
+printed. The scene is written by :mod:`dnmp.converters.writer`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import numpy as np
 from dnmp.converters.capture import Capture, CaptureFrame, ConversionError, Scan
 from dnmp.converters.kitti_files import camera_from_P, read_velodyne, select_cameras
 from dnmp.converters.lidar_odometry import lidar_odometry, report_drift
-from dnmp.converters.options import add_drive_options, add_pose_options, drive_options, pose_options, run_cli
+from dnmp.converters.options import add_drive_options, drive_options, run_cli
 from dnmp.converters.report import logger
 from dnmp.converters.splits import drive_range, stereo_plan, stride_frames
 from dnmp.converters.stereo import stereo_pair_of
@@ -97,15 +97,21 @@ def read_calib(path: Path) -> dict:
     return out
 
 
-def read_poses(path: Path, first: int, last: int) -> dict:
-    """{frame: rigid float64 4x4} for frames first..last from a KITTI pose file."""
+def _frame_lines(path: Path, first: int, last: int, what: str, hint: str = "") -> list:
+    """The non-empty lines of a one-line-per-frame file, refusing a missing
+    file or one too short for frames ``first..last``."""
     if not path.is_file():
-        raise ConversionError(path, "pose file is missing (--poses lidar estimates poses from the scans)")
+        raise ConversionError(path, f"{what} file is missing{hint}")
     lines = [l for l in path.read_text().splitlines() if l.strip()]
     if len(lines) <= last:
-        raise ConversionError(
-            path, f"pose file has {len(lines)} poses but frames {first}..{last} need {last + 1}"
-        )
+        raise ConversionError(path, f"{what} file has {len(lines)} {what}s but frames {first}..{last} need "
+                              f"{last + 1}")
+    return lines
+
+
+def read_poses(path: Path, first: int, last: int) -> dict:
+    """{frame: rigid float64 4x4} for frames first..last from a KITTI pose file."""
+    lines = _frame_lines(path, first, last, "pose", " (--poses lidar estimates poses from the scans)")
     out = {}
     for i in range(first, last + 1):
         try:
@@ -119,16 +125,12 @@ def read_poses(path: Path, first: int, last: int) -> dict:
 
 
 def read_times(path: Path, first: int, last: int) -> dict:
-    if not path.is_file():
-        raise ConversionError(path, "timestamps file is missing")
-    lines = [l for l in path.read_text().splitlines() if l.strip()]
-    if len(lines) <= last:
-        raise ConversionError(path, f"has {len(lines)} timestamps but frames {first}..{last} need {last + 1}")
+    """{frame: seconds} for frames first..last from a KITTI times.txt."""
+    lines = _frame_lines(path, first, last, "timestamp")
     try:
         return {i: float(lines[i].split()[0]) for i in range(first, last + 1)}
     except ValueError:
         raise ConversionError(path, "non-numeric timestamp") from None
-
 
 
 # ----------------------------------------------------------------------------
@@ -171,7 +173,8 @@ def convert_kitti_odometry(root, out, overwrite: bool = False, **options):
     """Convert a KITTI odometry sequence into the dnmp scene folder ``out``, atomically:
     everything is written into a hidden sibling folder that replaces ``out`` only when
     the conversion succeeded, so a failed or interrupted run leaves no half scene.
-    Options and errors: see :func:`_convert_into`. Returns the loaded Scene.
+    Options and errors: :func:`read_kitti_odometry` and :func:`dnmp.converters.writer.write_capture`.
+    Returns the loaded Scene.
     """
     return convert(read_kitti_odometry, root, out, overwrite, **options)
 
@@ -319,16 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poses", choices=POSE_CHOICES, default="auto",
                    help="auto: SemanticKITTI sequences/<seq>/poses.txt if present, else poses/<seq>.txt; "
                    "lidar: estimate by scan-to-scan ICP and report the drift against a pose file if any")
-    add_pose_options(p)
-    add_drive_options(p, None, cameras_help="default: image_2,image_3 if present, else the grayscale pair "
-                      "image_0,image_1; without velodyne/ the points come from SGBM stereo only")
+    add_drive_options(p, None, lidar_poses=True, cameras_help="default: image_2,image_3 if present, else the "
+                      "grayscale pair image_0,image_1; without velodyne/ the points come from SGBM stereo only")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: convert_kitti_odometry(args.root, args.out, sequence=args.sequence, poses=args.poses,
-                                                  **pose_options(args), **drive_options(args)))
+    return run_cli(lambda: convert_kitti_odometry(args.root, args.out, sequence=args.sequence, **drive_options(args)))
 
 
 if __name__ == "__main__":

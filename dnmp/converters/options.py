@@ -60,10 +60,13 @@ def output_options(args) -> dict:
 
 
 def add_drive_options(p: argparse.ArgumentParser, default_cameras: str | None, range_help: str = "",
-                      window_help: str = "", cameras_help: str = "") -> None:
+                      window_help: str = "", cameras_help: str = "", lidar_poses: bool = False) -> None:
     """The KITTI family's options: frame range (--first/--last or --window),
-    --stride, --cameras, and :func:`add_output_options` with stereo.
-    ``default_cameras`` None: the converter picks them (``cameras_help`` says how)."""
+    --stride, --cameras, (``lidar_poses``: :func:`add_pose_options`,) and
+    :func:`add_output_options` with stereo. ``default_cameras`` None: the
+    converter picks them (``cameras_help`` says how)."""
+    if lidar_poses:
+        add_pose_options(p)
     p.add_argument("--first", type=int, default=None, help="first frame index (default: first available)")
     p.add_argument("--last", type=int, default=None,
                    help="last frame index, inclusive (default: last available)" + range_help)
@@ -80,9 +83,13 @@ def add_drive_options(p: argparse.ArgumentParser, default_cameras: str | None, r
 
 def drive_options(args) -> dict:
     """Keyword options of :func:`add_drive_options`' parsed arguments
-    (``cameras`` None when not given and the converter picks them)."""
-    return dict(cameras=split_list(args.cameras), window=args.window, stride=args.stride, first=args.first,
-                last=args.last, **output_options(args))
+    (``cameras`` None when not given and the converter picks them; with
+    ``--poses``, it and :func:`pose_options`)."""
+    kw = dict(cameras=split_list(args.cameras), window=args.window, stride=args.stride, first=args.first,
+              last=args.last, **output_options(args))
+    if hasattr(args, "icp_voxel"):
+        kw.update(poses=args.poses, **pose_options(args))
+    return kw
 
 
 def add_pose_options(p: argparse.ArgumentParser) -> None:

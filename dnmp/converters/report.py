@@ -37,33 +37,33 @@ def travelled_distance(frames: Sequence[Frame], camera: str | None = None) -> fl
 def print_summary(scene, ref_camera: str | None = None, quiet: bool = False) -> dict:
     """Return (and print, unless ``quiet``) frames per camera and split,
     points per kind, extent, travelled distance and size on disk."""
-    print = logger(quiet)  # noqa: A001  (the summary's lines, or nothing)
+    log = logger(quiet)
     info = {"frames": {}, "points": {}}
     for cname in scene.cameras:
         for split in ("train", "test"):
             n = sum(1 for f in scene.frames if f.camera == cname and f.split == split)
             info["frames"][f"{cname}/{split}"] = n
-    print(f"scene {scene.name!r}")
-    print("  frames: " + ", ".join(f"{k} {v}" for k, v in info["frames"].items()))
+    log(f"scene {scene.name!r}")
+    log("  frames: " + ", ".join(f"{k} {v}" for k, v in info["frames"].items()))
     all_pts = []
     for pc in scene.point_clouds:
         pts = scene.load_points(pc.kind)
         info["points"][pc.kind] = len(pts)
         all_pts.append(pts)
-    print("  points: " + (", ".join(f"{k} {v}" for k, v in info["points"].items()) or "none"))
+    log("  points: " + (", ".join(f"{k} {v}" for k, v in info["points"].items()) or "none"))
     if all_pts:
         pts = np.concatenate(all_pts)
         lo, hi = pts.min(0).astype(np.float64), pts.max(0).astype(np.float64)
         info["extent"] = (np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
-        print(f"  extent (scene coords, m): min {np.round(lo, 2).tolist()} max {np.round(hi, 2).tolist()} "
+        log(f"  extent (scene coords, m): min {np.round(lo, 2).tolist()} max {np.round(hi, 2).tolist()} "
               f"size {np.round(hi - lo, 2).tolist()}")
     ref = ref_camera or next(iter(scene.cameras))
     info["travelled"] = travelled_distance(scene.frames, ref)
-    print(f"  travelled ({ref}): {info['travelled']:.2f} m; world_offset "
+    log(f"  travelled ({ref}): {info['travelled']:.2f} m; world_offset "
           f"{np.round(scene.world_offset, 3).tolist()}")
     size = sum(p.stat().st_size for p in Path(scene.root).rglob("*") if p.is_file())
     info["bytes"] = size
-    print(f"  size on disk: {size / 1e6:.1f} MB")
+    log(f"  size on disk: {size / 1e6:.1f} MB")
     return info
 
 

@@ -49,6 +49,7 @@ def convert(read: Callable[..., Capture], source, out, overwrite: bool = False, 
     if unknown:
         raise ConversionError(source, f"unknown option(s) {', '.join(unknown)}")
     wopts = {k: v for k, v in options.items() if k in wk}
+    check_output(out, overwrite)  # before the reading, which can take long
     check_write_options(out, **wopts)
     capture = read(source, **{k: v for k, v in options.items() if k in rk})
     return convert_atomically(out, overwrite, lambda staging: write_capture(capture, staging, **wopts))
@@ -319,6 +320,18 @@ def undistort_image(img: np.ndarray, cam: Camera, coeffs) -> np.ndarray:
     return cv2.undistort(img, K, np.asarray(coeffs, np.float64))
 
 
+def check_output(out, overwrite: bool) -> None:
+    """Refuse (ConversionError naming ``out``) an existing file, and a
+    non-empty folder unless ``overwrite`` and it is a dnmp scene."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            what = "output folder exists and is not empty" if out.is_dir() else "output path is an existing file"
+            raise ConversionError(out, f"{what} (use --overwrite to replace a dnmp scene)")
+        if not (out / "scene.json").is_file():
+            raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
+
+
 def convert_atomically(out, overwrite: bool, convert_into: Callable[[Path], object]):
     """Run ``convert_into(staging)`` into a hidden sibling folder of ``out`` and
     rename it into place only when it succeeded, so a failed or interrupted
@@ -327,12 +340,7 @@ def convert_atomically(out, overwrite: bool, convert_into: Callable[[Path], obje
     ``overwrite``, and never overwrites a folder that is not a dnmp scene.
     Returns the loaded Scene."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            what = "output folder exists and is not empty" if out.is_dir() else "output path is an existing file"
-            raise ConversionError(out, f"{what} (use --overwrite to replace a dnmp scene)")
-        if not (out / "scene.json").is_file():
-            raise ConversionError(out, "refusing to overwrite a non-empty folder that is not a dnmp scene")
+    check_output(out, overwrite)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnmp.data.images import read_depth_png, write_depth_png
+from dnmp.data.images import read_depth_png, read_image, write_depth_png
 from dnmp.data.scene import Camera, PointCloud, Scene, SceneError, load_scene, write_scene_json
 
 
@@ -82,8 +82,7 @@ def downscale_scene(src, dst, factor: float, overwrite: bool = False) -> Scene:
     cams = {n: downscale_camera(c, factor) for n, c in scene.cameras.items()}
     frames = []
     for f in scene.frames:
-        raw = iio.imread(f.image_path)
-        small = downscale_image(np.asarray(raw), factor)
+        small = downscale_image(read_image(f.image_path), factor)
         out = dst / f.image
         out.parent.mkdir(parents=True, exist_ok=True)
         iio.imwrite(out, small)
