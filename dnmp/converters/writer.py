@@ -79,9 +79,9 @@ def recentre(centres) -> tuple:
 MIN_IMAGE_SIDE = 16
 
 
-def output_cameras(cameras: dict, downscale: float, where="--downscale") -> dict:
+def output_cameras(cameras: dict, downscale: float, where=None) -> dict:
     """name -> Camera of the written images (``downscale_camera`` unless 1).
-    Raises ConversionError (naming ``where``) when a camera's image would be
+    Raises ConversionError (naming ``where``, if given) when a camera's image would be
     smaller than MIN_IMAGE_SIDE pixels on a side."""
     out = {c: downscale_camera(cam, downscale) if downscale != 1 else cam for c, cam in cameras.items()}
     for c, cam in out.items():
