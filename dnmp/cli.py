@@ -91,6 +91,14 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from .viewer import serve
+
+    serve(_open_run(args), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
+          max_height=args.max_height, path_file=args.path_file, ready=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_json_atomic
 
@@ -388,6 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write one mp4 per camera and output, views in order")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
+
+    v = sub.add_parser("view", help="interactive web viewer of a trained run (viser)",
+                       description="Serve a web page that renders the trained scene from the browser's "
+                                   "camera (a preview of about --preview-pixels pixels while it moves, "
+                                   "full size when it rests), shows the recorded cameras (click one to "
+                                   "jump there) and saves keyframes as a nerfstudio camera-path JSON "
+                                   "for `dnmp render RUN --trajectory path FILE`. Prints the URL; from "
+                                   "another machine forward the port: ssh -L PORT:localhost:PORT HOST.")
+    v.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
+                                     "long drive's run folder (its blocks, blended)")
+    v.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: all)")
+    v.add_argument("--port", type=_int_at_least(1, 65535), default=8080,
+                   help="port (default 8080; the next free one if taken)")
+    v.add_argument("--preview-pixels", type=_int_at_least(64), default=20000,
+                   help="pixels of the images rendered while the camera moves (default 20000, e.g. "
+                        "236x85 at KITTI's aspect; adjustable on the page)")
+    v.add_argument("--max-height", type=_int_at_least(8),
+                   help="rows of the full-size render (default: the recorded camera's height)")
+    v.add_argument("--path-file", help="where 'Save camera path' writes (default "
+                                       "RUN/camera_paths/viewer_path.json; editable on the page)")
+    v.set_defaults(func=cmd_view)
 
     e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS on the held-out frames",
                        description="Score held-out renders; writes metrics.json with test_psnr, "
