@@ -7,8 +7,8 @@ For each view (named NAME) it writes into the output folder:
 - with depth: `NAME_depth.png`, 16-bit, metres x 256 (0 = no surface), the format of the
   scenes' LiDAR depth images (`dnmp.data.read_depth_png` reads it; 3.9 mm steps, up to
   256 m), or `NAME_depth.npy` (float32 [H, W] metres, 0 = none) with `depth_format="npy"`;
-  plus `NAME_depth_preview.png`, inverse depth colour-mapped (turbo) over a fixed range
-  for the whole trajectory (near = red, far = blue, black = no surface).
+  plus `NAME_depth_preview.png`, log depth colour-mapped (turbo) over a fixed range for
+  the whole trajectory (near = red, far = blue, black = no surface).
 - with coverage: `NAME_coverage.png`, 8-bit, 255 x coverage.
 
 Depth and coverage are `DNMPRenderer.render`'s (paper Sec. 3.3 compositing, K layers near
@@ -26,6 +26,7 @@ Every file is written under a temporary name and renamed when complete, so an in
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def _write_atomic(path: Path, write) -> Path:
 
 def depth_preview(depth: np.ndarray, near: float = 1.0, far: float = 80.0) -> np.ndarray:
     """Colour picture of a depth map: uint8 [H, W, 3] RGB, OpenCV's turbo colour map over
-    inverse depth from 1/near (red) to 1/far (blue), clipped outside; black where depth <= 0.
+    log depth from near (red) to far (blue), clipped outside; black where depth <= 0.
 
     Args: depth float [H, W] metres (0 = none); near, far: metres, 0 < near < far.
     Raises: ValueError for a bad range.
@@ -63,8 +64,8 @@ def depth_preview(depth: np.ndarray, near: float = 1.0, far: float = 80.0) -> np
         raise ValueError(f"depth preview range must satisfy 0 < near < far, got {near}, {far}")
     d = np.asarray(depth, dtype=np.float64)
     valid = np.isfinite(d) & (d > 0)
-    inv = np.where(valid, 1.0 / np.where(valid, d, 1.0), 0.0)
-    x = np.clip((inv - 1.0 / far) / (1.0 / near - 1.0 / far), 0.0, 1.0)
+    logd = np.log(np.where(valid, d, near))
+    x = np.clip((math.log(far) - logd) / (math.log(far) - math.log(near)), 0.0, 1.0)
     rgb = cv2.applyColorMap((x * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
     return np.where(valid[..., None], rgb, 0).astype(np.uint8)
 
