@@ -73,13 +73,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from .trajectory import parse_offset, parse_trajectory
+    from .trajectory import lane_offset, parse_offset, parse_trajectory
     from .views import render_trajectory
 
-    kind, file = parse_trajectory(args.trajectory)  # a bad kind fails before the model loads
-    offset = parse_offset(args.offset)
+    kind, file = parse_trajectory(args.trajectory)  # bad options fail before the model loads
+    offset = lane_offset(parse_offset(args.offset), args.lane_shift, args.lift)
     res = render_trajectory(_open_run(args), kind, file, out=args.out, split=args.split,
-                            offset=(offset[0] - args.lane_shift, offset[1] - args.lift, offset[2]),
+                            offset=offset,
                             rig_camera=args.rig_camera, camera=args.camera, fps=args.fps,
                             speed=args.speed, frames=args.frames, downscale=args.downscale,
                             video=args.video, depth=args.depth, coverage=args.coverage,

@@ -93,7 +93,7 @@ class Viewer:
 
     Args:
         run: an opened run (`dnmp.train.run.open_run`).
-        host, port: where to listen (port 0: a free port).
+        host, port: where to listen (viser takes the next free port when `port` is taken).
         preview_pixels: pixel count of the images rendered while the camera moves.
         max_height: rows of the full-size image (default: the recorded camera's height).
         still_seconds: how long the camera must rest before the full-size render.
