@@ -20,7 +20,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # Already installed from this checkout (a second README command in the same folder)? Then skip.
 if "$VENV/bin/python" - <<'PYEOF' 2>/dev/null
-import pathlib, sys, dnmp, pytest  # noqa: F401
+import pathlib, sys, dnmp, pytest, viser  # noqa: F401  (a dependency added later: reinstall)
 sys.exit(0 if pathlib.Path(dnmp.__file__).resolve().parents[1] == pathlib.Path.cwd().resolve() else 1)
 PYEOF
 then

@@ -73,41 +73,29 @@ def cmd_train(args) -> int:
 
 
 def cmd_render(args) -> int:
-    import imageio.v2 as imageio
-    import numpy as np
-    import torch
-    from tqdm import tqdm
+    from .trajectory import lane_offset, parse_offset, parse_trajectory
+    from .views import render_trajectory
 
-    from .evaluate import frame_file_stem, render_frame, to_uint8, write_image_atomic
+    kind, file = parse_trajectory(args.trajectory)  # bad options fail before the model loads
+    offset = lane_offset(parse_offset(args.offset), args.lane_shift, args.lift)
+    res = render_trajectory(_open_run(args), kind, file, out=args.out, split=args.split,
+                            offset=offset,
+                            rig_camera=args.rig_camera, camera=args.camera, fps=args.fps,
+                            speed=args.speed, frames=args.frames, downscale=args.downscale,
+                            video=args.video, depth=args.depth, coverage=args.coverage,
+                            depth_format=args.depth_format, depth_range=(1.0, args.depth_max),
+                            progress=not args.quiet)
+    print(f"wrote {res['views']} views ({res['images']} images) to {res['out']}")
+    for v in res["videos"]:
+        print(f"wrote {v['path']} ({v['frames']} frames, {res['fps']:g} fps)")
+    return 0
 
-    run = _open_run(args)
-    scene, renderer = run.scene, run.renderer
-    frames = scene.frames if args.split == "all" else scene.frames_by_split(args.split)
-    if not frames:
-        raise ValueError(f"{scene.root}: no {args.split!r} frames to render")
-    frames = sorted(frames, key=lambda f: (f.camera, f.timestamp))
-    # not RUN/renders/test, where train and eval put <frame>_pred.png / _gt.png
-    out = Path(args.out) if args.out else run.run_dir / "renders" / f"{args.split}_frames"
-    out.mkdir(parents=True, exist_ok=True)
-    images = {}
-    with torch.no_grad():
-        for frame in tqdm(frames, desc=f"render {args.split}"):
-            img = to_uint8(render_frame(renderer, scene, frame)["rgb"])
-            write_image_atomic(out / f"{frame_file_stem(frame)}.png", img)
-            images.setdefault(frame.camera, []).append(img)
-    print(f"wrote {len(frames)} PNG frames to {out}")
-    if args.video:
-        for cam, seq in images.items():
-            path = out / f"{args.split}_{cam}.mp4"
-            tmp = out / f".{args.split}_{cam}.tmp.mp4"
-            h, w = seq[0].shape[:2]
-            pad = ((0, h % 2), (0, w % 2), (0, 0))  # H.264 yuv420p needs even sizes
-            with imageio.get_writer(tmp, fps=args.fps, codec="libx264", quality=8,
-                                    macro_block_size=1) as writer:
-                for img in seq:
-                    writer.append_data(np.pad(img, pad, mode="edge"))
-            os.replace(tmp, path)
-            print(f"wrote {path} ({len(seq)} frames, {args.fps} fps)")
+
+def cmd_view(args) -> int:
+    from .viewer import serve
+
+    serve(_open_run(args), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
+          max_height=args.max_height, path_file=args.path_file, ready=lambda line: print(line, flush=True))
     return 0
 
 
@@ -349,18 +337,85 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("render", help="render frames (PNG) and optionally an mp4 video",
-                       description="Render a trained checkpoint's scene frames to PNG.")
+    r = sub.add_parser("render", help="render the recorded or novel views (PNG, depth, coverage, mp4)",
+                       description="Render a trained model along a trajectory: the recorded frames "
+                                   "(dataset), the recorded path shifted in the rig frame (shift), a "
+                                   "smooth spline through the recorded poses (interpolate), or a "
+                                   "nerfstudio camera-path JSON (path FILE). Colour, and on request "
+                                   "depth and coverage; --video writes an mp4 of each. Every file is "
+                                   "written under a temporary name and renamed when complete.")
     r.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
                                      "long drive's run folder (its blocks, blended)")
     r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
-    r.add_argument("--split", choices=["test", "train", "all"], default="test",
-                   help="which frames (default: test, the held-out frames)")
-    r.add_argument("--out", help="output folder (default: RUN/renders/SPLIT_frames; train and "
-                                 "eval write RUN/renders/test)")
-    r.add_argument("--video", action="store_true", help="also write one mp4 per camera, frames in time order")
-    r.add_argument("--fps", type=_int_at_least(1), default=10, help="video frame rate (default 10)")
+    r.add_argument("--trajectory", nargs="+", metavar="KIND", default=["dataset"],
+                   help="dataset (default: the recorded frames), shift (with --offset / "
+                        "--lane-shift / --lift), interpolate (with --fps, --speed or --frames), "
+                        "or path FILE (nerfstudio camera-path JSON: render_width, render_height, "
+                        "camera_path[].camera_to_world in OpenGL axes and .fov vertical degrees)")
+    r.add_argument("--split", choices=["test", "train", "all"], default=None,
+                   help="which recorded frames (default: test, the held-out frames; interpolate: all)")
+    r.add_argument("--offset", metavar="X,Y,Z",
+                   help="shift: move every camera by this vector in metres in the rig frame (the "
+                        "--rig-camera's axes: x right, y down, z forward)")
+    r.add_argument("--lane-shift", type=float, default=0.0, metavar="M",
+                   help="shift: move the rig M metres to the LEFT (negative: right); adds to --offset")
+    r.add_argument("--lift", type=float, default=0.0, metavar="M",
+                   help="shift: raise the rig M metres (negative: lower); adds to --offset")
+    r.add_argument("--rig-camera", metavar="NAME",
+                   help="shift: the camera whose axes define the rig frame (default: the scene's first)")
+    r.add_argument("--camera", metavar="NAME",
+                   help="interpolate: the camera whose recorded poses are the keyframes (default: "
+                        "the scene's first)")
+    r.add_argument("--speed", type=float, metavar="M/S",
+                   help="interpolate: constant speed along the path instead of the recorded timing")
+    r.add_argument("--frames", type=_int_at_least(1), metavar="N",
+                   help="interpolate: N views evenly spaced in time")
+    r.add_argument("--fps", type=float, default=None,
+                   help="video frame rate (default 10 for recorded frames, the file's or 30 for a "
+                        "path); for interpolate also the sampling rate (default 30)")
+    r.add_argument("--downscale", type=float, metavar="F",
+                   help="render at 1/F of the recorded camera's (or the path's) size, F >= 1")
+    r.add_argument("--depth", action="store_true",
+                   help="also write depth (opacity-normalised composited z, metres): NAME_depth.png "
+                        "(16-bit, metres x 256 like the scenes' depth images) or .npy, and a "
+                        "colour-mapped NAME_depth_preview.png")
+    r.add_argument("--depth-format", choices=["png", "npy"], default="png",
+                   help="depth files: 16-bit PNG, metres x 256 (default), or float32 .npy metres")
+    r.add_argument("--depth-max", type=float, default=80.0, metavar="M",
+                   help="far end of the depth previews' colour map in metres (default 80; near 1 m)")
+    r.add_argument("--coverage", action="store_true",
+                   help="also write NAME_coverage.png: accumulated opacity (1 - background "
+                        "transmittance), 8-bit")
+    r.add_argument("--out", help="output folder (default: RUN/renders/LABEL, e.g. test_frames, "
+                                 "test_shift_-2_0_0, interpolate_image_2_30fps; train and eval "
+                                 "write RUN/renders/test)")
+    r.add_argument("--video", action="store_true",
+                   help="also write one mp4 per camera and output, views in order")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
+
+    v = sub.add_parser("view", help="interactive web viewer of a trained run (viser)",
+                       description="Serve a web page that renders the trained scene from the browser's "
+                                   "camera (a preview of about --preview-pixels pixels while it moves, "
+                                   "full size when it rests), shows the recorded cameras (click one to "
+                                   "jump there) and saves keyframes as a nerfstudio camera-path JSON "
+                                   "for `dnmp render RUN --trajectory path FILE`. Prints the URL; from "
+                                   "another machine forward the port: ssh -L PORT:localhost:PORT HOST.")
+    v.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
+                                     "long drive's run folder (its blocks, blended)")
+    v.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: all)")
+    v.add_argument("--port", type=_int_at_least(1, 65535), default=8080,
+                   help="port (default 8080; the next free one if taken)")
+    v.add_argument("--preview-pixels", type=_int_at_least(64), default=20000,
+                   help="pixels of the images rendered while the camera moves (default 20000, e.g. "
+                        "236x85 at KITTI's aspect; adjustable on the page)")
+    v.add_argument("--max-height", type=_int_at_least(8),
+                   help="rows of the full-size render (default: the recorded camera's height)")
+    v.add_argument("--path-file", help="where 'Save camera path' writes (default "
+                                       "RUN/camera_paths/viewer_path.json; editable on the page)")
+    v.set_defaults(func=cmd_view)
 
     e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS on the held-out frames",
                        description="Score held-out renders; writes metrics.json with test_psnr, "

@@ -41,11 +41,17 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def render_frame(renderer: DNMPRenderer, scene: Scene, frame) -> dict[str, torch.Tensor]:
-    """Render one scene frame with its camera's intrinsics and pose (see DNMPRenderer.render);
-    for a grayscale camera (`channels` 1) rgb holds the channel mean in all three channels."""
-    cam = scene.camera_of(frame)
+    """Render one scene frame with its camera's intrinsics and pose (`render_camera`)."""
+    return render_camera(renderer, scene.camera_of(frame), frame.cam_to_world)
+
+
+def render_camera(renderer: DNMPRenderer, cam, cam_to_world: np.ndarray) -> dict[str, torch.Tensor]:
+    """Render a pinhole camera (`dnmp.data.Camera`: size, intrinsics, channels) at a pose
+    (float64 [4, 4] cam_to_world, OpenCV axes, metres); see DNMPRenderer.render for the
+    outputs (rgb [H, W, 3], depth [H, W] metres, coverage [H, W]). For a grayscale camera
+    (`channels` 1) rgb holds the channel mean in all three channels."""
     out = renderer.render(cam.intrinsics(as_tensor=True),
-                          torch.from_numpy(frame.cam_to_world), cam.height, cam.width)
+                          torch.from_numpy(np.asarray(cam_to_world)), cam.height, cam.width)
     if cam.channels == 1:  # a grayscale camera sees the mean of the channels
         out["rgb"] = out["rgb"].mean(-1, keepdim=True).expand_as(out["rgb"]).contiguous()
     return out
@@ -102,13 +108,16 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
 
 @torch.no_grad()
 def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
-                 max_range: float = 40.0) -> dict:
+                 max_range: float = 40.0, composited: bool = False) -> dict:
     """Absolute error of the rendered surface depth against LiDAR on `split` frames.
 
     The rendered depth of a pixel is the camera-space z of its first non-empty
     layer in compositing order (fine scale's nearest face, else the coarse
-    scale's), i.e. the primitive surface, not the colour-weighted depth. Only
-    pixels with LiDAR depth in (0, max_range] metres count.
+    scale's), i.e. the primitive surface, not the colour-weighted depth; with
+    `composited` it is the depth `dnmp render --depth` writes (`DNMPRenderer.render`:
+    layer depths averaged with their compositing weights, needs a trained radiance
+    field; pixels with no layer count as not covered). Only pixels with LiDAR depth
+    in (0, max_range] metres count.
 
     Returns {"median_m", "p90_m", "mean_m" (over the LiDAR pixels the primitives
     cover), "covered" (fraction of LiDAR pixels covered), "pixels" (LiDAR pixels),
@@ -123,12 +132,15 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     for frame in frames:
         cam = scene.camera_of(frame)
         gt = torch.from_numpy(scene.load_depth(frame))
-        w2c = torch.from_numpy(frame.world_to_cam()).float()
-        frags = renderer.rasterize(cam.intrinsics(as_tensor=True), w2c, (cam.height, cam.width))
-        z = frags.zbuf[0]  # [H, W, K_total], layers in compositing order
-        hit = z > 0
-        first = torch.argmax(hit.to(torch.uint8), dim=-1, keepdim=True)
-        z0 = torch.where(hit.any(-1), torch.gather(z, -1, first)[..., 0], torch.zeros(()))
+        if composited:
+            z0 = render_frame(renderer, scene, frame)["depth"]
+        else:
+            w2c = torch.from_numpy(frame.world_to_cam()).float()
+            frags = renderer.rasterize(cam.intrinsics(as_tensor=True), w2c, (cam.height, cam.width))
+            z = frags.zbuf[0]  # [H, W, K_total], layers in compositing order
+            hit = z > 0
+            first = torch.argmax(hit.to(torch.uint8), dim=-1, keepdim=True)
+            z0 = torch.where(hit.any(-1), torch.gather(z, -1, first)[..., 0], torch.zeros(()))
         m = (gt > 0) & (gt <= max_range)
         total += int(m.sum())
         cov = m & (z0 > 0)

@@ -101,3 +101,20 @@ def fast_config_toml(tmp_path) -> Path:
     p.write_text("steps = 30\nbatch_size = 512\ncheckpoint_every = 10\nlog_every = 5\n"
                  "lr_features = 0.05\nlr_mlp = 0.01\nhidden = 32\nfeature_dim = 8\n")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trained run folder of the synthetic wall scene (with LiDAR-like depth): 20 radiance
+    steps of a small model (~19 dB held out; 30 s on a busy machine); shared by the
+    render and viewer tests (read only)."""
+    from dnmp.data import load_scene
+    from dnmp.train.config import TrainConfig
+    from dnmp.train.radiance import train_radiance
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    scene = load_scene(make_tiny_scene(root / "scene", depth=True))
+    cfg = TrainConfig(steps=20, batch_size=512, checkpoint_every=20, log_every=30, lr_features=0.05,
+                      lr_mlp=0.01, hidden=32, feature_dim=8, time_budget_minutes=0)
+    train_radiance(scene, root / "run", cfg, progress=False, log=lambda *a: None)
+    return root / "run"

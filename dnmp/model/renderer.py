@@ -241,8 +241,8 @@ class DNMPRenderer(nn.Module):
         wsum = torch.zeros_like(trans)
         for layer in range(k):
             idx = torch.nonzero((pix_to_face[:, layer] >= 0) & (trans > min_transmittance)).squeeze(1)
-            if idx.numel() == 0:
-                break
+            if idx.numel() == 0:  # not break: a coarse layer may follow an empty fine one
+                continue
             fid = pix_to_face[idx, layer]
             m = idx.numel()
             frags = ops.Fragments(fid.view(1, 1, m, 1), zbuf[idx, layer].view(1, 1, m, 1),
