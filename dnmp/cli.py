@@ -24,41 +24,14 @@ def bundled_scene() -> Path:
     return Path(__file__).resolve().parents[1] / "scenes" / DEFAULT_SCENE_NAME
 
 
-def _load_scene(path):
-    from .data.scene import load_scene
-
-    return load_scene(path)
-
-
-def _open_run(args):
-    from .train.run import open_run
-
-    return open_run(args.checkpoint, args.scene)
-
-
 def cmd_train(args) -> int:
-    from .train.config import load_config
-    from .train.pipeline import parse_stages, train
+    from .train.pipeline import train_scene
 
-    scene = _load_scene(args.scene or bundled_scene())
-    if args.stages is not None:
-        stages = parse_stages(args.stages)
-    elif scene.depth_kinds("train"):  # LiDAR or stereo depth (TrainConfig.geometry_depth picks)
-        stages = ("geometry", "radiance")
-    else:
-        stages = ("radiance",)
-        print(f"note: {scene.root} has no depth images (LiDAR or stereo): skipping the geometry stage "
-              f"(template spheres)", file=sys.stderr)
-    scene.check_files(decode=True)
-    cfg = None if args.resume else load_config(args.config)
-    if args.resume and args.config:
-        raise ValueError(f"{args.config}: --resume continues with the checkpoint's settings; "
-                         f"drop --config (only --steps may change)")
-    out = Path(args.out) if args.out else Path("runs") / scene.name
-    result = train(scene, out, cfg, stages=stages, resume=args.resume, progress=not args.quiet,
-                   steps=args.steps)
-    summary = {k: result.get(k) for k in ("step", "num_blocks", "test_psnr", "test_ssim", "test_lpips",
-                                           "num_test_frames", "train_seconds") if k in result}
+    result, out = train_scene(args.scene or bundled_scene(), args.out, args.config, args.stages,
+                              args.resume, args.steps, progress=not args.quiet,
+                              warn=lambda line: print(line, file=sys.stderr))
+    summary = {k: result[k] for k in ("step", "num_blocks", "test_psnr", "test_ssim", "test_lpips",
+                                       "num_test_frames", "train_seconds") if k in result}
     geo = result.get("geometry", {})
     for name in ("test_depth_template", "test_depth_optimized"):
         if geo.get(name):
@@ -74,11 +47,12 @@ def cmd_train(args) -> int:
 
 def cmd_render(args) -> int:
     from .trajectory import lane_offset, parse_offset, parse_trajectory
+    from .train.run import open_run
     from .views import render_trajectory
 
     kind, file = parse_trajectory(args.trajectory)  # bad options fail before the model loads
     offset = lane_offset(parse_offset(args.offset), args.lane_shift, args.lift)
-    res = render_trajectory(_open_run(args), kind, file, out=args.out, split=args.split,
+    res = render_trajectory(open_run(args.checkpoint, args.scene), kind, file, out=args.out, split=args.split,
                             offset=offset,
                             rig_camera=args.rig_camera, camera=args.camera, fps=args.fps,
                             speed=args.speed, frames=args.frames, downscale=args.downscale,
@@ -92,157 +66,76 @@ def cmd_render(args) -> int:
 
 
 def cmd_view(args) -> int:
+    from .train.run import open_run
     from .viewer import serve
 
-    serve(_open_run(args), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
+    serve(open_run(args.checkpoint, args.scene), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
           max_height=args.max_height, path_file=args.path_file, ready=lambda line: print(line, flush=True))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, write_json_atomic
+    from .evaluate import evaluate_run
 
-    from .train.run import merge_metrics
-
-    run = _open_run(args)
-    out = Path(args.out) if args.out else run.run_dir
-    renders = None if args.no_images else out / "renders" / "test"
-    result = evaluate(run.renderer, run.scene, "test", renders)
-    result["checkpoint"] = run.source
-    result["step"] = run.step
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "metrics.json", merge_metrics(out, result))  # keeps train's figures
+    result, path = evaluate_run(args.checkpoint, args.scene, args.out, not args.no_images)
     print(json.dumps({k: result[k] for k in ("test_psnr", "test_ssim", "test_lpips",
                                              "num_test_frames")}))
     if "lpips_note" in result:
         print(f"test_lpips is null: {result['lpips_note']}")
-    print(f"wrote {out / 'metrics.json'}")
+    print(f"wrote {path}")
     return 0
 
 
 def cmd_profile(args) -> int:
-    import torch
+    from .profile import profile_run
 
-    from .profile import profile_renderer
-
-    from .train.config import TrainConfig, load_config
-
-    if args.checkpoint:
-        run = _open_run(args)
-        scene = run.scene
-        cfg = TrainConfig.from_dict(run.config, run.source)
-        source = args.checkpoint
-    else:
-        from .train.radiance import build_renderer, scene_centres
-
-        scene = _load_scene(args.scene or bundled_scene())
-        cfg = load_config(args.config)
-        renderer = build_renderer(scene_centres(scene, cfg), cfg)
-        source = "untrained model with default config (timing does not depend on weights)"
-    frames = scene.frames_by_split("test") or scene.frames
-    frame = frames[0]
-    if args.checkpoint:
-        renderer = run.model_for(frame)  # a block run: the block that renders this frame
-        if run.blocks > 1:
-            source = f"{args.checkpoint} (the block that renders frame {frame.name}, of {run.blocks})"
-    if args.faces_per_pixel:  # after the renderer is chosen (bounded by the parser)
-        renderer.config.faces_per_pixel = args.faces_per_pixel
-    cam = scene.camera_of(frame)
-    res = profile_renderer(renderer, cam.intrinsics(as_tensor=True),
-                           torch.from_numpy(frame.cam_to_world), cam.height, cam.width,
-                           repeats=args.repeats, memory=not args.no_memory)
-    res.update({"scene": scene.name, "frame": frame.name, "model": source,
-                "backend": __import__("dnmp.ops", fromlist=["backend"]).backend(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
-    if args.geometry:
-        from .profile import profile_geometry
-
-        res.update(profile_geometry(renderer, scene, cfg, repeats=max(args.repeats, 5),
-                                    memory=not args.no_memory))
+    scene = args.scene or (None if args.checkpoint else bundled_scene())
+    res = profile_run(args.checkpoint, scene, args.config, args.faces_per_pixel, args.repeats,
+                      memory=not args.no_memory, geometry=args.geometry)
     if args.json:
         print(json.dumps(res, indent=2))
-    else:
-        mem = res["peak_memory_mb_per_kpx"]
-        print(f"scene {scene.name}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
-              f"frame {frame.name} {cam.width}x{cam.height}, K={res['faces_per_pixel']}, "
-              f"{res['threads']} threads (OMP_WAIT_POLICY={res['omp_wait_policy']}), "
-              f"backend {res['backend']}")
-        print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
-              "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
-        print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
-        print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
-        if args.geometry:
-            gm = res["geometry_step_peak_memory_mb"]
-            print(f"  geometry step : {res['geometry_step_ms']:.1f} ms ({res['geometry_windows']} windows "
-                  f"of {res['geometry_window']}^2 px per scale), peak memory "
-                  + ("unmeasured" if gm is None else f"{gm:.1f} MiB")
-                  + f"; visibility refresh {res['geometry_refresh_ms']:.0f} ms every "
-                  f"{res['geometry_refresh_every']} steps")
+        return 0
+    mem = res["peak_memory_mb_per_kpx"]
+    print(f"scene {res['scene']}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
+          f"frame {res['frame']} {res['width']}x{res['height']}, faces_per_pixel "
+          f"{res['faces_per_pixel']} (fine scale), {res['threads']} threads "
+          f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), backend {res['backend']}")
+    print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
+          "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
+    print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
+    print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
+    if args.geometry:
+        gm = res["geometry_step_peak_memory_mb"]
+        print(f"  geometry step : {res['geometry_step_ms']:.1f} ms ({res['geometry_windows']} windows "
+              f"of {res['geometry_window']}^2 px per scale), peak memory "
+              + ("unmeasured" if gm is None else f"{gm:.1f} MiB")
+              + f"; visibility refresh {res['geometry_refresh_ms']:.0f} ms every "
+              f"{res['geometry_refresh_every']} steps")
     return 0
 
 
 def cmd_coverage(args) -> int:
-    import torch
+    from .coverage import primitive_coverage
 
-    from .model import Primitives, voxelize
-    from .ops import rasterize
-
-    scene = _load_scene(args.scene or bundled_scene())
-    frames = scene.frames_by_split(args.split)
-    if not frames:
-        raise ValueError(f"{scene.root}: no {args.split!r} frames")
-    kinds = sorted(set(scene.point_kinds()))
-    combos = [[k] for k in kinds] + ([kinds] if len(kinds) > 1 else [])
-    result = {"scene": scene.name, "split": args.split, "voxel_size": args.voxel_size,
-              "coverage": {}}
-    for combo in combos:
-        pts = torch.cat([torch.from_numpy(scene.load_points(k)) for k in combo])
-        prims = Primitives(voxelize(pts, args.voxel_size), args.voxel_size, feature_dim=1)
-        verts = prims.vertices().detach()
-        covered = total = 0
-        for f in frames:
-            cam = scene.camera_of(f)
-            frags = rasterize(verts, prims.faces, cam.intrinsics(as_tensor=True),
-                              torch.from_numpy(f.world_to_cam()).float(), (cam.height, cam.width))
-            covered += int((frags.pix_to_face[..., 0] >= 0).sum())
-            total += cam.height * cam.width
-        result["coverage"]["+".join(combo)] = {"primitives": prims.num_primitives,
-                                               "covered_fraction": covered / total}
+    result = primitive_coverage(args.scene or bundled_scene(), args.split, args.voxel_size)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(f"{scene.name}: fraction of {args.split} pixels covered by primitives "
-              f"(voxel {args.voxel_size} m); the rest is background")
-        for name, r in result["coverage"].items():
-            print(f"  {name:<16s} {r['primitives']:7d} primitives  {100 * r['covered_fraction']:5.1f}%")
+        return 0
+    print(f"{result['scene']}: fraction of {args.split} pixels covered by primitives "
+          f"(voxel {args.voxel_size} m); the rest is background")
+    for name, r in result["coverage"].items():
+        print(f"  {name:<16s} {r['primitives']:7d} primitives  {100 * r['covered_fraction']:5.1f}%")
     return 0
 
 
 def cmd_export_mesh(args) -> int:
-    from .export import export_mesh
-    from .train.checkpoint import load_checkpoint
-    from .train.radiance import renderer_from_checkpoint
-
-    from .train.blocks import is_block_run
+    from .export import export_run_meshes
 
     scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
-    if Path(args.checkpoint).is_dir() and is_block_run(args.checkpoint):
-        # a long drive: one mesh per block (neighbouring blocks overlap)
-        from .train.run import open_run
-
-        run = open_run(args.checkpoint)
-        out = Path(args.out)
-        for name, renderer in run.models():
-            info = export_mesh(renderer, out.with_name(f"{out.stem}_{name}{out.suffix}"),
-                               colour=args.colour, scales=scales)
-            print(f"wrote {info['path']}: {info['primitives']} primitives, {info['faces']} faces "
-                  f"({name}; scene frame, metres)")
-        return 0
-    ckpt = load_checkpoint(args.checkpoint)
-    renderer = renderer_from_checkpoint(ckpt)
-    info = export_mesh(renderer, args.out, colour=args.colour, scales=scales)
-    print(f"wrote {info['path']}: {info['primitives']} primitives, {info['vertices']} vertices, "
-          f"{info['faces']} faces (scene frame, metres; from {ckpt['path']})")
+    for info in export_run_meshes(args.checkpoint, args.out, args.colour, scales, args.scene):
+        where = f"block {info['block']}" if info["block"] else f"from {info['checkpoint']}"
+        print(f"wrote {info['path']}: {info['primitives']} primitives, {info['vertices']} vertices, "
+              f"{info['faces']} faces (scene frame, metres; {where})")
     return 0
 
 
@@ -273,16 +166,18 @@ PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up r
 the resolution of the scene's first test frame, all primitives of the scene; OpenMP
 threads wait passively as in every command, or spin with --spin (OMP_WAIT_POLICY=ACTIVE:
 faster on an idle machine, many times slower on a busy one); the output names the policy):
-  raster_ms_per_kpx       dnmp.ops.rasterize alone (all scales, each with its K), ms per
-                          1000 pixels; raster_ms_per_kpx_by_scale: each scale alone
+  raster_ms_per_kpx       dnmp.ops.rasterize alone (all scales, each with its own
+                          faces_per_pixel), ms per 1000 pixels; raster_ms_per_kpx_by_scale:
+                          each scale alone
   render_ms_per_kpx       full render: rasterize + interpolate + radiance MLP + alpha
                           compositing + background, ms per 1000 pixels
   peak_memory_mb_per_kpx  peak CPU memory allocated by torch tensors during one full
                           render (torch profiler memory timeline), MiB per 1000 pixels
   num_primitives, num_faces  scene size (all scales)
 With --geometry, also the geometry stage (paper Sec. 3.2):
-  geometry_step_ms        one step: windows of LiDAR pixels, decode the primitives they
-                          see, rasterize, depth L1 + regularisers, backward, SparseAdam
+  geometry_step_ms        one step: windows of depth pixels (LiDAR or stereo), decode the
+                          primitives they see, rasterize, depth L1 + regularisers,
+                          backward, SparseAdam
   geometry_refresh_ms     re-rasterizing the training frames to decide visibility
   geometry_step_peak_memory_mb  peak torch CPU memory of one step, MiB
 Without CHECKPOINT an untrained model of the default config is built on the scene
@@ -436,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scene", help="scene folder (default: the checkpoint's, else the bundled one)")
     pr.add_argument("--config", help="TOML config for the untrained model (without CHECKPOINT)")
     pr.add_argument("--faces-per-pixel", type=_int_at_least(1, MAX_FACES_PER_PIXEL),
-                    help=f"override K (1 to {MAX_FACES_PER_PIXEL})")
+                    help=f"override faces_per_pixel of the fine scale (1 to {MAX_FACES_PER_PIXEL})")
     pr.add_argument("--spin", action="store_true",
                     help="OpenMP threads spin while waiting (OMP_WAIT_POLICY=ACTIVE): faster on an "
                          "idle machine, many times slower when other processes share the cores; "
@@ -445,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     pr.add_argument("--geometry", action="store_true",
                     help="also time the geometry stage's step and refresh, and its peak memory "
-                         "(on a copy of the model; needs the scene's LiDAR depth)")
+                         "(on a copy of the model; needs the scene's depth images, LiDAR or stereo)")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
     pr.set_defaults(func=cmd_profile)
 
@@ -486,12 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "-> vertices) and write them as one triangle mesh with open3d "
                                     "(format from the suffix: .ply, .obj, .off, .glb), in the scene "
                                     "frame in metres.")
-    em.add_argument("checkpoint", help="checkpoint file (step_*.pt or geometry.pt), or a run folder "
-                                       "(newest step_*.pt)")
-    em.add_argument("--out", required=True, help="mesh file to write, e.g. mesh.ply")
+    em.add_argument("checkpoint", help="checkpoint file (step_*.pt or geometry.pt), a run folder "
+                                       "(newest step_*.pt), or a long drive's run folder (its blocks)")
+    em.add_argument("--out", required=True, help="mesh file to write, e.g. mesh.ply (a block run: "
+                                                 "one file per block, OUT_block_NNN.ply)")
+    em.add_argument("--scene", help="a block run's scene folder (default: the one it was trained on)")
     em.add_argument("--colour", "--color", action="store_true",
                     help="colour vertices with the radiance field's view-independent colour "
-                         "(RGB averaged over 12 view directions)")
+                         "(RGB averaged over 12 view directions); needs a step_*.pt checkpoint")
     em.add_argument("--scale", choices=["all", "fine", "coarse"], default="all",
                     help="which primitive scale(s) to export (default all)")
     em.set_defaults(func=cmd_export_mesh)
@@ -517,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     # so every command waits passively; `profile --spin` chooses spinning (full render
     # 1.8x faster on an idle machine). An explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if getattr(args, "spin", False) else "PASSIVE")
-    from .data.scene import SceneError
+    from .data import SceneError
     from .train.checkpoint import CheckpointError
     from .train.interrupt import Interrupted, handle_signals
 

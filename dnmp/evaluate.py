@@ -1,18 +1,18 @@
-"""Render a scene's frames with a trained model and score them against the images."""
+"""Render a scene's frames with a trained model, score them against the images, and
+write the figures and images of `dnmp render` / `dnmp eval`."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import metrics
+from ._io import write_image_atomic, write_json_atomic
 from .data.scene import Scene
 from .model import DNMPRenderer
 
@@ -20,19 +20,6 @@ from .model import DNMPRenderer
 def frame_file_stem(frame) -> str:
     """A flat file name for a frame (frame names may contain '/')."""
     return str(frame.name).replace("/", "_").replace(os.sep, "_")
-
-
-def write_image_atomic(path: str | Path, img: np.ndarray) -> None:
-    """Write an image (format from the suffix) through a temporary file + rename, so an
-    interrupted or failed write never leaves a truncated image under the final name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        iio.imwrite(tmp, img)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -156,20 +143,28 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     return out
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write strict JSON through a temporary file + rename (no half-written file).
-    Non-finite floats (e.g. the PSNR of two identical images) are written as null."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+def evaluate_run(checkpoint: str | Path, scene: str | Path | None = None,
+                 out_dir: str | Path | None = None, images: bool = True,
+                 progress: bool = True) -> tuple[dict, Path]:
+    """`dnmp eval`: open a checkpoint, run folder or block run (`train.run.open_run`), score it on its test frames
+    (`evaluate`), with renders in OUT/renders/test unless `images` is False, and merge
+    the figures into OUT/metrics.json (default OUT: the run folder), keeping the other
+    keys training wrote. Returns (result, metrics.json path). Raises: as `open_run`."""
+    from .train.run import open_run
 
-
-def _finite_or_none(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+    run = open_run(checkpoint, scene)
+    out = Path(out_dir) if out_dir else run.run_dir
+    result = evaluate(run.renderer, run.scene, "test", out / "renders" / "test" if images else None,
+                      progress)
+    result["checkpoint"] = run.source
+    result["step"] = run.step
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.json"
+    merged = {}
+    if path.is_file():
+        try:
+            merged = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            merged = {}  # unreadable: rewritten whole
+    write_json_atomic(path, {**merged, **result})
+    return result, path

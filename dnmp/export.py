@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._io import write_atomic
 from .model import DNMPRenderer, ico_sphere
 
 
@@ -100,7 +100,7 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
     """Write all decoded primitives (or those of some scales) as one mesh file.
 
     Args:
-        renderer: a trained model (`dnmp.train.radiance.renderer_from_checkpoint`).
+        renderer: a trained model (`dnmp.train.factory.renderer_from_checkpoint`).
         path: output file; the format follows the suffix (.ply, .obj, .off, .glb
             ... anything open3d's `write_triangle_mesh` writes). Written through a
             temporary file and renamed, so a failed export leaves no partial file.
@@ -136,24 +136,55 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
         rgb = vertex_colours(renderer.field, prims.features[rows], normals)
         mesh.vertex_colors = o3d.utility.Vector3dVector(rgb.double().numpy())
     mesh.triangle_normals = o3d.utility.Vector3dVector()  # OBJ cannot hold them; not needed
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        open(tmp, "wb").close()  # surface an unwritable folder as an OSError naming the file
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
-    try:
+
+    def write(tmp: Path) -> None:
+        open(tmp, "wb").close()  # an unwritable folder raises here (open3d only returns False)
         if path.suffix.lower() == ".glb":  # open3d's own .glb cannot be read back (see write_glb)
             write_glb(tmp, np.asarray(mesh.vertices), np.asarray(mesh.triangles),
                       np.asarray(mesh.vertex_normals), np.asarray(mesh.vertex_colors) if colour else None)
-            ok = True
-        else:
-            ok = o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=colour)
-        if not ok or not tmp.is_file():
+        elif not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=colour) or not tmp.is_file():
             raise OSError(f"{path}: open3d could not write the mesh (disk full?)")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write)
     return {"vertices": int(verts.shape[0]), "faces": int(faces.shape[0]),
             "primitives": int(idx.numel()), "path": str(path)}
 
+
+
+def export_run_meshes(checkpoint: str | Path, out: str | Path, colour: bool = False,
+                      scales: list[int] | None = None, scene: str | Path | None = None) -> list[dict]:
+    """`dnmp export-mesh`: `export_mesh` of a checkpoint file, a run folder (newest
+    step_*.pt), or each block of a block run (OUT_<block>.SUFFIX; neighbouring blocks
+    overlap).
+
+    Args:
+        checkpoint: step_*.pt, geometry.pt (shapes only), a run folder or a block run.
+        scene: a block run's scene folder when it moved since training (a single
+            checkpoint needs no scene).
+        colour, scales: as `export_mesh`.
+    Returns: one `export_mesh` dict per file written, plus "block" (None for a
+        single model) and "checkpoint".
+    Raises:
+        CheckpointError: an unusable checkpoint, any unusable block (all are checked
+            before a file is written), or `colour` with geometry.pt (its radiance field
+            is untrained).
+    """
+    from .train.blocks import is_block_run
+    from .train.checkpoint import load_checkpoint
+    from .train.factory import check_radiance_trained, renderer_from_checkpoint
+    from .train.run import open_run
+
+    out = Path(out)
+    if Path(checkpoint).is_dir() and is_block_run(checkpoint):
+        run = open_run(checkpoint, scene)  # checks every block first
+        return [{**export_mesh(renderer, out.with_name(f"{out.stem}_{name}{out.suffix}"), colour, scales),
+                 "block": name, "checkpoint": run.source} for name, renderer in run.models()]
+    ckpt = load_checkpoint(checkpoint)
+    if colour:
+        check_radiance_trained(ckpt, "its colours would be grey")
+    info = export_mesh(renderer_from_checkpoint(ckpt), out, colour, scales)
+    return [{**info, "block": None, "checkpoint": ckpt["path"]}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -37,7 +38,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
 
     Figures (median over `repeats` runs after `warmup` runs, wall clock, this process's threads):
         raster_ms_per_kpx: `dnmp.ops.rasterize` of all primitives (each scale with its
-            own K, layers concatenated), in milliseconds per 1000 pixels.
+            own faces_per_pixel, layers concatenated), in milliseconds per 1000 pixels.
         raster_ms_per_kpx_by_scale: the same for each scale alone (fine first).
         render_ms_per_kpx: rasterize + interpolate + radiance MLP + compositing + background
             for every pixel, same unit.
@@ -46,14 +47,14 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
     """
     kpx = height * width / 1000.0
     w2c = torch.linalg.inv(cam_to_world.double()).float()
-    K = intrinsics.float()
+    intrinsics = intrinsics.float()
     renderer.geometry()  # decode once; geometry is fixed, like in training
 
     def raster():
-        return renderer.rasterize(K, w2c, (height, width))
+        return renderer.rasterize(intrinsics, w2c, (height, width))
 
     def full():
-        return renderer.render(K, cam_to_world, height, width)
+        return renderer.render(intrinsics, cam_to_world, height, width)
 
     def timed(fn):
         for _ in range(warmup):
@@ -66,7 +67,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
         return statistics.median(times), times
 
     r_med, r_all = timed(raster)
-    by_scale = [timed(lambda s=s: renderer.rasterize_scale(s, K, w2c, (height, width)))[0] / kpx
+    by_scale = [timed(lambda s=s: renderer.rasterize_scale(s, intrinsics, w2c, (height, width)))[0] / kpx
                 for s in range(len(renderer.primitives.scale_ranges()))]
     f_med, f_all = timed(full)
     peak = peak_memory_mb(full) if memory else None
@@ -123,3 +124,52 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
             "geometry_refresh_every": cfg.geometry_refresh_every,
             "geometry_windows": cfg.geometry_windows, "geometry_window": cfg.geometry_window,
             "geometry_step_peak_memory_mb": peak}
+
+
+def profile_run(checkpoint: str | None, scene: str | None, config: str | None = None,
+                faces_per_pixel: int | None = None, repeats: int = 5, memory: bool = True,
+                geometry: bool = False) -> dict:
+    """`dnmp profile`: `profile_renderer` (and with `geometry`, `profile_geometry`, same
+    `repeats`) on the first test frame of the scene.
+
+    Args:
+        checkpoint: a checkpoint or run folder (`train.run.open_run`); None builds an
+            untrained model from `config` (TOML path or None for the defaults) on `scene`
+            (rendering cost does not depend on the weights).
+        scene: the scene folder (with a checkpoint: only when it moved since training).
+        faces_per_pixel: overrides the fine scale's faces per pixel.
+    Returns:
+        the figures of both functions plus scene, frame, width, height, model (what was
+        timed), backend (`dnmp.ops.backend()`) and omp_wait_policy.
+    Raises: as `open_run`, `load_scene`, `load_config`.
+    """
+    from .data.scene import load_scene
+    from .ops import backend
+    from .train.config import TrainConfig, load_config
+
+    if checkpoint:
+        from .train.run import open_run
+
+        run = open_run(checkpoint, scene)
+        scene_obj, cfg, source = run.scene, TrainConfig.from_dict(run.config, run.source), str(checkpoint)
+    else:
+        from .train.factory import build_renderer, scene_centres
+
+        scene_obj, cfg = load_scene(scene), load_config(config)
+        renderer = build_renderer(scene_centres(scene_obj, cfg), cfg)
+        source = "untrained model with default config (timing does not depend on weights)"
+    frame = (scene_obj.frames_by_split("test") or scene_obj.frames)[0]
+    if checkpoint:
+        renderer = run.model_for(frame)  # a block run: the block that renders this frame
+        if run.blocks > 1:
+            source = f"{checkpoint} (the block that renders frame {frame.name}, of {run.blocks})"
+    if faces_per_pixel:  # after the renderer is chosen
+        renderer.config.faces_per_pixel = faces_per_pixel
+    cam = scene_obj.camera_of(frame)
+    res = profile_renderer(renderer, cam.intrinsics(as_tensor=True), torch.from_numpy(frame.cam_to_world),
+                           cam.height, cam.width, repeats=repeats, memory=memory)
+    res.update({"scene": scene_obj.name, "frame": frame.name, "model": source, "backend": backend(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
+    if geometry:
+        res.update(profile_geometry(renderer, scene_obj, cfg, repeats=repeats, memory=memory))
+    return res

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.scene import Camera, Scene, check_rigid, downscale_camera
+from .data import Camera, Scene, check_rigid
+from .data.downscale import downscale_camera
 
 KINDS = ("dataset", "shift", "interpolate", "path")
 CAMERA_PATH_TYPES = ("perspective",)  # nerfstudio's fisheye / equirectangular are refused

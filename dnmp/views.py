@@ -27,28 +27,17 @@ Every file is written under a temporary name and renamed when complete, so an in
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.scene import write_depth_png
-from .evaluate import render_camera, to_uint8, write_image_atomic
+from .data.images import write_depth_png
+from ._io import VideoStream, write_atomic, write_image_atomic
+from .evaluate import render_camera, to_uint8
 
 DEPTH_FORMATS = ("png", "npy")
-
-
-def _write_atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def depth_preview(depth: np.ndarray, near: float = 1.0, far: float = 80.0) -> np.ndarray:
@@ -68,37 +57,6 @@ def depth_preview(depth: np.ndarray, near: float = 1.0, far: float = 80.0) -> np
     x = np.clip((math.log(far) - logd) / (math.log(far) - math.log(near)), 0.0, 1.0)
     rgb = cv2.applyColorMap((x * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1]
     return np.where(valid[..., None], rgb, 0).astype(np.uint8)
-
-
-class VideoStream:
-    """An H.264 mp4 written frame by frame to a hidden temporary file and renamed to `path`
-    by `close()`; `abort()` removes the temporary. Odd sizes are padded by one edge row /
-    column (yuv420p needs even sizes). Frames: uint8 [H, W, 3] of one size."""
-
-    def __init__(self, path: str | Path, fps: float):
-        import imageio.v2 as imageio
-
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp.mp4")
-        self.frames = 0
-        self._writer = imageio.get_writer(self.tmp, fps=fps, codec="libx264", quality=8,
-                                          macro_block_size=1)
-
-    def append(self, img: np.ndarray) -> None:
-        h, w = img.shape[:2]
-        self._writer.append_data(np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"))
-        self.frames += 1
-
-    def close(self) -> Path:
-        self._writer.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
 
 
 def render_views(renderer, views: list, out_dir: str | Path, depth: bool = False,
@@ -156,9 +114,9 @@ def render_views(renderer, views: list, out_dir: str | Path, depth: bool = False
                 if depth:
                     d = res["depth"].cpu().numpy().astype(np.float32)
                     if depth_format == "png":
-                        _write_atomic(out / f"{view.name}_depth.png", lambda p: write_depth_png(p, d))
+                        write_atomic(out / f"{view.name}_depth.png", lambda p: write_depth_png(p, d))
                     else:
-                        _write_atomic(out / f"{view.name}_depth.npy", lambda p: np.save(p, d))
+                        write_atomic(out / f"{view.name}_depth.npy", lambda p: np.save(p, d))
                     prev = depth_preview(d, near, far)
                     write_image_atomic(out / f"{view.name}_depth_preview.png", prev)
                     images += 2

@@ -7,6 +7,7 @@ they are multi-view consistent and a model can fit them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -101,6 +102,45 @@ def fast_config_toml(tmp_path) -> Path:
     p.write_text("steps = 30\nbatch_size = 512\ncheckpoint_every = 10\nlog_every = 5\n"
                  "lr_features = 0.05\nlr_mlp = 0.01\nhidden = 32\nfeature_dim = 8\n")
     return p
+
+
+@pytest.fixture
+def hook_checkpoint_writes(monkeypatch):
+    """hook(before_write): call before_write(save, write, nbytes) before every write of
+    `dnmp._io.atomic_torch_save` (save: 1-based count of saves since the hook; write:
+    1-based count of writes in this save; nbytes: bytes of this save including this
+    write), e.g. to fill the disk or send a signal in the middle of a save."""
+    import dnmp._io as dio
+
+    real_fdopen, saves = os.fdopen, [0]
+
+    class Hooked:
+        def __init__(self, fh):
+            saves[0] += 1
+            self.fh, self.save, self.writes, self.nbytes = fh, saves[0], 0, 0
+
+        def write(self, data):
+            self.writes += 1
+            self.nbytes += len(data)
+            before_write(self.save, self.writes, self.nbytes)
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def hook(fn):
+        nonlocal before_write
+        before_write = fn
+        monkeypatch.setattr(dio.os, "fdopen", lambda fd, mode: Hooked(real_fdopen(fd, mode)))
+
+    before_write = None
+    return hook
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,12 @@ def test_geometry_checkpoint_is_not_rendered_and_render_has_its_own_folder(relat
     for cmd in ("render", "eval"):
         assert main([cmd, str(geo)]) == 2
         _one_error(capsys, "geometry.pt", "geometry stage's model", "untrained")
+    mesh = relative_run.parent / "geo.ply"
+    assert main(["export-mesh", str(geo), "--out", str(mesh), "--colour"]) == 2  # grey colours
+    _one_error(capsys, "geometry.pt", "untrained", "colours would be grey")
+    assert not mesh.exists()
+    assert main(["export-mesh", str(geo), "--out", str(mesh)]) == 0 and mesh.stat().st_size > 0  # shapes
+    capsys.readouterr()
     assert main(["render", str(relative_run)]) == 0
     assert sorted(p.name for p in (relative_run / "renders" / "test_frames").iterdir()) == ["000002.png"]
     # train's held-out renders are untouched: only <frame>_pred / _gt there
@@ -92,7 +98,10 @@ def test_profile_waits_passively_unless_spin(relative_run, monkeypatch, capsys):
     assert main(["profile", str(relative_run), "--repeats", "1", "--no-memory", "--spin",
                  "--faces-per-pixel", "6"]) == 0
     out = capsys.readouterr().out
-    assert "(OMP_WAIT_POLICY=PASSIVE)" in out.splitlines()[0] and "K=6" in out
+    assert "(OMP_WAIT_POLICY=PASSIVE)" in out.splitlines()[0] and "faces_per_pixel 6 (fine scale)" in out
+    # --geometry times as many steps as --repeats asks (it used to time at least 5)
+    assert main(["profile", str(relative_run), "--json", "--repeats", "2", "--no-memory", "--geometry"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["geometry_step_ms_runs"]) == 2
 
 
 def test_faces_per_pixel_is_bounded(tmp_path, capsys):

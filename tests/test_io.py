@@ -75,35 +75,18 @@ def test_saves_hold_only_plain_data(tmp_path):
     _io.check_plain({"a": [1, 2.5, "s", None, (torch.zeros(1), True)], 3: {"b": torch.Size([2])}})
 
 
-def _disk_full_after(nbytes: int, monkeypatch):
+def _disk_full_after(nbytes: int, hook_checkpoint_writes):
     """Make atomic_torch_save's file raise ENOSPC once `nbytes` were written."""
-    real_fdopen = os.fdopen
+    def full(save, write, written):
+        if written > nbytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    class Full:
-        def __init__(self, fh):
-            self.fh, self.n = fh, 0
-
-        def write(self, b):
-            self.n += len(b)
-            if self.n > nbytes:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return self.fh.write(b)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-    monkeypatch.setattr(_io.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    hook_checkpoint_writes(full)
 
 
-def test_disk_full_is_reported_as_no_space_left(tmp_path, monkeypatch):
+def test_disk_full_is_reported_as_no_space_left(tmp_path, monkeypatch, hook_checkpoint_writes):
     save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(10)}})
-    _disk_full_after(2000, monkeypatch)
+    _disk_full_after(2000, hook_checkpoint_writes)
     with pytest.raises(OSError) as exc:
         save_checkpoint(tmp_path, 2, {"model": {"w": torch.ones(100_000)}})
     assert exc.value.errno == errno.ENOSPC and exc.value.strerror == "No space left on device"
@@ -114,10 +97,11 @@ def test_disk_full_is_reported_as_no_space_left(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path)["step"] == 1
 
 
-def test_disk_full_during_training_is_one_line(tiny_scene, tmp_path, monkeypatch, capsys):
+def test_disk_full_during_training_is_one_line(tiny_scene, tmp_path, monkeypatch, capsys,
+                                               hook_checkpoint_writes):
     cfg = tmp_path / "c.toml"
     cfg.write_text("steps = 2\nbatch_size = 64\nhidden = 8\nfeature_dim = 4\n")
-    _disk_full_after(1000, monkeypatch)
+    _disk_full_after(1000, hook_checkpoint_writes)
     rc = main(["train", str(tiny_scene), "--out", str(tmp_path / "run"), "--config", str(cfg), "--quiet"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("dnmp: error:")]
     assert rc == 2 and len(err) == 1

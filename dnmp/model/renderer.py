@@ -119,8 +119,8 @@ class DNMPRenderer(nn.Module):
     def refresh_geometry(self) -> None:
         self._geometry = None
 
-    def layers_per_scale(self) -> list[int]:
-        """K of each primitive scale, fine to coarse."""
+    def faces_per_pixel_by_scale(self) -> list[int]:
+        """Faces per pixel (layers composited) of each primitive scale, fine to coarse."""
         n = len(self.primitives.scale_ranges())
         return [self.config.faces_per_pixel] + [self.config.coarse_faces_per_pixel] * (n - 1)
 
@@ -147,7 +147,7 @@ class DNMPRenderer(nn.Module):
         prims = self.primitives
         a, b = prims.scale_ranges()[scale]
         per_face = prims.faces_per_primitive
-        k = self.layers_per_scale()[scale] if faces_per_pixel is None else faces_per_pixel
+        k = self.faces_per_pixel_by_scale()[scale] if faces_per_pixel is None else faces_per_pixel
         frags = ops.rasterize(verts, prims.faces[a * per_face: b * per_face], intrinsics, world_to_cam,
                               image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
         if a > 0:
@@ -156,9 +156,10 @@ class DNMPRenderer(nn.Module):
         return frags
 
     # -- shading --------------------------------------------------------------------
-    def shade(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
+    def shade_rays(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
               sparse_features: bool = False) -> dict[str, torch.Tensor]:
-        """Colour of N rays from their cached fragments.
+        """Colour of N rays from their cached fragments, differentiable (training): all
+        K layers of every ray are shaded and composited at once.
 
         Args:
             pix_to_face: int64 [N, K] face indices (-1 empty), near to far.
@@ -216,18 +217,18 @@ class DNMPRenderer(nn.Module):
         c2w = cam_to_world.double()
         w2c = torch.linalg.inv(c2w).float()
         frags = self.rasterize(intrinsics.float(), w2c, (height, width))
-        return self.shade_fragments(frags, intrinsics, cam_to_world, height, width)
+        return self.shade_image(frags, intrinsics, cam_to_world, height, width)
 
     @torch.no_grad()
-    def shade_layers(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
+    def shade_rays_early_exit(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
                      zbuf: torch.Tensor, view_dirs: torch.Tensor,
                      min_transmittance: float = 1e-4) -> dict[str, torch.Tensor]:
-        """Inference-time twin of `shade`: composites layer by layer and skips the
+        """Inference-time twin of `shade_rays`: composites layer by layer and skips the
         radiance MLP for rays whose transmittance fell below `min_transmittance`
         (early ray termination, as in front-to-back volume rendering). Equal to
-        `shade` up to the dropped contributions (< min_transmittance per ray).
+        `shade_rays` up to the dropped contributions (< min_transmittance per ray).
 
-        Args: as `shade`, plus zbuf float32 [N, K] (metres, -1 empty).
+        Args: as `shade_rays`, plus zbuf float32 [N, K] (metres, -1 empty).
         Returns: dict with rgb [N, 3], depth [N] (weight-averaged z, 0 where no layer),
             background_transmittance [N].
         """
@@ -259,9 +260,11 @@ class DNMPRenderer(nn.Module):
         return {"rgb": colour, "depth": depth, "background_transmittance": trans}
 
     @torch.no_grad()
-    def shade_fragments(self, frags: ops.Fragments, intrinsics: torch.Tensor,
+    def shade_image(self, frags: ops.Fragments, intrinsics: torch.Tensor,
                         cam_to_world: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Shade precomputed fragments of one camera (batch size 1); see `render`."""
+        """Colour, depth and coverage images from the fragments of one whole camera image
+        (batch size 1), shaded in chunks of `config.chunk` pixels with
+        `shade_rays_early_exit`; see `render` for the outputs."""
         k = frags.pix_to_face.shape[-1]
         p2f = frags.pix_to_face.reshape(-1, k)
         bary = frags.bary_coords.reshape(-1, k, 3)
@@ -270,7 +273,7 @@ class DNMPRenderer(nn.Module):
         rgb, depth, cov = [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):
             sl = slice(s, s + self.config.chunk)
-            out = self.shade_layers(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
+            out = self.shade_rays_early_exit(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
             rgb.append(out["rgb"])
             depth.append(out["depth"])
             cov.append(1.0 - out["background_transmittance"])

@@ -74,6 +74,8 @@ def _face_valid(pc_f: torch.Tensor, u: torch.Tensor, v: torch.Tensor, area: torc
 
 
 def _rasterize_one(verts, faces, K, w2c, H, W, Kf, near, far):
+    # Short names as in the kernels: K intrinsics [3, 3], w2c world-to-camera [4, 4],
+    # H x W image, Kf faces per pixel.
     dev, dt = verts.device, verts.dtype
     F = faces.shape[0]
     P = H * W

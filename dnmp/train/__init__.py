@@ -1,4 +1,5 @@
-"""Training stages (radiance; the geometry stage comes later) and checkpoints."""
+"""Training: the geometry and radiance stages, the model factory, run folders and checkpoints
+(see design.md in this folder)."""
 
 from .config import TrainConfig, load_config
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint

@@ -83,7 +83,7 @@ def load_source_points(source) -> np.ndarray:
     Returns float32 [N, 3], scene/world frame, metres (finite points only).
     Raises AutoencoderDataError for a missing path or an empty cloud, SceneError for
     an unreadable scene/ply."""
-    from ..data.scene import load_scene, read_ply_points
+    from ..data import load_scene, read_ply_points
 
     p = Path(source)
     if p.is_dir():

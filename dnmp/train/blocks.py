@@ -31,6 +31,7 @@ import torch
 
 from ..data.scene import Scene
 from ..data.subset import subset_scene
+from .checkpoint import scene_mismatch
 
 MANIFEST = "manifest.json"
 FORMAT = "dnmp-blocks"
@@ -184,6 +185,22 @@ def is_block_run(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def resume_command(scene: Scene, out: Path, stages, steps: int | None) -> str:
+    """The `dnmp train` command line that continues the block run in `out`."""
+    cmd = f"dnmp train {scene.root} --out {out} --resume"
+    if tuple(stages) != ("geometry", "radiance"):
+        cmd += f" --stages {','.join(stages)}"
+    return cmd + (f" --steps {steps}" if steps is not None else "")
+
+
+def check_manifest_scene(manifest: dict, path: Path, scene: Scene) -> None:
+    """Raise ValueError, naming the manifest and what differs, if the block run at
+    `path` was trained on another scene than `scene`."""
+    why = scene_mismatch(manifest["scene"], scene)
+    if why:
+        raise ValueError(f"{path}: the run {why}")
+
+
 def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], stages, resume: bool,
                  progress: bool = True, log=print, steps: int | None = None) -> dict:
     """Train every block of a long drive into OUT/blocks/block_NNN/ and evaluate the
@@ -193,31 +210,28 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
     checkpoints and the rest are trained; without it, an OUT that already holds a
     manifest is refused.
 
+    `cfg` is the run's settled config (`run.settle_config`: `steps` already applied);
+    `steps` is passed on to each block's `pipeline.train` (None: a resumed block keeps
+    its checkpoint's step count).
+
     Returns the run's metrics (also OUT/metrics.json): held-out PSNR/SSIM/LPIPS over all
     test frames, `num_blocks`, and per block its frames, steps and training time.
-    Raises: as `pipeline.train`; FileExistsError for an existing run without `resume`.
+    Raises: as `pipeline.train` (which refuses an existing run without `resume`).
     """
-    from ..evaluate import evaluate, write_json_atomic
+    from .._io import write_json_atomic
+    from ..evaluate import evaluate
     from .checkpoint import GEOMETRY_NAME, latest_checkpoint, scene_info
     from .pipeline import train
 
     out = Path(out_dir)
     path = out / MANIFEST
-    if path.is_file() and not resume:
-        raise FileExistsError(f"{out}: holds a block run; pass --resume to continue it or choose "
-                              f"another --out")
     done: dict = {}
     if path.is_file():
         old = read_manifest(out)
-        if old["scene"].get("fingerprint") != scene.fingerprint():
-            raise ValueError(f"{path}: the run belongs to scene {old['scene'].get('name')!r}, "
-                             f"not to {scene.name!r} ({scene.root})")
-        target = steps if steps is not None else cfg.steps
+        check_manifest_scene(old, path, scene)
         done = {b["name"]: b for b in old["blocks"] if b.get("status") == "done"
                 and set(stages) <= set(b.get("stages_done", ()))
-                and ("radiance" not in stages or b.get("step") == target)}
-        if steps is not None:
-            cfg.steps = steps
+                and ("radiance" not in stages or b.get("step") == cfg.steps)}
     manifest = {"format": FORMAT, "version": VERSION, "scene": scene_info(scene),
                 "config": cfg.to_dict(), "stages": list(stages),
                 "blocks": [{"name": b.name, "folder": f"blocks/{b.name}", "first_instant": b.first,
@@ -233,7 +247,7 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
     log(f"drive of {n_inst} instants ({len(scene.frames)} frames) in {len(blocks)} blocks of "
         f"{blocks[0].last - blocks[0].first + 1} instants (block_frames {cfg.block_frames}), "
         f"neighbours sharing {min(shared)}-{max(shared)}")
-    t0 = time.time()
+    resume_hint = f"continue with `{resume_command(scene, out, stages, steps)}`"
     for b, entry in zip(blocks, manifest["blocks"]):
         if entry["status"] == "done":
             log(f"[{b.name}] done earlier (step {entry.get('step')}), kept")
@@ -252,7 +266,7 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
                            steps=steps, held_out=False)
         else:
             result = train(sub, folder, cfg, stages=stages, progress=progress, log=log,
-                           steps=steps, held_out=False)
+                           steps=steps, held_out=False, rerun=resume_hint)
         entry.update({"status": "done", "step": result.get("step"), "stages_done": list(stages),
                       "wall_seconds": round(time.time() - t_block, 1),
                       "train_seconds": result.get("train_seconds"),
@@ -289,10 +303,7 @@ class BlockRenderer:
     def __init__(self, run: str | Path, scene: Scene, max_loaded: int = 2):
         self.run = Path(run)
         self.manifest = read_manifest(self.run)
-        if self.manifest["scene"].get("fingerprint") != scene.fingerprint():
-            raise ValueError(f"{self.run / MANIFEST}: the run belongs to scene "
-                             f"{self.manifest['scene'].get('name')!r}, not to {scene.name!r} "
-                             f"({scene.root})")
+        check_manifest_scene(self.manifest, self.run / MANIFEST, scene)
         pending = [b["name"] for b in self.manifest["blocks"] if b.get("status") != "done"]
         if pending:
             raise ValueError(f"{self.run}: blocks {', '.join(pending)} are not trained yet; "
@@ -316,7 +327,7 @@ class BlockRenderer:
     def renderer(self, index: int):
         """The trained `DNMPRenderer` of block `index` (loaded on first use)."""
         from .checkpoint import CheckpointError, load_checkpoint
-        from .radiance import renderer_from_checkpoint
+        from .factory import renderer_from_checkpoint
 
         if index in self._loaded:
             self._loaded[index] = self._loaded.pop(index)  # most recently used last
@@ -331,6 +342,13 @@ class BlockRenderer:
                                       f"run (trained on other frames or another scene)")
             self._loaded[index] = renderer_from_checkpoint(ckpt)
         return self._loaded[index]
+
+    def check_blocks(self) -> None:
+        """Load every block once, so that a bad block fails before anything is written.
+
+        Raises: CheckpointError as `renderer` does, for the first unusable block."""
+        for i in range(len(self.blocks)):
+            self.renderer(i)
 
     def weights(self, cam_to_world) -> dict[int, float]:
         """Blend weights of the blocks for a camera pose (float [4, 4], camera to world)."""

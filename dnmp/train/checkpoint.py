@@ -152,3 +152,19 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"(this dnmp reads version {VERSION})")
     data["path"] = str(p)
     return data
+
+
+def scene_mismatch(info: dict, scene) -> str | None:
+    """None if `info` (what `scene_info` recorded) describes `scene`; else why not, saying
+    what differs: "belongs to scene 'a' (/x), not to 'b' (/y)"; for two scenes of one name
+    their folders; for one folder, that its frames or cameras changed since."""
+    if info.get("fingerprint") == scene.fingerprint():
+        return None
+    here = str(Path(scene.root).resolve())
+    if info.get("name") != scene.name:
+        return f"belongs to scene {info.get('name')!r} ({info.get('path')}), not to {scene.name!r} ({here})"
+    if info.get("path") != here:
+        return (f"belongs to scene {scene.name!r} in {info.get('path')}, not to the scene of the "
+                f"same name in {here} (other cameras or frames)")
+    return (f"belongs to scene {scene.name!r} in {here} as it was when trained: its cameras or "
+            f"frame list changed since (fingerprint {info.get('fingerprint')}, now {scene.fingerprint()})")

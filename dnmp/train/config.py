@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Upper bound of faces_per_pixel (both scales): every layer costs memory per cached
-# training pixel and per rendered pixel (K = 100000 asked for 93 GB); 32 is 8x the default.
+# training pixel and per rendered pixel (faces_per_pixel = 100000 asked for 93 GB); 32 is 8x
+# the default.
 MAX_FACES_PER_PIXEL = 32
 
 

@@ -180,7 +180,7 @@ class FramePool:
         """Rays of pool pixel indices `idx` (int64 [B] in [0, len(self))).
 
         Returns (pix_to_face int64 [B, K], bary_coords float32 [B, K, 3], view_dirs
-        float32 [B, 3] world frame, rgb float32 [B, 3] in [0, 1]), as `DNMPRenderer.shade`
+        float32 [B, 3] world frame, rgb float32 [B, 3] in [0, 1]), as `DNMPRenderer.shade_rays`
         takes them.
         """
         slot = torch.searchsorted(self._offsets, idx, right=True) - 1

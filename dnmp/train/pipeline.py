@@ -10,16 +10,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .._io import write_json_atomic
 from ..data.scene import Scene
 from ..data.subset import SceneSubset
-from ..evaluate import depth_errors, write_json_atomic
-from .checkpoint import (GEOMETRY_NAME, CheckpointError, latest_checkpoint, load_checkpoint,
-                         remove_stale_checkpoint_files, save_geometry_checkpoint, scene_info)
+from ..evaluate import depth_errors
+from .checkpoint import (GEOMETRY_NAME, CheckpointError, load_checkpoint, save_geometry_checkpoint,
+                         scene_info)
 from .config import TrainConfig
+from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
+                      renderer_from_checkpoint, scene_centres)
 from .frame_pool import release_freed_memory
 from .geometry import train_geometry
-from .radiance import (build_renderer, check_checkpoint_scene, describe_primitives,
-                       renderer_from_checkpoint, scene_centres, train_radiance)
+from .radiance import train_radiance
+from .run import RunFolder, refuse_config_on_resume, settle_config
 
 STAGES = ("geometry", "radiance")
 
@@ -33,14 +36,50 @@ def parse_stages(text: str) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in names)
 
 
+def default_stages(scene: Scene) -> tuple[tuple[str, ...], str | None]:
+    """Both stages for a scene with training depth images (LiDAR or stereo;
+    `TrainConfig.geometry_depth` picks), else the radiance stage alone and a note why."""
+    if scene.depth_kinds("train"):
+        return STAGES, None
+    return ("radiance",), (f"{scene.root} has no depth images (LiDAR or stereo): skipping the "
+                           f"geometry stage (template spheres)")
+
+
+def train_scene(scene_dir: str | Path, out_dir: str | Path | None = None, config: str | None = None,
+                stages: str | None = None, resume: bool = False, steps: int | None = None,
+                progress: bool = True, log=print, warn=print) -> tuple[dict, Path]:
+    """`dnmp train`: load and check the scene (every image decodes), pick the stages
+    (`parse_stages(stages)`, default `default_stages`), read the config TOML (`config`;
+    None: defaults, or with `resume` the run's own) and `train` into `out_dir`
+    (default runs/<scene name>). `warn` gets the notes meant for stderr.
+
+    Returns (metrics dict, output folder). Raises: as `train`, `load_scene`, `load_config`.
+    """
+    from ..data.scene import load_scene
+    from .config import load_config
+
+    scene = load_scene(scene_dir)
+    chosen, note = (parse_stages(stages), None) if stages is not None else default_stages(scene)
+    if note:
+        warn(f"note: {note}")
+    scene.check_files(decode=True)
+    cfg = load_config(config) if config or not resume else None  # --resume --config is refused in `train`
+    out = Path(out_dir) if out_dir else Path("runs") / scene.name
+    return train(scene, out, cfg, stages=chosen, resume=resume, progress=progress, log=log,
+                 steps=steps), out
+
+
 def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
           stages: tuple[str, ...] = STAGES, resume: bool = False, progress: bool = True,
-          log=print, steps: int | None = None, held_out: bool = True) -> dict:
+          log=print, steps: int | None = None, held_out: bool = True,
+          rerun: str | None = None) -> dict:
     """Train a scene: geometry stage (if selected), then radiance stage (if selected).
 
     A drive longer than `cfg.block_frames` instants is trained as overlapping blocks,
     each an ordinary run in OUT/blocks/, listed in OUT/manifest.json (`train.blocks`).
-    `held_out=False` skips scoring the test frames (the blocks of a long drive).
+    `held_out=False` skips scoring the test frames (the blocks of a long drive);
+    `rerun` is what to tell the user to do after an interrupted geometry stage
+    (default "run the command again"; a block run's says to add --resume).
 
     - geometry: decoder frozen; latents and offsets fitted to the training frames'
       depth images, LiDAR or else stereo (`cfg.geometry_depth`, `train.geometry`);
@@ -58,46 +97,35 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     Raises: as `train_radiance`; ValueError for a scene without the depth images
     `cfg.geometry_depth` asks for when the geometry stage is selected.
     """
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    for p in remove_stale_checkpoint_files(ckpt_dir):
-        log(f"removed {p.name}, left by a save that was killed")
+    run = RunFolder(out_dir)
+    out, ckpt_dir = run.root, run.checkpoints
+    run.remove_stale_files(log)
+    if not resume:
+        run.refuse_earlier_run()
     if not isinstance(scene, SceneSubset):
-        from .blocks import is_block_run, plan_blocks, read_manifest, train_blocks
+        from .blocks import plan_blocks, read_manifest, train_blocks
 
-        if resume and is_block_run(out):
-            if cfg is not None:
-                raise ValueError(f"{out}: --resume continues with the run's settings; drop --config "
-                                 f"(only --steps may change)")
-            block_cfg = TrainConfig.from_dict(read_manifest(out)["config"], str(out / "manifest.json"))
-        else:
-            block_cfg = cfg or TrainConfig()
+        saved = read_manifest(out)["config"] if resume and run.is_block_run() else None
+        block_cfg = settle_config(cfg, steps, saved, str(run.manifest))
         blocks = plan_blocks(scene, block_cfg.block_frames, block_cfg.block_overlap)
-        if not resume and is_block_run(out):
-            raise FileExistsError(f"{out}: holds a block run; pass --resume to continue it or "
-                                  f"choose another --out")
         if len(blocks) > 1:
             return train_blocks(scene, out, block_cfg, blocks, stages, resume, progress, log, steps)
     if resume:
+        refuse_config_on_resume(cfg, str(out))
         if "radiance" not in stages:
             raise ValueError("--resume continues the radiance stage; it needs --stages to include radiance")
-        if latest_checkpoint(ckpt_dir) is None and (ckpt_dir / GEOMETRY_NAME).is_file():
+        if run.latest_checkpoint() is None and run.geometry.is_file():
             # stopped in the radiance stage before its first checkpoint: start it from geometry.pt
             log(f"no step checkpoint in {ckpt_dir} yet: starting the radiance stage from {GEOMETRY_NAME}")
             return train(scene, out, cfg, stages=("radiance",), resume=False, progress=progress,
-                         log=log, steps=steps, held_out=held_out)
+                         log=log, steps=steps, held_out=held_out, rerun=rerun)
         return train_radiance(scene, out, cfg, resume=True, progress=progress, log=log, steps=steps,
                               held_out=held_out)
-    if latest_checkpoint(ckpt_dir) is not None:
-        raise FileExistsError(f"{ckpt_dir}: holds checkpoints of an earlier run; pass --resume "
-                              f"to continue it or choose another --out")
     given = cfg
-    cfg = cfg or TrainConfig()
-    if steps is not None:
-        cfg.steps = steps
+    cfg = settle_config(cfg, steps)
     t_start = time.time()
     extra: dict = {}
-    geo_path = ckpt_dir / GEOMETRY_NAME
+    geo_path = run.geometry
     has_test_depth = any(f.depth is not None for f in scene.frames_by_split("test"))
     if "geometry" in stages:
         if geo_path.is_file():
@@ -111,7 +139,7 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             release_freed_memory()  # the stage's depth images and visibility maps
         except KeyboardInterrupt:  # SIGINT / SIGTERM (interrupt.Interrupted): all or nothing
             log(f"\nthe geometry stage was interrupted; it saves {GEOMETRY_NAME} only when it "
-                f"completes: run the command again")
+                f"completes: {rerun or 'run the command again'}")
             raise
         after = depth_errors(renderer, scene, "test", cfg.depth_max_range) if has_test_depth else None
         extra["geometry"] = {**stats, "test_depth_template": before, "test_depth_optimized": after}
@@ -130,12 +158,9 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     elif geo_path.is_file():
         ckpt = load_checkpoint(geo_path)
         check_checkpoint_scene(ckpt, scene)
-        saved = TrainConfig.from_dict(ckpt["config"], str(geo_path))
         if given is None:  # no --config: the geometry run's settings throughout
-            cfg = saved
-            if steps is not None:
-                cfg.steps = steps
-        elif saved.to_dict() != cfg.to_dict():
+            cfg = settle_config(None, steps, ckpt["config"], str(geo_path))
+        elif TrainConfig.from_dict(ckpt["config"], str(geo_path)).to_dict() != cfg.to_dict():
             log(f"note: {geo_path} was made with other settings; its model settings are kept, "
                 f"the radiance loop's come from the given config")
             cfg = TrainConfig.from_dict({**ckpt["config"], **_run_settings(cfg)})
@@ -168,4 +193,4 @@ def _run_settings(cfg: TrainConfig) -> dict:
     return {k: getattr(cfg, k) for k in keys}
 
 
-__all__ = ["train", "parse_stages", "STAGES", "CheckpointError"]
+__all__ = ["train", "train_scene", "default_stages", "parse_stages", "STAGES", "CheckpointError"]

@@ -19,130 +19,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .._io import write_json_atomic
 from ..data.scene import Scene
-from ..evaluate import evaluate, write_json_atomic
-from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, RenderConfig,
-                     ShapeDecoder, camera_rays, voxelize)
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
-                         remove_stale_checkpoint_files, save_checkpoint, scene_info)
+from ..evaluate import evaluate
+from ..model import DNMPRenderer
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
 from .config import TrainConfig
+from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
+                      renderer_from_checkpoint, scene_centres)
 from .frame_pool import FramePool
 from .interrupt import Interrupted, handle_signals
-
-
-def make_decoder(cfg: TrainConfig) -> tuple[ShapeDecoder, torch.Tensor | None]:
-    """The shape decoder `cfg.shape_decoder` names, frozen, and the latent of its
-    template sphere (None for the untrained "template" decoder: any latent decodes
-    to the sphere). See `dnmp.model.autoencoder` (paper Sec. 3.1).
-
-    Raises:
-        ValueError: weights missing, corrupt or of another latent size.
-    """
-    if cfg.shape_decoder == "template":
-        decoder, latent = ShapeDecoder(cfg.latent_dim), None
-    else:
-        from ..model.autoencoder import load_shape_decoder, template_latent
-
-        path = None if cfg.shape_decoder == "pretrained" else cfg.shape_decoder
-        decoder = load_shape_decoder(path, latent_dim=cfg.latent_dim)
-        latent = template_latent(decoder)
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-    return decoder, latent
-
-
-def build_renderer(centres: list[torch.Tensor], cfg: TrainConfig,
-                   decoder: ShapeDecoder | None = None,
-                   init_latent: torch.Tensor | None = None) -> DNMPRenderer:
-    """A DNMP renderer with one primitive per voxel centre.
-
-    Args:
-        centres: one float32 [P_s, 3] tensor (scene frame) per scale, fine first
-            (voxel sizes cfg.voxel_size, then cfg.coarse_voxel_size).
-        decoder, init_latent: the shape decoder and the latent every primitive
-            starts from (default: `make_decoder(cfg)`).
-    """
-    if decoder is None:
-        decoder, init_latent = make_decoder(cfg)
-    sizes = [cfg.voxel_size, cfg.coarse_voxel_size][: len(centres)]
-    prims = Primitives(torch.cat(centres), sizes, feature_dim=cfg.feature_dim,
-                       decoder=decoder, latent_dim=cfg.latent_dim, seed=cfg.seed,
-                       scale_counts=[len(c) for c in centres], init_latent=init_latent)
-    with torch.random.fork_rng():  # MLP initialisation from cfg.seed, whoever calls (reproducible runs)
-        torch.manual_seed(cfg.seed)
-        field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
-        background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
-    return DNMPRenderer(prims, field, background,
-                        RenderConfig(cfg.faces_per_pixel, cfg.coarse_faces_per_pixel, cfg.near, cfg.far))
-
-
-def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
-    """Voxel centres of the scene's point clouds of kinds `cfg.point_kinds` (all if
-    empty), one float32 [P_s, 3] tensor per scale (fine, then coarse if enabled).
-
-    Raises:
-        ValueError: naming the scene when there are no points to voxelize.
-    """
-    if not scene.point_kinds():
-        raise ValueError(f"{Path(scene.root) / 'scene.json'}: lists no point_clouds, so there is "
-                         f"nothing to place primitives on")
-    kinds = cfg.point_kinds or sorted(set(scene.point_kinds()))
-    missing = [k for k in kinds if k not in scene.point_kinds()]
-    if missing:
-        raise ValueError(f"{scene.root}: scene has no point cloud of kind {missing}; "
-                         f"it has {sorted(set(scene.point_kinds()))}")
-    pts = [torch.from_numpy(scene.load_points(k)) for k in kinds]
-    pts = torch.cat(pts) if pts else torch.zeros(0, 3)
-    finite = torch.isfinite(pts).all(dim=1)
-    if not finite.any():
-        raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
-                         f"(empty or all-NaN point clouds {kinds})")
-    if not finite.all():
-        print(f"warning: {scene.root}: {int((~finite).sum())} NaN/Inf points in {kinds} are ignored",
-              file=sys.stderr)
-    sizes = [cfg.voxel_size] + ([cfg.coarse_voxel_size] if cfg.coarse_voxel_size > 0 else [])
-    return [voxelize(pts, s) for s in sizes]
-
-
-def renderer_from_checkpoint(ckpt: dict) -> DNMPRenderer:
-    """Rebuild the renderer saved in a checkpoint dict (see `checkpoint.load_checkpoint`)."""
-    cfg = TrainConfig.from_dict(ckpt["config"], ckpt.get("path", "checkpoint"))
-    state = ckpt["model"]
-    try:
-        counts = state["primitives.scale_counts"].tolist()
-        centres = list(torch.split(state["primitives.centres"], counts))
-        hidden = state["primitives.decoder.mlp.0.weight"].shape[0]
-    except (KeyError, AttributeError, RuntimeError) as exc:
-        raise CheckpointError(f"{ckpt.get('path')}: model state lacks primitives ({exc})") from None
-    decoder = ShapeDecoder(cfg.latent_dim, hidden=hidden)
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-    renderer = build_renderer(centres, cfg, decoder=decoder)
-    try:
-        renderer.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt.get('path')}: model state does not match its config "
-                              f"({str(exc).splitlines()[0]})") from None
-    return renderer
-
-
-def check_checkpoint_scene(ckpt: dict, scene: Scene) -> None:
-    """Raise CheckpointError if the checkpoint was trained on another scene."""
-    info = ckpt.get("scene", {})
-    if info.get("fingerprint") != scene.fingerprint():
-        raise CheckpointError(
-            f"{ckpt.get('path')}: checkpoint belongs to scene {info.get('name')!r} "
-            f"({info.get('path')}), not to {scene.name!r} ({scene.root})")
-
-
-def describe_primitives(renderer: DNMPRenderer) -> str:
-    """One line: primitives and faces per scale, voxel sizes and K."""
-    prims = renderer.primitives
-    parts = []
-    for (a, b), k in zip(prims.scale_ranges(), renderer.layers_per_scale()):
-        size = float(prims.voxel_sizes[a]) if b > a else float("nan")
-        parts.append(f"{b - a} primitives of {size:g} m (K={k})")
-    return f"{' + '.join(parts)}, {prims.num_faces} faces"
+from .run import RunFolder, settle_config
 
 
 def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
@@ -197,33 +84,23 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     Stale `.tmp_*` files of a killed save are removed at the start.
     """
     t_enter = time.time()  # for time_to_first_step_s: setup, caching and the first step
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    for p in remove_stale_checkpoint_files(ckpt_dir):
-        log(f"removed {p.name}, left by a save that was killed")
+    run = RunFolder(out_dir)
+    out, ckpt_dir = run.root, run.checkpoints
+    run.remove_stale_files(log)
     start_step, ckpt = 0, None
     if resume:
-        path = latest_checkpoint(ckpt_dir)
+        path = run.latest_checkpoint()
         if path is None:
             raise CheckpointError(f"{ckpt_dir}: nothing to resume (no step_*.pt); "
                                   f"run without --resume to start")
         ckpt = load_checkpoint(path)
         check_checkpoint_scene(ckpt, scene)
-        if cfg is not None:
-            raise ValueError(f"{path}: --resume continues with the checkpoint's settings; "
-                             f"drop --config (only --steps may change)")
-        cfg = TrainConfig.from_dict(ckpt["config"], str(path))
-        if steps is not None:
-            cfg.steps = steps
+        cfg = settle_config(cfg, steps, ckpt["config"], str(path))
         start_step = ckpt["step"]
         log(f"resuming from {path} (step {start_step})")
-    elif latest_checkpoint(ckpt_dir) is not None:
-        raise FileExistsError(f"{ckpt_dir}: holds checkpoints of an earlier run; pass --resume "
-                              f"to continue it or choose another --out")
     else:
-        cfg = cfg or TrainConfig()
-        if steps is not None:
-            cfg.steps = steps
+        run.refuse_earlier_run()
+        cfg = settle_config(cfg, steps)
     train_frames = scene.frames_by_split("train")
     if not train_frames:
         raise ValueError(f"{scene.root}: scene has no 'train' frames")
@@ -260,8 +137,12 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
 
     prior_seconds = float(ckpt.get("train_seconds", 0.0)) if ckpt else 0.0  # earlier runs' loops
 
+    saving = None  # the step being saved, while a save is in progress
+
     def save(step: int) -> Path:
-        return save_checkpoint(ckpt_dir, step, {
+        nonlocal saving
+        saving = step
+        path = save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
             "model": renderer.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in opts.items()},
@@ -270,6 +151,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             "train_seconds": prior_seconds + time.time() - t_loop,
             "extra_metrics": extra_metrics,
         }, keep=cfg.keep_checkpoints)
+        saving = None
+        return path
 
     step, last_saved = start_step, (start_step if ckpt else None)
     budget = cfg.time_budget_minutes * 60.0 if budget_seconds is None else budget_seconds
@@ -290,7 +173,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                 cache.sync(step)
                 idx = torch.randint(0, len(cache), (cfg.batch_size,))
                 p2f, bary, dirs, rgb = cache.batch(idx)
-                pred = renderer.shade(p2f, bary, dirs, sparse_features=True)["rgb"]
+                pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
                 loss = torch.mean((pred - rgb) ** 2)
                 for o in opts.values():
                     o.zero_grad(set_to_none=True)
@@ -326,8 +209,10 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                 save(step)  # parameters are those after `step` complete steps
             kept = latest_checkpoint(ckpt_dir)
             how = f"aborted by a second {stop.name}" if isinstance(exc, Interrupted) else "interrupted"
-            log(f"\n{how} at step {step}; " + (f"newest checkpoint: {kept}; continue with --resume"
-                                              if kept else "no step checkpoint"))
+            where = f"while saving step {saving} (that save was abandoned)" if saving is not None \
+                else f"at step {step}"
+            log(f"\n{how} {where}; " + (f"newest checkpoint: {kept}; continue with --resume"
+                                        if kept else "no step checkpoint"))
             raise SystemExit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
     if stop.requested:
         log(f"stopped by {stop.name} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "

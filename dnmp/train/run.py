@@ -1,4 +1,9 @@
-"""Open a trained run for rendering: a checkpoint, a run folder, or a block run of a long drive.
+"""Run folders: the rules for writing one (`RunFolder`, `settle_config`) and reading one
+(`open_run`).
+
+A run folder OUT holds checkpoints/ (geometry.pt, step_*.pt), config.json, metrics.json
+and renders/test/; a block run of a long drive holds manifest.json and blocks/block_NNN/,
+each an ordinary run folder (`train.blocks`).
 
 `open_run` is what `dnmp render`, `eval`, `profile` and `export-mesh` call: it finds the
 scene the model was trained on, checks that it is that scene, and returns a renderer
@@ -8,13 +13,82 @@ or for a block run (`train.blocks`) a `BlockRenderer` that blends its blocks.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.scene import Scene, load_scene
-from .blocks import BlockRenderer, is_block_run, read_manifest
-from .checkpoint import CheckpointError, checkpoint_scene_path, load_checkpoint, scene_for_checkpoint
+from .blocks import MANIFEST, BlockRenderer, is_block_run, read_manifest
+from .checkpoint import (GEOMETRY_NAME, checkpoint_scene_path, latest_checkpoint,
+                         load_checkpoint, remove_stale_checkpoint_files, scene_for_checkpoint)
+from .config import TrainConfig
+from .factory import check_checkpoint_scene, check_radiance_trained, renderer_from_checkpoint
+
+
+class RunFolder:
+    """The output folder of `dnmp train` and the rules for starting or continuing a run
+    in it. Paths: `root`, `checkpoints` (step_*.pt, geometry.pt), `geometry` (the
+    geometry stage's checkpoint), `manifest` (a block run's manifest.json)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.geometry = self.checkpoints / GEOMETRY_NAME
+        self.manifest = self.root / MANIFEST
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest step_*.pt, or None."""
+        return latest_checkpoint(self.checkpoints)
+
+    def is_block_run(self) -> bool:
+        return is_block_run(self.root)
+
+    def remove_stale_files(self, log=print) -> None:
+        """Delete the `.tmp_*` files of saves that a killed process left (at a run's start)."""
+        for p in remove_stale_checkpoint_files(self.checkpoints):
+            log(f"removed {p.name}, left by a save that was killed")
+
+    def refuse_earlier_run(self) -> None:
+        """Raise FileExistsError if the folder holds a block run or step checkpoints: a
+        fresh run would mix with them; the user continues it (--resume) or picks another."""
+        if self.is_block_run():
+            raise FileExistsError(f"{self.root}: holds a block run; pass --resume to continue it "
+                                  f"or choose another --out")
+        if self.latest_checkpoint() is not None:
+            raise FileExistsError(f"{self.checkpoints}: holds checkpoints of an earlier run; pass "
+                                  f"--resume to continue it or choose another --out")
+
+
+def refuse_config_on_resume(given: TrainConfig | None, where: str) -> None:
+    """Raise ValueError if settings were given for a run being continued (`where`)."""
+    if given is not None:
+        raise ValueError(f"{where}: --resume continues with the run's settings; drop --config "
+                         f"(only --steps may change)")
+
+
+def settle_config(given: TrainConfig | None, steps: int | None, saved: dict | None = None,
+                  where: str = "") -> TrainConfig:
+    """The settings a run trains with, decided in this one place.
+
+    Args:
+        given: the settings asked for (`--config`), or None.
+        steps: `--steps`, which overrides the step count in every case, or None.
+        saved: the settings of the run being continued (a checkpoint's or a block
+            manifest's config dict), or None for a fresh run.
+        where: the file `saved` came from, for error messages.
+    Returns:
+        a new TrainConfig: `saved` if given, else `given`, else the defaults; then `steps`.
+    Raises:
+        ValueError: both `given` and `saved` (`--resume` keeps the run's settings).
+    """
+    if saved is not None:
+        refuse_config_on_resume(given, where)
+        cfg = TrainConfig.from_dict(saved, where)
+    else:
+        cfg = dataclasses.replace(given) if given is not None else TrainConfig()
+    if steps is not None:
+        cfg.steps = steps
+    return cfg
 
 
 @dataclass
@@ -73,38 +147,22 @@ def open_run(path: str | Path, scene: str | Path | None = None) -> OpenedRun:
         CheckpointError: no usable checkpoint, a checkpoint of another scene, or
             `geometry.pt` (an untrained radiance field: train the radiance stage first).
         ValueError: the scene is not there any more, or an unfinished block run.
+    A block run's blocks are all loaded and checked here, before the caller writes anything.
     """
-    from .radiance import check_checkpoint_scene, renderer_from_checkpoint
-
     p = Path(path)
     if p.is_dir() and is_block_run(p):
         manifest = read_manifest(p)
         stored = manifest["scene"].get("path")
         s = _scene_at(stored, str(p / "manifest.json"), scene)
         renderer = BlockRenderer(p, s)
+        renderer.check_blocks()  # every block usable before any output is written
         return OpenedRun(s, renderer, p, str(p / "manifest.json"), None, manifest["config"],
                          blocks=len(renderer.blocks))
     ckpt = load_checkpoint(p)
-    if ckpt.get("stage") == "geometry":
-        raise CheckpointError(f"{ckpt['path']}: this is the geometry stage's model; its radiance "
-                              f"field is untrained (it would render grey). Render a step_*.pt "
-                              f"checkpoint or the run folder, or train the radiance stage first")
+    check_radiance_trained(ckpt, "it would render grey")
     stored = checkpoint_scene_path(ckpt) or (ckpt.get("scene") or {}).get("path")
     s = _scene_at(stored, ckpt["path"], scene)
     s = scene_for_checkpoint(ckpt, s)
     check_checkpoint_scene(ckpt, s)
     return OpenedRun(s, renderer_from_checkpoint(ckpt), Path(ckpt["path"]).parent.parent,
                      ckpt["path"], ckpt["step"], ckpt["config"])
-
-
-def merge_metrics(run_dir: str | Path, result: dict) -> dict:
-    """`result` merged over the run's existing metrics.json (keeps what training recorded)."""
-    path = Path(run_dir) / "metrics.json"
-    merged = {}
-    if path.is_file():
-        try:
-            merged = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            merged = {}
-    merged.update(result)
-    return merged

@@ -10,7 +10,7 @@ import pytest
 from dnmp.data import load_scene
 from dnmp.data.scene import SceneError
 from dnmp.train.config import TrainConfig
-from dnmp.train.radiance import scene_centres
+from dnmp.train.factory import scene_centres
 
 
 def _edit(scene, **changes):

@@ -5,7 +5,7 @@ import torch
 from dnmp.model import voxelize
 from dnmp.model.renderer import camera_rays
 from dnmp.train.config import TrainConfig
-from dnmp.train.radiance import build_renderer
+from dnmp.train.factory import build_renderer
 
 
 def _small_renderer():
@@ -26,11 +26,11 @@ def test_sparse_and_dense_shading_agree_in_value_and_gradient():
     r = _small_renderer()
     _, p2f, bary, dirs = _frags(r)
     assert (p2f[:, 0] >= 0).any() and (p2f[:, 0] < 0).any()  # some hits, some background
-    out_d = r.shade(p2f, bary, dirs, sparse_features=False)
+    out_d = r.shade_rays(p2f, bary, dirs, sparse_features=False)
     out_d["rgb"].pow(2).sum().backward()
     g_dense = r.primitives.features.grad.clone()
     r.zero_grad(set_to_none=True)
-    out_s = r.shade(p2f, bary, dirs, sparse_features=True)
+    out_s = r.shade_rays(p2f, bary, dirs, sparse_features=True)
     out_s["rgb"].pow(2).sum().backward()
     g_sparse = r.primitives.features.grad
     assert g_sparse.is_sparse
@@ -42,7 +42,7 @@ def test_sparse_and_dense_shading_agree_in_value_and_gradient():
 def test_pixels_without_faces_take_background_colour():
     r = _small_renderer()
     _, p2f, bary, dirs = _frags(r)
-    out = r.shade(p2f, bary, dirs)
+    out = r.shade_rays(p2f, bary, dirs)
     miss = p2f[:, 0] < 0
     torch.testing.assert_close(out["rgb"][miss], r.background(dirs[miss]))
     torch.testing.assert_close(out["background_transmittance"][miss], torch.ones(int(miss.sum())))
@@ -56,7 +56,7 @@ def test_render_matches_shading_of_its_fragments():
     r = _small_renderer()
     K, p2f, bary, dirs = _frags(r)
     img = r.render(K, torch.eye(4), 16, 20)
-    ref = r.shade(p2f, bary, dirs)["rgb"].view(16, 20, 3)
+    ref = r.shade_rays(p2f, bary, dirs)["rgb"].view(16, 20, 3)
     # early ray termination drops contributions below 1e-4 transmittance per ray
     torch.testing.assert_close(img["rgb"], ref.clamp(0, 1), atol=2e-4, rtol=0)
     assert img["depth"][img["coverage"] > 0.5].min() > 3.0  # the block starts ~4 m away
@@ -67,8 +67,8 @@ def test_layered_shading_equals_full_compositing_without_termination():
     torch.nn.init.normal_(r.field.opacity_head.bias, std=2.0)  # a spread of opacities
     K, p2f, bary, dirs = _frags(r)
     zbuf = torch.where(p2f >= 0, torch.rand(p2f.shape) + 4.0, torch.full(p2f.shape, -1.0))
-    full = r.shade(p2f, bary, dirs)
-    lay = r.shade_layers(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    full = r.shade_rays(p2f, bary, dirs)
+    lay = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=0.0)
     torch.testing.assert_close(lay["rgb"], full["rgb"])
     torch.testing.assert_close(lay["background_transmittance"], full["background_transmittance"])
     w = full["weights"]

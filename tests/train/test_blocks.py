@@ -146,10 +146,17 @@ def test_cli_render_and_export_a_block_run(drive, tmp_path, capsys):
     train(drive, out, cfg, stages=("radiance",), progress=False, log=lambda *a: None)
     assert main(["render", str(out), "--split", "all", "--out", str(tmp_path / "frames")]) == 0
     assert len(list((tmp_path / "frames").glob("*.png"))) == len(drive.frames)
-    assert main(["export-mesh", str(out), "--out", str(tmp_path / "mesh.ply")]) == 0
+    # the scene moved since training: export-mesh takes --scene like render and eval
+    import shutil
+    moved = tmp_path / "moved_scene"
+    shutil.move(str(drive.root), moved)
+    assert main(["export-mesh", str(out), "--out", str(tmp_path / "mesh.ply")]) == 2
+    assert "--scene" in capsys.readouterr().err
+    assert main(["export-mesh", str(out), "--out", str(tmp_path / "mesh.ply"), "--scene", str(moved)]) == 0
     n = len(read_manifest(out)["blocks"])
     assert sorted(p.name for p in tmp_path.glob("mesh_block_*.ply")) == \
         [f"mesh_block_{i:03d}.ply" for i in range(n)]
+    shutil.move(str(moved), drive.root)
     # an unfinished run is refused with one line
     m = read_manifest(out)
     m["blocks"][0]["status"] = "pending"
@@ -193,8 +200,47 @@ def test_malformed_manifest_and_foreign_checkpoint_give_one_line_errors(drive, t
     b1 = out / "blocks" / "block_001" / "checkpoints"
     shutil.rmtree(b1)
     shutil.copytree(out / "blocks" / "block_000" / "checkpoints", b1)
-    assert main(["render", str(out), "--split", "all"]) == 2
+    # every block is checked before anything is written
+    assert main(["render", str(out), "--split", "all", "--out", str(tmp_path / "frames")]) == 2
     assert "not the checkpoint of block_001" in capsys.readouterr().err
+    assert not (tmp_path / "frames").exists()
+    assert main(["export-mesh", str(out), "--out", str(tmp_path / "mesh.ply")]) == 2
+    assert "not the checkpoint of block_001" in capsys.readouterr().err
+    assert not list(tmp_path.glob("mesh*.ply"))
+
+
+def test_geometry_interrupted_in_a_block_run_names_the_resume_command(make_scene, tmp_path, monkeypatch):
+    from dnmp.train.geometry import GeometryFitter
+
+    drive = load_scene(make_scene("ddrive", frames=12, width=32, height=24, depth=True))
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    cfg = TrainConfig(steps=5, block_frames=6, block_overlap=2, geometry_steps=3, geometry_window=8,
+                      geometry_windows=2, **FAST)
+    out, lines = tmp_path / "run", []
+    monkeypatch.setattr(GeometryFitter, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(drive, out, cfg, progress=False, log=lines.append, steps=5)
+    said = [ln for ln in lines if "geometry stage was interrupted" in ln]
+    assert len(said) == 1 and "run the command again" not in said[0]
+    assert f"`dnmp train {drive.root} --out {out} --resume --steps 5`" in said[0], said
+
+
+def test_scene_mismatch_says_what_differs(drive, make_scene):
+    from dnmp.train.checkpoint import scene_info, scene_mismatch
+
+    info, here = scene_info(drive), str(drive.root.resolve())
+    assert scene_mismatch(info, drive) is None
+    renamed = dict(info, name="kitti00", fingerprint="1" * 16)
+    assert scene_mismatch(renamed, drive) == f"belongs to scene 'kitti00' ({here}), not to 'tiny' ({here})"
+    other = load_scene(make_scene("other", frames=3, width=32, height=24))  # also named 'tiny'
+    why = scene_mismatch(info, other)
+    assert f"in {here}, not to the scene of the same name in {other.root.resolve()}" in why, why
+    changed = dict(info, fingerprint="0" * 16)  # same folder, its frame list changed since
+    why = scene_mismatch(changed, drive)
+    assert "changed since" in why and "0" * 16 in why and drive.fingerprint() in why
 
 
 def test_resume_with_more_steps_extends_finished_blocks(drive, tmp_path):

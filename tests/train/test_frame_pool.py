@@ -8,7 +8,7 @@ from dnmp.data import load_scene
 from dnmp.model import camera_rays
 from dnmp.train.config import TrainConfig
 from dnmp.train.frame_pool import FramePool
-from dnmp.train.radiance import build_renderer, scene_centres
+from dnmp.train.factory import build_renderer, scene_centres
 
 CFG = dict(hidden=16, feature_dim=8)
 
@@ -56,7 +56,7 @@ def test_pool_holding_every_frame_matches_full_cache_and_loss(setup):
     losses, grads = [], []
     for p2f, bary, dirs, rgb in (got, [t[idx] for t in ref]):
         renderer.zero_grad()
-        loss = torch.mean((renderer.shade(p2f, bary, dirs)["rgb"] - rgb) ** 2)
+        loss = torch.mean((renderer.shade_rays(p2f, bary, dirs)["rgb"] - rgb) ** 2)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in renderer.field.parameters()]))

@@ -17,7 +17,7 @@ from dnmp.train.config import TrainConfig
 from dnmp.train.geometry import (_FrameDepth, geometry_depth_kind, offset_hinge, window_cameras,
                                  window_depth_l1)
 from dnmp.train.pipeline import parse_stages, train
-from dnmp.train.radiance import build_renderer, scene_centres
+from dnmp.train.factory import build_renderer, scene_centres
 
 from ..conftest import WALL_Z, make_tiny_scene
 

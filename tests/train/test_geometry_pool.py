@@ -6,7 +6,7 @@ import torch
 from dnmp.data import load_scene
 from dnmp.train.config import TrainConfig
 from dnmp.train.geometry import GeometryFitter
-from dnmp.train.radiance import build_renderer, scene_centres
+from dnmp.train.factory import build_renderer, scene_centres
 
 from ..conftest import make_tiny_scene
 

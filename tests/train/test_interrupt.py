@@ -29,10 +29,10 @@ FAST = dict(batch_size=256, checkpoint_every=10, log_every=5, hidden=16, feature
 def _signal_on_step(monkeypatch, step: int, *signums):
     """Send `signums` to this process while the radiance loop computes step `step`
     (1-based: its forward pass)."""
-    real = DNMPRenderer.shade
+    real = DNMPRenderer.shade_rays
     calls = {"n": 0}
 
-    def shade(self, *a, **k):
+    def shade_rays(self, *a, **k):
         if k.get("sparse_features"):
             calls["n"] += 1
             if calls["n"] == step:
@@ -40,7 +40,7 @@ def _signal_on_step(monkeypatch, step: int, *signums):
                     os.kill(os.getpid(), s)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(DNMPRenderer, "shade", shade)
+    monkeypatch.setattr(DNMPRenderer, "shade_rays", shade_rays)
 
 
 def _assert_identical(x, y, where):
@@ -85,6 +85,29 @@ def test_second_signal_aborts_at_once(tiny_scene, tmp_path, monkeypatch):
     assert exc.value.code == 130
     assert any("aborted by a second SIGINT at step 14" in ln for ln in lines), lines
     assert load_checkpoint(out)["step"] == 10  # nothing saved after the abort
+    assert not list((out / "checkpoints").glob(".tmp_*"))
+
+
+def test_second_signal_during_a_save_aborts_that_save(tiny_scene, tmp_path, monkeypatch,
+                                                      hook_checkpoint_writes):
+    # torch.save turns an exception raised inside its writes into RuntimeError "unexpected
+    # pos": the abort must not be reported as a failed write
+    scene = load_scene(tiny_scene)
+    out, lines = tmp_path / "run", []
+    _signal_on_step(monkeypatch, 15, signal.SIGINT)  # first: stop after step 15 and save it
+
+    def second_signal(save, write, nbytes):
+        if save == 2 and write == 3:  # inside the save of step 15 (step 10's was the first)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hook_checkpoint_writes(second_signal)
+    with pytest.raises(SystemExit) as exc:
+        train_radiance(scene, out, TrainConfig(steps=40, **FAST), progress=False, log=lines.append)
+    assert exc.value.code == 130
+    text = "\n".join(lines)
+    assert "aborted by a second SIGINT while saving step 15" in text, lines
+    assert "cannot write" not in text and "unexpected pos" not in text
+    assert load_checkpoint(out)["step"] == 10  # the abandoned save left the previous one
     assert not list((out / "checkpoints").glob(".tmp_*"))
 
 

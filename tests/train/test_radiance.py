@@ -53,7 +53,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_works(tiny_scene, tmp_path, mon
     scene = load_scene(tiny_scene)
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_shade = DNMPRenderer.shade
+    real_shade = DNMPRenderer.shade_rays
 
     def flaky(self, *a, **k):
         if k.get("sparse_features"):
@@ -62,7 +62,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_works(tiny_scene, tmp_path, mon
                 raise KeyboardInterrupt
         return real_shade(self, *a, **k)
 
-    monkeypatch.setattr(DNMPRenderer, "shade", flaky)
+    monkeypatch.setattr(DNMPRenderer, "shade_rays", flaky)
     with pytest.raises(SystemExit) as exc:
         train_radiance(scene, out, TrainConfig(steps=40, **FAST), progress=False, log=lambda *a: None)
     assert exc.value.code == 130
