@@ -79,20 +79,20 @@ def camera_from_P(P: np.ndarray, name: str, width: int, height: int, where, key:
     ``[[fx,0,cx],[0,fy,cy],[0,0,1]]`` (i.e. not rectified) or a non-positive
     focal length."""
     key = key or f"P{name[-1]}"
-    K = P[:, :3]
-    scale = max(abs(K[0, 0]), 1.0)
-    if abs(K[0, 1]) > 1e-6 * scale:
-        raise ConversionError(where, f"{key} has non-zero skew {K[0, 1]:g}; only zero-skew pinhole is supported")
-    if np.abs(K[2] - [0, 0, 1]).max() > 1e-9 or abs(K[1, 0]) > 1e-6 * scale:
+    intrinsics = P[:, :3]
+    scale = max(abs(intrinsics[0, 0]), 1.0)
+    if abs(intrinsics[0, 1]) > 1e-6 * scale:
+        raise ConversionError(where, f"{key} has non-zero skew {intrinsics[0, 1]:g}; only zero-skew pinhole is supported")
+    if np.abs(intrinsics[2] - [0, 0, 1]).max() > 1e-9 or abs(intrinsics[1, 0]) > 1e-6 * scale:
         raise ConversionError(
             where, f"{key} is not a rectified pinhole (left 3x3 must be [[fx,0,cx],[0,fy,cy],[0,0,1]], "
-            f"got rows {np.round(K, 6).tolist()})"
+            f"got rows {np.round(intrinsics, 6).tolist()})"
         )
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
+    if not (intrinsics[0, 0] > 0 and intrinsics[1, 1] > 0):
         raise ConversionError(where, f"{key} has non-positive focal length")
-    b = np.linalg.solve(K, P[:, 3])
-    cam = Camera(name=name, width=width, height=height, fx=float(K[0, 0]), fy=float(K[1, 1]),
-                 cx=float(K[0, 2]), cy=float(K[1, 2]))
+    b = np.linalg.solve(intrinsics, P[:, 3])
+    cam = Camera(name=name, width=width, height=height, fx=float(intrinsics[0, 0]), fy=float(intrinsics[1, 1]),
+                 cx=float(intrinsics[0, 2]), cy=float(intrinsics[1, 2]))
     return cam, b
 
 

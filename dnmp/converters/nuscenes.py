@@ -209,13 +209,13 @@ def read_nuscenes(
         if c not in cameras or (keyframes_only and not sd.get("is_key_frame")):
             continue
         cs = T["calibrated_sensor"][sd["calibrated_sensor_token"]]
-        K = np.asarray(cs.get("camera_intrinsic") or [], np.float64)
-        if K.shape != (3, 3):
+        intrinsics = np.asarray(cs.get("camera_intrinsic") or [], np.float64)
+        if intrinsics.shape != (3, 3):
             raise ConversionError(cal_where, f"calibrated_sensor {cs['token']} ({c}) has no 3x3 camera_intrinsic")
-        if abs(K[0, 1]) > 1e-9 or np.abs(K[2] - [0, 0, 1]).max() > 1e-9 or abs(K[1, 0]) > 1e-9:
-            raise ConversionError(cal_where, f"camera_intrinsic of {c} is not a zero-skew pinhole: {K.tolist()}")
+        if abs(intrinsics[0, 1]) > 1e-9 or np.abs(intrinsics[2] - [0, 0, 1]).max() > 1e-9 or abs(intrinsics[1, 0]) > 1e-9:
+            raise ConversionError(cal_where, f"camera_intrinsic of {c} is not a zero-skew pinhole: {intrinsics.tolist()}")
         cam = Camera(name=c, width=int(sd.get("width") or 1600), height=int(sd.get("height") or 900),
-                     fx=K[0, 0], fy=K[1, 1], cx=K[0, 2], cy=K[1, 2])
+                     fx=intrinsics[0, 0], fy=intrinsics[1, 1], cx=intrinsics[0, 2], cy=intrinsics[1, 2])
         if c in cams and cams[c] != cam:
             raise ConversionError(cal_where, f"intrinsics or image size of {c} change within the scene")
         cams[c] = cam

@@ -316,8 +316,8 @@ def undistort_image(img: np.ndarray, cam: Camera, coeffs) -> np.ndarray:
     ``coeffs``: OpenCV order (k1, k2, p1, p2[, k3[, k4, k5, k6]])."""
     import cv2
 
-    K = np.array([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1.0]])
-    return cv2.undistort(img, K, np.asarray(coeffs, np.float64))
+    intrinsics = np.array([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1.0]])
+    return cv2.undistort(img, intrinsics, np.asarray(coeffs, np.float64))
 
 
 def check_output(out, overwrite: bool) -> None:
