@@ -101,9 +101,9 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     The rendered depth of a pixel is the camera-space z of its first non-empty
     layer in compositing order (fine scale's nearest face, else the coarse
     scale's), i.e. the primitive surface, not the colour-weighted depth; with
-    `composited` it is the depth `dnmp render --depth` writes (`DNMPRenderer.render`:
-    layer depths averaged with their compositing weights, needs a trained radiance
-    field; pixels with no layer count as not covered). Only pixels with LiDAR depth
+    `composited` it is the depth `dnmp render --depth` writes (`DNMPRenderer.render`'s
+    surface depth: the first layer at which the accumulated opacity reaches 0.05; needs a
+    trained radiance field; pixels with no layer count as not covered). Only pixels with LiDAR depth
     in (0, max_range] metres count.
 
     Returns {"median_m", "p90_m", "mean_m" (over the LiDAR pixels the primitives

@@ -14,8 +14,10 @@ For each view (named NAME) it writes into the output folder:
 Depth and coverage are `DNMPRenderer.render`'s (paper Sec. 3.3 compositing, K layers near
 to far, fine over coarse): with layer weights w_k = alpha_k * prod_{j<k} (1 - alpha_j),
 coverage = sum_k w_k = 1 - background transmittance (the accumulated opacity), and
-depth = sum_k w_k z_k / sum_k w_k, camera-space z in metres, normalised by the opacity
-(so a half-transparent surface still reads at its own depth), 0 where no layer is hit.
+depth = the surface depth: camera-space z in metres of the first layer at which the
+accumulated opacity reaches `SURFACE_OPACITY` (0.05, `dnmp.model.renderer`); where it never
+does, sum_k w_k z_k / sum_k w_k; 0 where no layer is hit. The weighted mean (or the median)
+would read behind the surface where half-transparent layers follow it (README, "Novel views").
 
 With `video_fps`, one H.264 mp4 per camera and output, frames in view order:
 `PREFIX_CAMERA.mp4`, `PREFIX_CAMERA_depth.mp4` (the previews), `PREFIX_CAMERA_coverage.mp4`.

@@ -36,6 +36,10 @@ class RenderConfig:
     chunk: int = 1 << 16
 
 
+# accumulated opacity at which a ray's rendered (surface) depth is taken
+SURFACE_OPACITY = 0.05
+
+
 def camera_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
                 width: int) -> torch.Tensor:
     """Unit view directions of every pixel centre, world frame.
@@ -209,10 +213,11 @@ class DNMPRenderer(nn.Module):
         Args:
             intrinsics: float [3, 3]; cam_to_world: float [4, 4] rigid; height, width in pixels.
         Returns:
-            dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (metres,
-            camera-space z of the primitive layers averaged with their compositing
-            weights, 0 where no layer), coverage
-            float32 [H, W] (1 - background transmittance).
+            dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (surface depth,
+            metres, camera-space z: the first layer at which the accumulated opacity
+            reaches SURFACE_OPACITY, else the weight-averaged z; 0 where no layer), mean_depth float32
+            [H, W] (the layers' z averaged with their compositing weights, 0 where no
+            layer), coverage float32 [H, W] (1 - background transmittance).
         """
         c2w = cam_to_world.double()
         w2c = torch.linalg.inv(c2w).float()
@@ -229,8 +234,10 @@ class DNMPRenderer(nn.Module):
         `shade_rays` up to the dropped contributions (< min_transmittance per ray).
 
         Args: as `shade_rays`, plus zbuf float32 [N, K] (metres, -1 empty).
-        Returns: dict with rgb [N, 3], depth [N] (weight-averaged z, 0 where no layer),
-            background_transmittance [N].
+        Returns: dict with rgb [N, 3], depth [N] (surface depth: camera-space z in metres
+            of the first layer at which the accumulated opacity reaches SURFACE_OPACITY;
+            where it never does, the weight-averaged z; 0 where no layer), mean_depth [N] (weight-averaged
+            z, 0 where no layer), background_transmittance [N].
         """
         n, k = pix_to_face.shape
         faces = self.primitives.faces
@@ -240,6 +247,10 @@ class DNMPRenderer(nn.Module):
         colour = torch.zeros(n, 3, dtype=trans.dtype, device=trans.device)
         wz = torch.zeros_like(trans)
         wsum = torch.zeros_like(trans)
+        # surface depth: the first layer that makes the ray SURFACE_OPACITY opaque; the
+        # weighted mean (and the median) leak towards the half-transparent layers behind
+        # it (README, "Novel views": 0.37 / 0.31 m vs 0.20 m median error against LiDAR)
+        zsurf = torch.zeros_like(trans)
         for layer in range(k):
             idx = torch.nonzero((pix_to_face[:, layer] >= 0) & (trans > min_transmittance)).squeeze(1)
             if idx.numel() == 0:  # not break: a coarse layer may follow an empty fine one
@@ -254,10 +265,16 @@ class DNMPRenderer(nn.Module):
             colour.index_add_(0, idx, w.unsqueeze(1) * c)
             wz.index_add_(0, idx, w * zbuf[idx, layer])
             wsum.index_add_(0, idx, w)
-            trans.index_copy_(0, idx, trans[idx] * (1.0 - a))
+            t_before = trans[idx]
+            t_after = t_before * (1.0 - a)
+            crossed = (t_before > 1.0 - SURFACE_OPACITY) & (t_after <= 1.0 - SURFACE_OPACITY)
+            zsurf.index_copy_(0, idx, torch.where(crossed, zbuf[idx, layer], zsurf[idx]))
+            trans.index_copy_(0, idx, t_after)
         colour += trans.unsqueeze(1) * self.background(view_dirs)
-        depth = torch.where(wsum > 0, wz / wsum.clamp_min(1e-12), torch.zeros_like(wz))
-        return {"rgb": colour, "depth": depth, "background_transmittance": trans}
+        mean_depth = torch.where(wsum > 0, wz / wsum.clamp_min(1e-12), torch.zeros_like(wz))
+        depth = torch.where(zsurf > 0, zsurf, mean_depth)
+        return {"rgb": colour, "depth": depth, "mean_depth": mean_depth,
+                "background_transmittance": trans}
 
     @torch.no_grad()
     def shade_image(self, frags: ops.Fragments, intrinsics: torch.Tensor,
@@ -270,15 +287,17 @@ class DNMPRenderer(nn.Module):
         bary = frags.bary_coords.reshape(-1, k, 3)
         zbuf = frags.zbuf.reshape(-1, k)
         dirs = camera_rays(intrinsics, cam_to_world, height, width)
-        rgb, depth, cov = [], [], []
+        rgb, depth, mean_depth, cov = [], [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):
             sl = slice(s, s + self.config.chunk)
             out = self.shade_rays_early_exit(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
             rgb.append(out["rgb"])
             depth.append(out["depth"])
+            mean_depth.append(out["mean_depth"])
             cov.append(1.0 - out["background_transmittance"])
         return {
             "rgb": torch.cat(rgb).view(height, width, 3).clamp(0, 1),
             "depth": torch.cat(depth).view(height, width),
+            "mean_depth": torch.cat(mean_depth).view(height, width),
             "coverage": torch.cat(cov).view(height, width),
         }

@@ -358,14 +358,17 @@ class BlockRenderer:
     @torch.no_grad()
     def render(self, intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
                width: int) -> dict[str, torch.Tensor]:
-        """As `DNMPRenderer.render`: rgb [H, W, 3], depth [H, W], coverage [H, W], each the
-        weighted sum of the blending blocks' images (depth weighted where covered)."""
+        """As `DNMPRenderer.render`: rgb [H, W, 3], depth and mean_depth [H, W], coverage
+        [H, W], each the weighted sum of the blending blocks' images (depths weighted by
+        the blocks' coverage)."""
         out = None
         for i, w in sorted(self.weights(cam_to_world.cpu().numpy()).items()):
             img = self.renderer(i).render(intrinsics, cam_to_world, height, width)
-            img["depth"] = img["depth"] * img["coverage"]
+            for key in ("depth", "mean_depth"):
+                img[key] = img[key] * img["coverage"]
             out = {k: v * w for k, v in img.items()} if out is None else \
                 {k: out[k] + v * w for k, v in img.items()}
-        out["depth"] = torch.where(out["coverage"] > 0, out["depth"] / out["coverage"].clamp_min(1e-12),
-                                   torch.zeros_like(out["depth"]))
+        for key in ("depth", "mean_depth"):
+            out[key] = torch.where(out["coverage"] > 0, out[key] / out["coverage"].clamp_min(1e-12),
+                                   torch.zeros_like(out[key]))
         return out

@@ -3,7 +3,7 @@
 import torch
 
 from dnmp.model import voxelize
-from dnmp.model.renderer import camera_rays
+from dnmp.model.renderer import SURFACE_OPACITY, camera_rays
 from dnmp.train.config import TrainConfig
 from dnmp.train.factory import build_renderer
 
@@ -73,4 +73,11 @@ def test_layered_shading_equals_full_compositing_without_termination():
     torch.testing.assert_close(lay["background_transmittance"], full["background_transmittance"])
     w = full["weights"]
     expect = torch.where(w.sum(1) > 0, (w * zbuf).sum(1) / w.sum(1).clamp_min(1e-12), 0.0)
-    torch.testing.assert_close(lay["depth"], expect)
+    torch.testing.assert_close(lay["mean_depth"], expect)
+    # surface depth: the first layer whose accumulated opacity reaches SURFACE_OPACITY
+    acc = torch.cumsum(w, 1)
+    reached = acc >= SURFACE_OPACITY
+    first = reached.float().argmax(1, keepdim=True)
+    surface = torch.where(reached.any(1), zbuf.gather(1, first)[:, 0], expect)
+    assert reached.any(1).sum() > 10 and (surface != expect).sum() > 10  # the case is exercised
+    torch.testing.assert_close(lay["depth"], surface)
