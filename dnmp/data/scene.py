@@ -102,16 +102,17 @@ class Camera:
     channels: int = 3  # 1: grayscale camera (single-channel images), 3: RGB
 
     def intrinsics(self, as_tensor: bool = False):
-        """K as float32 [3, 3] (numpy, or a torch tensor with ``as_tensor``)."""
-        K = np.array(
+        """The pinhole intrinsics matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (pixels) as
+        float32 [3, 3] (numpy, or a torch tensor with ``as_tensor``)."""
+        intrinsics = np.array(
             [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]],
             dtype=np.float32,
         )
         if as_tensor:
             import torch
 
-            return torch.from_numpy(K)
-        return K
+            return torch.from_numpy(intrinsics)
+        return intrinsics
 
     def to_json(self) -> dict:
         return {
