@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--downscale", type=float, metavar="F",
                    help="render at 1/F of the recorded camera's (or the path's) size, F >= 1")
     r.add_argument("--depth", action="store_true",
-                   help="also write depth (opacity-normalised composited z, metres): NAME_depth.png "
+                   help="also write depth (metres: z of the first layer at which the accumulated opacity "
+                        "reaches 0.05, the surface the pixel shows): NAME_depth.png "
                         "(16-bit, metres x 256 like the scenes' depth images) or .npy, and a "
                         "colour-mapped NAME_depth_preview.png")
     r.add_argument("--depth-format", choices=["png", "npy"], default="png",
