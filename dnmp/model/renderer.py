@@ -76,6 +76,45 @@ def pixel_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, u: torch.Te
     return F.normalize(d, dim=-1).float()
 
 
+def visible_primitives(centres: torch.Tensor, radii: torch.Tensor, intrinsics: torch.Tensor,
+                       world_to_cam: torch.Tensor, image_size: tuple[int, int], near: float,
+                       far: float, margin_px: float = 2.0) -> torch.Tensor:
+    """Which primitives' bounding spheres touch a camera's view frustum (view-frustum culling).
+
+    Conservative: a primitive left out has no point inside the frustum, so none of its
+    faces can cover a pixel centre; one kept may still cover nothing. The frustum's side
+    planes pass through the image border widened by `margin_px` pixels (float32 projection
+    rounding), its near and far planes are z = near and z = far (camera frame, metres).
+
+    Args:
+        centres: float [P, 3] sphere centres, world frame, metres.
+        radii: float [P] sphere radii, metres.
+        intrinsics: float [3, 3] or [B, 3, 3] pinhole (OpenCV pixel centres).
+        world_to_cam: float [4, 4] or [B, 4, 4] rigid, world -> OpenCV camera.
+        image_size: (H, W) pixels.
+    Returns:
+        bool [P], on centres' device: visible from at least one of the B cameras.
+    """
+    h, w = image_size
+    k = intrinsics.double().reshape(-1, 3, 3)
+    m = world_to_cam.double().reshape(-1, 4, 4)
+    b = max(k.shape[0], m.shape[0])  # a single matrix broadcasts against a batch
+    k, m = k.expand(b, 3, 3), m.expand(b, 4, 4)
+    c = centres.double()
+    r = radii.double()
+    cam = torch.einsum("bij,pj->bpi", m[:, :3, :3], c) + m[:, None, :3, 3]  # [B, P, 3]
+    x, y, z = cam.unbind(-1)
+    fx, fy, cx, cy = (k[:, 0, 0, None], k[:, 1, 1, None], k[:, 0, 2, None], k[:, 1, 2, None])
+    keep = (z + r > near) & (z - r < far)
+    # side planes through the camera centre: a * x + b * z >= 0 inside; signed distance
+    # of the centre over the unit normal must exceed -r
+    for a, b in ((fx, margin_px + 0.5 + cx), (-fx, (w - 0.5 + margin_px) - cx)):
+        keep &= (a * x + b * z) >= -r * torch.sqrt(a * a + b * b)
+    for a, b in ((fy, margin_px + 0.5 + cy), (-fy, (h - 0.5 + margin_px) - cy)):
+        keep &= (a * y + b * z) >= -r * torch.sqrt(a * a + b * b)
+    return keep.any(0)
+
+
 def composite(alpha: torch.Tensor, rgb: torch.Tensor, background: torch.Tensor):
     """Front-to-back alpha compositing of K layers over a background.
 
@@ -106,6 +145,7 @@ class DNMPRenderer(nn.Module):
         self.background = background
         self.config = config or RenderConfig()
         self._geometry: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- geometry -------------------------------------------------------------------
     def geometry(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +162,18 @@ class DNMPRenderer(nn.Module):
 
     def refresh_geometry(self) -> None:
         self._geometry = None
+        self._bounds = None
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centres float32 [P, 3], radii float32 [P]): a bounding sphere of each decoded
+        primitive (vertex mean, largest vertex distance), world frame, metres; cached
+        with `geometry()`."""
+        if self._bounds is None:
+            verts, _ = self.geometry()
+            v = verts.view(self.primitives.num_primitives, -1, 3)
+            centres = v.mean(1)
+            self._bounds = (centres, (v - centres.unsqueeze(1)).norm(dim=-1).amax(1))
+        return self._bounds
 
     def faces_per_pixel_by_scale(self) -> list[int]:
         """Faces per pixel (layers composited) of each primitive scale, fine to coarse."""
@@ -152,12 +204,23 @@ class DNMPRenderer(nn.Module):
         a, b = prims.scale_ranges()[scale]
         per_face = prims.faces_per_primitive
         k = self.faces_per_pixel_by_scale()[scale] if faces_per_pixel is None else faces_per_pixel
-        frags = ops.rasterize(verts, prims.faces[a * per_face: b * per_face], intrinsics, world_to_cam,
-                              image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
-        if a > 0:
+        # view-frustum culling: only primitives whose bounding sphere meets the frustum
+        # reach the rasterizer, in index order, so the fragments (ties go to the lower
+        # face index) are those of all faces; tested in tests/model/test_renderer.py
+        centres, radii = self.bounds()
+        seen = a + torch.nonzero(visible_primitives(centres[a:b], radii[a:b], intrinsics, world_to_cam,
+                                                    image_size, self.config.near, self.config.far)).squeeze(1)
+        if seen.numel() == b - a:  # all in view: a slice, no copy of the faces
+            frags = ops.rasterize(verts, prims.faces[a * per_face: b * per_face], intrinsics, world_to_cam,
+                                  image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
             p2f = frags.pix_to_face
-            frags = frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f))
-        return frags
+            return frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f)) if a else frags
+        global_face = (seen.unsqueeze(1) * per_face
+                       + torch.arange(per_face, device=seen.device)).reshape(-1)  # local -> global
+        frags = ops.rasterize(verts, prims.faces[global_face], intrinsics, world_to_cam,
+                              image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
+        p2f = frags.pix_to_face
+        return frags._replace(pix_to_face=torch.where(p2f >= 0, global_face[p2f.clamp_min(0)], p2f))
 
     # -- shading --------------------------------------------------------------------
     def shade_rays(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,

@@ -81,3 +81,88 @@ def test_layered_shading_equals_full_compositing_without_termination():
     surface = torch.where(reached.any(1), zbuf.gather(1, first)[:, 0], expect)
     assert reached.any(1).sum() > 10 and (surface != expect).sum() > 10  # the case is exercised
     torch.testing.assert_close(lay["depth"], surface)
+
+
+def _unculled(r, K, w2c, size):
+    """Fragments of every face of every scale (no frustum culling), as `rasterize`
+    concatenates them: fine scale first, global face indices."""
+    from dnmp import ops
+
+    verts, _ = r.geometry()
+    per_face = r.primitives.faces_per_primitive
+    out = []
+    for s, (a, b) in enumerate(r.primitives.scale_ranges()):
+        fr = ops.rasterize(verts, r.primitives.faces[a * per_face: b * per_face], K, w2c, size,
+                           faces_per_pixel=r.faces_per_pixel_by_scale()[s], near=r.config.near,
+                           far=r.config.far)
+        p2f = fr.pix_to_face
+        out.append(fr._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f)))
+    return [torch.cat(t, dim=-1 if i < 2 else -2) for i, t in enumerate(zip(*out))]
+
+
+def _street_renderer():
+    """Two scales of primitives all around the origin (behind, beside, through the near
+    plane, beyond the image borders), deformed by random latents."""
+    torch.manual_seed(3)
+    pts = (torch.rand(4000, 3) - 0.5) * torch.tensor([16.0, 6.0, 16.0])
+    cfg = TrainConfig(feature_dim=4, hidden=8)
+    r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)], cfg)
+    with torch.no_grad():
+        r.primitives.latents.normal_()
+        r.primitives.offsets.uniform_(-0.1, 0.1)
+    r.refresh_geometry()
+    return r
+
+
+def test_frustum_culling_keeps_the_fragments_of_all_faces():
+    r = _street_renderer()
+    h, w = 24, 40
+    K = torch.tensor([[20.0, 0, (w - 1) / 2], [0, 20.0, (h - 1) / 2], [0, 0, 1]])
+    poses = []
+    for yaw in (0.0, 0.7, 2.5, -1.9):  # looking along, across and back through the scene
+        c, s = torch.cos(torch.tensor(yaw)), torch.sin(torch.tensor(yaw))
+        w2c = torch.eye(4)
+        w2c[:3, :3] = torch.tensor([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
+        w2c[:3, 3] = torch.tensor([0.3, -0.2, 0.1])
+        poses.append(w2c)
+    culled_some = False
+    for w2c in poses:
+        got = r.rasterize(K, w2c, (h, w))
+        ref = _unculled(r, K, w2c, (h, w))
+        assert (ref[0] >= 0).any()
+        assert torch.equal(got.pix_to_face, ref[0])
+        assert torch.equal(got.zbuf, ref[1]) and torch.equal(got.bary_coords, ref[2])
+        from dnmp.model.renderer import visible_primitives
+
+        c, rad = r.bounds()
+        vis = visible_primitives(c, rad, K, w2c, (h, w), r.config.near, r.config.far)
+        culled_some |= bool((~vis).any())
+    assert culled_some  # the test exercises culling, not an all-visible scene
+    # a batch of cameras: the union of their frusta, same fragments as unculled
+    got = r.rasterize(K, torch.stack(poses), (h, w))
+    ref = _unculled(r, K, torch.stack(poses), (h, w))
+    assert torch.equal(got.pix_to_face, ref[0]) and torch.equal(got.zbuf, ref[1])
+
+
+def test_visible_primitives_against_sampled_sphere_points():
+    """A sphere is kept whenever any of many points sampled in it projects inside the
+    image at depth in (near, far); spheres far outside every border are dropped."""
+    from dnmp.model.renderer import visible_primitives
+
+    torch.manual_seed(1)
+    h, w = 30, 50
+    K = torch.tensor([[25.0, 0, 24.5], [0, 25.0, 14.5], [0, 0, 1]], dtype=torch.float64)
+    centres = (torch.rand(3000, 3, dtype=torch.float64) - 0.5) * torch.tensor([20.0, 20.0, 20.0], dtype=torch.float64)
+    radii = torch.rand(3000, dtype=torch.float64) * 0.8 + 0.05
+    vis = visible_primitives(centres, radii, K, torch.eye(4, dtype=torch.float64), (h, w), 0.05, 8.0)
+    d = torch.randn(3000, 200, 3, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True) * torch.rand(3000, 200, 1, dtype=torch.float64) ** (1 / 3)
+    p = centres[:, None] + d * radii[:, None, None]
+    z = p[..., 2]
+    u = 25.0 * p[..., 0] / z + 24.5
+    v = 25.0 * p[..., 1] / z + 14.5
+    inside = ((z > 0.05) & (z < 8.0) & (u > -0.5) & (u < w - 0.5) & (v > -0.5) & (v < h - 0.5)).any(1)
+    assert inside.any() and (~vis).any()
+    assert not (inside & ~vis).any()  # never drops a visible sphere
+    # and culls most of the invisible ones (the test is not "keep everything")
+    assert (~vis & ~inside).sum() > 0.8 * (~inside).sum()
