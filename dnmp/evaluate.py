@@ -17,6 +17,10 @@ from .data.scene import Scene
 from .model import DNMPRenderer
 
 
+# a pixel counts as covered by primitives when they give at least this much of its colour
+COVERED_OPACITY = 0.5
+
+
 def frame_file_stem(frame) -> str:
     """A flat file name for a frame (frame names may contain '/')."""
     return str(frame.name).replace("/", "_").replace(os.sep, "_")
@@ -50,8 +54,10 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     `<frame>_gt.png` side by side into out_dir.
 
     Returns a dict with keys `{split}_psnr`, `{split}_ssim`, `{split}_lpips` (None when
-    unavailable, with `lpips_note` giving the reason), `num_{split}_frames`, `per_frame`
-    and `ssim_note` (which implementation and data range).
+    unavailable, with `lpips_note` giving the reason), `num_{split}_frames`, `per_frame`,
+    `ssim_note` (which implementation and data range), and the PSNR of the pixels the
+    primitives cover and of the rest (the background field's): `{split}_psnr_covered`,
+    `{split}_psnr_uncovered`, `{split}_covered_fraction` (see `covered_note`).
     """
     frames = scene.frames_by_split(split)
     if not frames:
@@ -60,10 +66,17 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     per_frame, lpips_note = [], None
+    pooled = {"covered": [0.0, 0], "uncovered": [0.0, 0]}  # squared error, pixels
     for frame in tqdm(frames, desc=f"render {split}", disable=not progress, leave=False):
         gt = torch.from_numpy(scene.load_image(frame))
-        pred = render_frame(renderer, scene, frame)["rgb"]
+        res = render_frame(renderer, scene, frame)
+        pred = res["rgb"]
         row = {"frame": frame.name, "psnr": metrics.psnr(pred, gt), "ssim": metrics.ssim(pred, gt)}
+        covered = res["coverage"] >= COVERED_OPACITY
+        for key, mask in (("covered", covered), ("uncovered", ~covered)):
+            sse, n = metrics.masked_mse(pred, gt.to(pred.device), mask)
+            pooled[key][0] += sse
+            pooled[key][1] += n
         try:
             row["lpips"] = metrics.lpips(pred, gt)
         except metrics.LPIPSUnavailable as exc:
@@ -86,6 +99,12 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
         "ssim_note": "torchmetrics structural_similarity_index_measure, Gaussian 11x11 sigma 1.5, "
                      "data_range=1.0, RGB in [0,1], mean over frames",
         "psnr_note": "per-frame PSNR (data range 1) averaged over frames",
+        f"{split}_psnr_covered": metrics.psnr_of_mse(*pooled["covered"]),
+        f"{split}_psnr_uncovered": metrics.psnr_of_mse(*pooled["uncovered"]),
+        f"{split}_covered_fraction": pooled["covered"][1] / max(1, sum(v[1] for v in pooled.values())),
+        "covered_note": f"covered: pixels whose accumulated primitive opacity (1 - background "
+                        f"transmittance) is >= {COVERED_OPACITY}; PSNR of covered / uncovered pixels "
+                        f"pooled over all frames (one MSE over those pixels), None when there are none",
         "per_frame": per_frame,
     }
     if lpips_note:

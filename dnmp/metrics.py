@@ -26,6 +26,27 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(sum of squared errors over the pixels where mask is true, averaged over their RGB
+    values, number of those pixels): the parts of a PSNR pooled over several images.
+
+    pred, target: float [H, W, 3] in [0, 1]; mask: bool [H, W]. An empty mask gives (0.0, 0).
+    """
+    _check(pred, target)
+    if mask.shape != pred.shape[:2]:
+        raise ValueError(f"mask must be [H, W] = {tuple(pred.shape[:2])}, got {tuple(mask.shape)}")
+    err = ((pred.double() - target.double()) ** 2).mean(-1)[mask]
+    return float(err.sum()), int(err.numel())
+
+
+def psnr_of_mse(sse: float, count: int) -> float | None:
+    """PSNR in dB (data range 1) of a pooled squared error `sse` over `count` pixels; None
+    when count is 0, inf when sse is 0."""
+    if count == 0:
+        return None
+    return math.inf if sse == 0 else -10.0 * math.log10(sse / count)
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Structural similarity (torchmetrics, Gaussian 11x11 window, sigma 1.5, data_range 1.0)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
