@@ -8,6 +8,7 @@ they are multi-view consistent and a model can fit them.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -18,6 +19,8 @@ from dnmp.data import Camera, Frame, PointCloud, write_ply_points, write_scene_j
 from dnmp.data import write_depth_png
 
 REPO = Path(__file__).resolve().parents[1]
+# test helper modules (_poses.py) import by name under --import-mode=importlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_KITTI = REPO.parent / "shared" / "data" / "kitti_odometry_00"
 WALL_Z = 6.0
 WALL_HALF = (2.0, 1.5)  # half extents in x and y, metres

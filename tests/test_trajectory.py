@@ -13,19 +13,9 @@ from dnmp.trajectory import (
     make_trajectory, matrix_to_quaternion, parse_offset, parse_trajectory, quaternion_to_matrix,
     read_camera_path, shift_views, write_camera_path,
 )
+from _poses import rot_z, rigid as pose  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 BUNDLED = Path(__file__).resolve().parents[1] / "scenes" / "kitti00"
-
-
-def rot_z(angle):
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-
-
-def pose(R, t):
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, t
-    return T
 
 
 @pytest.fixture(scope="module")

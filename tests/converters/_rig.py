@@ -6,22 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from _poses import rigid, rot_z  # noqa: F401  (re-exported for the converter tests)
 
 # OpenCV camera axes (x right, y down, z forward) expressed in a vehicle frame
 # (x forward, y left, z up): the rotation of a forward-looking camera.
 CV_TO_VEHICLE = np.array([[0, 0, 1.0], [-1, 0, 0], [0, -1, 0]])
-
-
-def rot_z(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
-
-
-def rigid(R, t):
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = t
-    return T
 
 
 def inv(T):

@@ -20,6 +20,7 @@ from dnmp.converters.kitti360 import PRESETS, convert_kitti360, main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import assert_cli_error  # noqa: E402
+from _poses import rot_x as rx, rot_z as rz, rigid  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 W, H = 80, 40
 FX, FY, CX, CY = 40.0, 41.0, 39.5, 19.0
@@ -28,22 +29,6 @@ SEQ = "2013_05_28_drive_0009_sync"
 BASELINE = 0.6
 N = 8
 MISSING_POSE = 5  # poses.txt is sparse: frame 5 has none
-
-
-def rx(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def rz(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def rigid(R, t):
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, t
-    return T
 
 
 R_RECT = {"00": rigid(rx(0.01), [0, 0, 0]), "01": rigid(rz(0.02) @ rx(-0.01), [0, 0, 0])}

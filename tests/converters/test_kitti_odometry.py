@@ -16,6 +16,7 @@ from dnmp.data.rigid import rigid_inverse, translation
 from dnmp.converters.kitti_odometry import convert_kitti_odometry, main
 from dnmp.converters.stereo import stereo_points
 from dnmp.data import Camera, SceneError, load_scene
+from _poses import rot_y  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "kitti_odometry_00"
@@ -28,11 +29,6 @@ K = np.array([[FX, 0, CX], [0, FY, CY], [0, 0, 1.0]])
 TR = np.eye(4)
 TR[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
 TR[:3, 3] = [0.01, -0.08, -0.27]
-
-
-def rot_y(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
 def pose(i):

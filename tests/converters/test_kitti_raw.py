@@ -20,6 +20,7 @@ from dnmp.data import load_scene
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _rig import assert_cli_error  # noqa: E402
+from _poses import rot_x as rx, rot_y as ry, rot_z as rz, rigid  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 W, H = 80, 40
 FX, FY, CX, CY = 40.0, 41.0, 39.5, 19.0
@@ -30,27 +31,6 @@ DRIVE = f"{DATE}_drive_0005_sync"
 LAT0, LON0, ALT0 = 49.0, 8.4, 110.0
 ER = 6378137.0
 N = 4
-
-
-def rx(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def ry(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def rz(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def rigid(R, t):
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, t
-    return T
 
 
 R_RECT = rigid(ry(0.01) @ rx(0.005), [0, 0, 0])

@@ -15,14 +15,10 @@ import pytest
 from dnmp.converters.capture import ConversionError
 from dnmp.data.rigid import rigid_inverse
 from dnmp.converters.lidar_odometry import icp_poses, pose_errors
+from _poses import rot_z as rz  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "kitti_odometry_00"
-
-
-def rz(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
 def sensor_pose(k):

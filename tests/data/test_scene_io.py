@@ -26,14 +26,10 @@ from dnmp.data import (
     write_scene_json,
 )
 from dnmp.data.downscale import downscale_depth
+from _poses import rot_y  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "scenes" / "kitti00"
-
-
-def rot_y(a):
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
 def make_scene(root: Path, width=21, height=15, with_depth=True) -> Path:
