@@ -94,7 +94,7 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     DNMP_SKIP_NVCC_TEST=1 skips it."""
     from torch.utils.cpp_extension import include_paths
 
-    from dnmp.ops._build_config import NVCC_FLAGS, source_hash
+    from dnmp.ops._build_config import NVCC_FLAGS, cuda_sources, source_hash
 
     # A pass is remembered per (sources, nvcc, torch, flags): reruns on unchanged
     # sources skip the ~1-2 min compile.
@@ -117,16 +117,24 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         shim.mkdir(parents=True)
         (shim / "cuda_cmake_macros.h").write_text("#pragma once\n")
         base += ["-I", str(tmp_path / "shim")]
-    sources = sorted((REPO / "csrc" / "cuda").glob("*.cu"))
+    sources = cuda_sources(REPO / "csrc")  # every .cu file, the list the builds use
     assert sources
     procs = [
         (src, subprocess.Popen(base + ["-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for src in sources
     ]
-    for src, p in procs:
-        out, _ = p.communicate(timeout=900)
-        assert p.returncode == 0, f"{src.name}:\n{out[-4000:]}"
+    failures = []
+    try:
+        for src, p in procs:  # wait for all: every broken file is reported, none left running
+            out, _ = p.communicate(timeout=900)
+            if p.returncode != 0:
+                failures.append(f"{src.name}:\n{out[-4000:]}")
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert not failures, "\n".join(failures)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         marker.write_text("ok\n")
