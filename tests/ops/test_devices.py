@@ -15,6 +15,8 @@ For each scenario the CPU kernels are the yardstick:
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -107,6 +109,12 @@ def _scene(name: str):
         verts, faces = _layers()
         intr, w2c = camera(40, 70, f=12.0)
         return verts, faces, intr, w2c, (40, 70), int(name.split("_k")[1]), near, far
+    if name == "nonfinite":
+        verts, faces = random_soup(11, n_faces=60)
+        verts[3, 1] = float("nan")
+        verts[17] = float("inf")
+        intr, w2c = camera(20, 20)
+        return verts, faces, intr, w2c, (20, 20), 4, near, far
     if name == "odd_shape":
         verts, faces = random_soup(7, n_faces=50, spread=0.5)
         intr, w2c = camera(13, 29, f=29.0)
@@ -121,7 +129,7 @@ def _scene(name: str):
 
 
 SCENES = ["soup0", "soup1", "spheres_tiles", "grid_exact", "grid_flip", "grid_jitter", "grid_tilted",
-          "coplanar_ties", "near_far", "huge_tiny", "layers_k1", "layers_k4", "layers_k20", "odd_shape", "batched"]
+          "coplanar_ties", "near_far", "huge_tiny", "layers_k1", "layers_k4", "layers_k20", "nonfinite", "odd_shape", "batched"]
 
 
 def _rasterize(impl: str, scene, dtype=torch.float32) -> Fragments:
@@ -129,7 +137,9 @@ def _rasterize(impl: str, scene, dtype=torch.float32) -> Fragments:
     dev = _need(impl)
     args = (verts.to(dev, dtype), faces.to(dev), intr.to(dev, dtype), w2c.to(dev, dtype), hw, K)
     fn = rasterize_reference if impl == "reference" else rasterize
-    fr = fn(*args, near=near, far=far)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-finite", category=RuntimeWarning)
+        fr = fn(*args, near=near, far=far)
     return Fragments(*(t.cpu() for t in fr))
 
 
