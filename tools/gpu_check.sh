@@ -129,7 +129,13 @@ if step profile 90 "$PY" -m dnmp profile "${PROFILE_ARGS[@]}" --json --device cu
   fig=$("$PY" - "$WORK/profile.log" <<'EOF'
 import json, sys
 text = open(sys.argv[1]).read()
-m = json.loads(text[text.index("{"): text.rindex("}") + 1])
+m = {}
+for at in (i for i, line in enumerate(text.splitlines(keepends=True)) if line.startswith("{")):
+    try:  # the JSON object printed by --json (other lines may be warnings)
+        m = json.JSONDecoder().raw_decode("".join(text.splitlines(keepends=True)[at:]))[0]
+        break
+    except ValueError:
+        continue
 def pick(k):
     v = m.get(k)
     return "?" if v is None else f"{v:.4g}"
