@@ -240,6 +240,26 @@ DNMP_HD void insert_k(Frag<T>* list, int& count, int K, T z, int64_t face, const
   if (count < K) ++count;
 }
 
+// Outcome of offering a face to one pixel's K-nearest list.
+enum Offer : int { kOfferDepthRejected = 0, kOfferNotCovered = 1, kOfferBehind = 2, kOfferInserted = 3 };
+
+// Offer face f (setup fs, depth lower bound zl) to the pixel centre (qx, qy)
+// whose list holds `count` entries: the per-pixel step of both rasterizers
+// (they differ only in which faces they offer, and in what order, which does
+// not change the result). The caller has checked that the pixel lies in the
+// face's pixel_box.
+template <typename T>
+DNMP_HD Offer offer_face(const FaceSetup<T>& fs, T zl, int64_t f, T qx, T qy, T far, Frag<T>* list, int& count,
+                         int K) {
+  if (count == K && zl > list[K - 1].z) return kOfferDepthRejected;  // exact: no depth below zl
+  T z, a[3], ssum, b[3];
+  if (!cover_pixel(fs, qx, qy, far, z, a, ssum)) return kOfferNotCovered;
+  if (count == K && !frag_less(z, f, list[K - 1])) return kOfferBehind;
+  finish_bary(a, ssum, b);
+  insert_k(list, count, K, z, f, b);
+  return kOfferInserted;
+}
+
 // ---------------------------------------------------------------------------
 // Backward. For camera-space vertices P0..P2 and the pixel ray d =
 // ((x - cx) / fx, (y - cy) / fy, 1), the perspective-correct barycentrics and

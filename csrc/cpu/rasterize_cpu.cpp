@@ -194,16 +194,14 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
             Frag<T>* lst = buf.data() + size_t(l) * K;
-            if (prof) c_tests++;
-            if (cnt[l] == K && zl > lst[K - 1].z) { if (prof) c_zrej++; continue; }  // cannot reach this pixel's K nearest
-            T z, a[3], ssum, b[3];
-            if (!cover_pixel(fs, T(x), T(y), far, z, a, ssum)) continue;
-            if (prof) c_cov++;
-            if (cnt[l] == K && !frag_less(z, f, lst[K - 1])) continue;
-            if (prof) c_ins++;
-            finish_bary(a, ssum, b);
-            insert_k(lst, cnt[l], K, z, f, b);
-            dirty = true;
+            const Offer r = offer_face(fs, zl, f, T(x), T(y), far, lst, cnt[l], K);
+            if (r == kOfferInserted) dirty = true;
+            if (prof) {
+              c_tests++;
+              if (r == kOfferDepthRejected) c_zrej++;
+              if (r >= kOfferBehind) c_cov++;
+              if (r == kOfferInserted) c_ins++;
+            }
           }
         }
       }

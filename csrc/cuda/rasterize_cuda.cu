@@ -132,13 +132,7 @@ __global__ void __launch_bounds__(kTile* kTile)
       for (int j = 0; j < n; ++j) {
         const FaceSetup<T>& s = s_fs[j];
         if (qx < s.umin || qx > s.umax || qy < s.vmin || qy > s.vmax) continue;  // = pixel_box
-        if (cnt == K && s_zl[j] > lst[K - 1].z) continue;  // cannot reach this pixel's K nearest
-        T z, a[3], ssum, b[3];
-        if (!cover_pixel(s, qx, qy, far, z, a, ssum)) continue;
-        const int64_t f = s_id[j];
-        if (cnt == K && !frag_less(z, f, lst[K - 1])) continue;
-        finish_bary(a, ssum, b);
-        insert_k(lst, cnt, K, z, f, b);
+        offer_face(s, s_zl[j], int64_t(s_id[j]), qx, qy, far, lst, cnt, K);
       }
     }
   }
