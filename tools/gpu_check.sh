@@ -20,6 +20,13 @@ export DNMP_BUILD_DIR="$WORK/build"     # fresh just-in-time build against this 
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export DNMP_WITH_CUDA=1                 # build the CUDA kernels (fail loudly if they do not build)
 export DNMP_SKIP_NVCC_TEST=1            # the real build below replaces the compile-only test
+# torch takes CUDA_HOME from `which nvcc` when unset; a wrapper such as /usr/local/bin/nvcc
+# would point it at /usr/local (no CUDA headers): pick a real toolkit folder instead
+if [ -z "${CUDA_HOME:-}" ]; then
+  for c in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")"; do
+    if [ -x "$c/bin/nvcc" ] && [ -f "$c/include/cuda_runtime.h" ]; then export CUDA_HOME=$c; break; fi
+  done
+fi
 T0=$(date +%s)
 SUMMARY=()
 FAILED=0
@@ -60,6 +67,7 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.
       + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
 EOF
 command -v nvcc >/dev/null && nvcc --version | tail -1
+echo "CUDA_HOME=${CUDA_HOME:-unset}"
 
 # 1. the GPU path must import without open3d (only the point-cloud tools may need it)
 mkdir -p "$WORK/no_open3d"
