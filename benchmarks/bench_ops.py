@@ -6,7 +6,11 @@ a KITTI-like camera at 1241x376, K=4. Prints milliseconds per 1000 pixels
 (median of --runs timed runs after a warm-up) for rasterize, interpolate
 (C=32) and their backward passes.
 
-    python benchmarks/bench_ops.py [--prims 20000] [--runs 7] [--threads N]
+    python benchmarks/bench_ops.py [--prims 20000] [--runs 7] [--threads N] [--device cuda]
+
+On CUDA the timings synchronise the device around each run; --check also
+rasterizes on the CPU and compares the fragments (pix_to_face equal, zbuf and
+bary_coords within 1e-5); --raster-only skips interpolate and the backward.
 """
 
 from __future__ import annotations
@@ -48,12 +52,19 @@ def street_scene(n_prims: int, seed: int = 0, voxel: float = 0.5, radius: float 
     return verts.contiguous(), faces.contiguous()
 
 
-def median_ms(fn, runs: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, runs: int, device: torch.device = torch.device("cpu")) -> float:
     fn()  # warm-up
+    _sync(device)
     ts = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         ts.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(ts)
 
@@ -67,9 +78,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1241)
     ap.add_argument("-k", "--faces-per-pixel", type=int, default=4)
     ap.add_argument("-c", "--channels", type=int, default=32)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    ap.add_argument("--check", action="store_true", help="compare the fragments with the CPU kernels'")
+    ap.add_argument("--raster-only", action="store_true", help="time rasterize only")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
 
     import dnmp.ops as ops
 
@@ -78,17 +93,30 @@ def main() -> None:
     intr = torch.tensor([[707.09, 0.0, 601.89], [0.0, 707.09, 183.11], [0.0, 0.0, 1.0]])
     w2c = torch.eye(4)
     kpx = H * W / 1000.0
-    print(f"backend={ops.backend()} threads={torch.get_num_threads()} prims={args.prims} "
+    print(f"backend={ops.backend()} device={dev} threads={torch.get_num_threads()} prims={args.prims} "
           f"verts={verts.shape[0]} faces={faces.shape[0]} image={W}x{H} K={K} C={args.channels}")
+    cpu_args = (verts, faces, intr, w2c)
+    verts, faces, intr, w2c = (t.to(dev) for t in cpu_args)
 
     frags = ops.rasterize(verts, faces, intr, w2c, (H, W), K)
     cov = (frags.pix_to_face >= 0).float().mean(dim=(0, 1, 2))
     print("coverage per layer:", [round(float(c), 3) for c in cov])
-    t = median_ms(lambda: ops.rasterize(verts, faces, intr, w2c, (H, W), K), args.runs)
+    if args.check:
+        ref = ops.rasterize(*cpu_args, (H, W), K)
+        same = torch.equal(frags.pix_to_face.cpu(), ref.pix_to_face)
+        dz = float((frags.zbuf.cpu() - ref.zbuf).abs().max())
+        db = float((frags.bary_coords.cpu() - ref.bary_coords).abs().max())
+        ok = same and dz <= 1e-5 * max(1.0, float(ref.zbuf.abs().max())) and db <= 1e-5
+        print(f"check vs cpu: {'PASS' if ok else 'FAIL'} pix_to_face_equal={same} "
+              f"(differing {int((frags.pix_to_face.cpu() != ref.pix_to_face).sum())}) "
+              f"max|dzbuf|={dz:.3g} max|dbary|={db:.3g}")
+    t = median_ms(lambda: ops.rasterize(verts, faces, intr, w2c, (H, W), K), args.runs, dev)
     print(f"rasterize          {t:8.2f} ms/image  {t / kpx:7.4f} ms/1k px")
+    if args.raster_only:
+        return
 
-    attr = torch.randn(verts.shape[0], args.channels)
-    t = median_ms(lambda: ops.interpolate(attr, faces, frags), args.runs)
+    attr = torch.randn(verts.shape[0], args.channels).to(dev)
+    t = median_ms(lambda: ops.interpolate(attr, faces, frags), args.runs, dev)
     print(f"interpolate C={args.channels:<3d}  {t:8.2f} ms/image  {t / kpx:7.4f} ms/1k px")
 
     vg = verts.clone().requires_grad_()
@@ -98,7 +126,7 @@ def main() -> None:
         fr = ops.rasterize(vg, faces, intr, w2c, (H, W), K)
         ops.interpolate(ag, faces, fr).sum().backward()
 
-    t = median_ms(fwd_bwd, args.runs)
+    t = median_ms(fwd_bwd, args.runs, dev)
     print(f"raster+interp fwd+bwd {t:8.2f} ms/image  {t / kpx:7.4f} ms/1k px")
 
 

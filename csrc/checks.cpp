@@ -80,6 +80,15 @@ void check_interpolate_args(const at::Tensor& attributes, const at::Tensor& face
   same_device("bary_coords", bary, attributes, "attributes");
 }
 
+void check_interpolate_grad(const at::Tensor& attributes, const at::Tensor& pix_to_face, const at::Tensor& grad_out) {
+  TORCH_CHECK_TYPE(is_float(grad_out), "grad_out must be float32 or float64, got ", grad_out.scalar_type());
+  auto shape = pix_to_face.sizes().vec();
+  shape.push_back(attributes.size(1));
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(shape), "grad_out must have shape ", shape, ", got ",
+                    grad_out.sizes());
+  same_device("grad_out", grad_out, attributes, "attributes");
+}
+
 void check_face_indices(const at::Tensor& faces, int64_t V, const char* what) {
   if (faces.numel() == 0) return;
   auto mm = at::aminmax(faces);

@@ -9,20 +9,11 @@
 
 namespace dnmp {
 
-// Camera parameters from host tensors K [3, 3] and world_to_cam [4, 4] (any device's
-// kernels take this plain struct; the tensors must be CPU-accessible).
+// Camera parameters from CPU tensors K [3, 3] and world_to_cam [4, 4] of dtype T.
 template <typename T>
 inline Camera<T> camera_from(const at::Tensor& K, const at::Tensor& M) {
-  auto k = K.accessor<T, 2>();
-  auto m = M.accessor<T, 2>();
-  Camera<T> cam;
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 4; ++c) cam.r[r][c] = m[r][c];
-  cam.fx = k[0][0];
-  cam.fy = k[1][1];
-  cam.cx = k[0][2];
-  cam.cy = k[1][2];
-  return cam;
+  const auto k = K.contiguous(), m = M.contiguous();
+  return camera_from_ptr<T>(k.data_ptr<T>(), m.data_ptr<T>());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces,
@@ -53,5 +44,7 @@ void check_face_indices(const at::Tensor& faces, int64_t V, const char* what);
 void check_pix_to_face(const at::Tensor& pix_to_face, int64_t F);
 void check_interpolate_args(const at::Tensor& attributes, const at::Tensor& faces, const at::Tensor& pix_to_face,
                             const at::Tensor& bary);
+// grad_out of interpolate_bwd: shape pix_to_face.shape + [C], float, on attributes' device.
+void check_interpolate_grad(const at::Tensor& attributes, const at::Tensor& pix_to_face, const at::Tensor& grad_out);
 
 }  // namespace dnmp

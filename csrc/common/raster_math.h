@@ -24,6 +24,33 @@ struct Camera {
   T fx, fy, cx, cy;
 };
 
+// Camera of one view from a row-major intrinsics matrix K [3, 3] and a row-major
+// world_to_cam M [4, 4] (host or device memory, whichever side runs it).
+template <typename T>
+DNMP_HD Camera<T> camera_from_ptr(const T* K, const T* M) {
+  Camera<T> cam;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) cam.r[r][c] = M[4 * r + c];
+  cam.fx = K[0];
+  cam.fy = K[4];
+  cam.cx = K[2];
+  cam.cy = K[5];
+  return cam;
+}
+
+// The same camera in double (the backward works in double).
+template <typename T>
+DNMP_HD Camera<double> camera_to_double(const Camera<T>& c) {
+  Camera<double> d;
+  for (int r = 0; r < 3; ++r)
+    for (int k = 0; k < 4; ++k) d.r[r][k] = double(c.r[r][k]);
+  d.fx = double(c.fx);
+  d.fy = double(c.fy);
+  d.cx = double(c.cx);
+  d.cy = double(c.cy);
+  return d;
+}
+
 // A vertex after projection: image coords (u, v), camera depth z, usable flag.
 template <typename T>
 struct ProjVert {
@@ -129,6 +156,30 @@ DNMP_HD bool cull_face(const ProjVert<T>& p0, const ProjVert<T>& p1, const ProjV
   return true;
 }
 
+// Pixel-centre range [x0, x1] x [y0, y1] inside an H x W image covered by the
+// screen box [umin, umax] x [vmin, vmax]; false when empty. Pixel (x, y) has its
+// centre at (x, y), so the range is ceil(min) .. floor(max), clipped.
+template <typename T>
+DNMP_HD bool pixel_box(T umin, T umax, T vmin, T vmax, int H, int W, int& x0, int& x1, int& y0, int& y1) {
+  const double fx0 = ::ceil(double(umin)), fx1 = ::floor(double(umax));
+  const double fy0 = ::ceil(double(vmin)), fy1 = ::floor(double(vmax));
+  if (fx0 > W - 1 || fx1 < 0 || fy0 > H - 1 || fy1 < 0 || fx0 > fx1 || fy0 > fy1) return false;
+  x0 = fx0 < 0 ? 0 : int(fx0);
+  x1 = fx1 > W - 1 ? W - 1 : int(fx1);
+  y0 = fy0 < 0 ? 0 : int(fy0);
+  y1 = fy1 > H - 1 ? H - 1 : int(fy1);
+  return true;
+}
+
+// Lower bound of any depth the face can produce: its nearest vertex depth shrunk
+// by a relative margin far larger than the few-ulp rounding of the depth formula
+// (a weighted harmonic mean of the vertex depths), so rejecting a pixel whose
+// K-th depth is below it is exact.
+template <typename T>
+DNMP_HD T depth_lower_bound(T zmin) {
+  return zmin * T(1 - 1e-5);
+}
+
 // Test the pixel centre (qx, qy). On coverage returns true with the depth z and
 // the unnormalised perspective weights a[i] (bary[i] = a[i] / ssum); z > far
 // is not covered.
@@ -189,6 +240,26 @@ DNMP_HD void insert_k(Frag<T>* list, int& count, int K, T z, int64_t face, const
   if (count < K) ++count;
 }
 
+// Outcome of offering a face to one pixel's K-nearest list.
+enum Offer : int { kOfferDepthRejected = 0, kOfferNotCovered = 1, kOfferBehind = 2, kOfferInserted = 3 };
+
+// Offer face f (setup fs, depth lower bound zl) to the pixel centre (qx, qy)
+// whose list holds `count` entries: the per-pixel step of both rasterizers
+// (they differ only in which faces they offer, and in what order, which does
+// not change the result). The caller has checked that the pixel lies in the
+// face's pixel_box.
+template <typename T>
+DNMP_HD Offer offer_face(const FaceSetup<T>& fs, T zl, int64_t f, T qx, T qy, T far, Frag<T>* list, int& count,
+                         int K) {
+  if (count == K && zl > list[K - 1].z) return kOfferDepthRejected;  // exact: no depth below zl
+  T z, a[3], ssum, b[3];
+  if (!cover_pixel(fs, qx, qy, far, z, a, ssum)) return kOfferNotCovered;
+  if (count == K && !frag_less(z, f, list[K - 1])) return kOfferBehind;
+  finish_bary(a, ssum, b);
+  insert_k(list, count, K, z, f, b);
+  return kOfferInserted;
+}
+
 // ---------------------------------------------------------------------------
 // Backward. For camera-space vertices P0..P2 and the pixel ray d =
 // ((x - cx) / fx, (y - cy) / fy, 1), the perspective-correct barycentrics and
@@ -241,6 +312,30 @@ DNMP_HD bool fragment_backward(const double P[3][3], const double d[3], const do
       gP[i][c] += gT * t3[c];
     }
   }
+  return true;
+}
+
+// World-frame gradient of one fragment of face f at pixel (x, y): out[3 * j + c]
+// is dL/d verts[faces[3 * f + j]][c] for the fragment's dL/dbary g_b and dL/dz
+// g_z. Returns false (out untouched) when the fragment contributes nothing: zero
+// incoming gradient or a degenerate configuration. Shared by the CPU and CUDA
+// backward so both add exactly the same per-fragment values.
+template <typename T, typename I>
+DNMP_HD bool fragment_world_grad(const T* verts, const I* faces, int64_t f, const Camera<double>& cam, double x,
+                                 double y, const double g_b[3], double g_z, double out[9]) {
+  if (g_z == 0.0 && g_b[0] == 0.0 && g_b[1] == 0.0 && g_b[2] == 0.0) return false;
+  const double d[3] = {(x - cam.cx) / cam.fx, (y - cam.cy) / cam.fy, 1.0};
+  double P[3][3];
+  for (int j = 0; j < 3; ++j) {
+    const T* X = verts + 3 * int64_t(faces[3 * f + j]);
+    for (int r = 0; r < 3; ++r)
+      P[j][r] = cam.r[r][0] * double(X[0]) + cam.r[r][1] * double(X[1]) + cam.r[r][2] * double(X[2]) + cam.r[r][3];
+  }
+  double gP[3][3];
+  if (!fragment_backward(P, d, g_b, g_z, gP)) return false;
+  for (int j = 0; j < 3; ++j)  // world gradient: R^T * gP
+    for (int c = 0; c < 3; ++c)
+      out[3 * j + c] = cam.r[0][c] * gP[j][0] + cam.r[1][c] * gP[j][1] + cam.r[2][c] * gP[j][2];
   return true;
 }
 

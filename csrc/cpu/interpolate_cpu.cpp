@@ -32,13 +32,7 @@ at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes_, const at::Tensor& 
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) {
-        const int64_t f = pf[n];
-        if (f < 0) {
-          for (int64_t c = 0; c < C; ++c) o[n * C + c] = scalar_t(0);
-          continue;
-        }
-        const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
-        interp_fragment(a, C, v, bc + 3 * n, o + n * C);
+        interp_fwd_one(a, C, fc, pf[n], bc + 3 * n, o + n * C);
       }
     });
   });
@@ -49,15 +43,12 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
                                                        const at::Tensor& pix_to_face_, const at::Tensor& bary_,
                                                        const at::Tensor& grad_out_) {
   check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
+  check_interpolate_grad(attributes_, pix_to_face_, grad_out_);
   const auto attr = attributes_.contiguous();
   const auto faces = faces_.to(at::kLong).contiguous();
   const auto p2f = pix_to_face_.to(at::kLong).contiguous();
   const auto bary = bary_.to(attr.scalar_type()).contiguous();
   const int64_t C = attr.size(1), N = p2f.numel();
-  auto oshape = p2f.sizes().vec();
-  oshape.push_back(C);
-  TORCH_CHECK_VALUE(grad_out_.sizes() == at::IntArrayRef(oshape), "grad_out must have shape ", oshape, ", got ",
-                    grad_out_.sizes());
   check_face_indices(faces, attr.size(0), "attributes");
   check_pix_to_face(p2f, faces.size(0));
   const auto g = grad_out_.to(attr.scalar_type()).contiguous();
@@ -73,13 +64,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
     scalar_t* gb = grad_bary.data_ptr<scalar_t>();
     at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) {
-        const int64_t f = pf[n];
-        if (f < 0) {
-          gb[3 * n] = gb[3 * n + 1] = gb[3 * n + 2] = scalar_t(0);
-          continue;
-        }
-        const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
-        interp_grad_bary(a, C, v, gp + n * C, gb + 3 * n);
+        interp_bwd_bary_one(a, C, fc, pf[n], gp + n * C, gb + 3 * n);
       }
     });
     // scatter to vertices: parallel over channels, fragments in fixed order

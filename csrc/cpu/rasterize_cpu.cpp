@@ -42,22 +42,8 @@ void dynamic_for(int64_t n, const Fn& fn) {
   });
 }
 
-// Pixel-centre range [x0, x1] x [y0, y1] inside the image covered by the face's
-// bounding box; false when empty.
 template <typename T>
-bool pixel_box(T umin, T umax, T vmin, T vmax, int H, int W, int& x0, int& x1, int& y0, int& y1) {
-  double fx0 = std::ceil(double(umin)), fx1 = std::floor(double(umax));
-  double fy0 = std::ceil(double(vmin)), fy1 = std::floor(double(vmax));
-  if (fx0 > W - 1 || fx1 < 0 || fy0 > H - 1 || fy1 < 0 || fx0 > fx1 || fy0 > fy1) return false;
-  x0 = fx0 < 0 ? 0 : int(fx0);
-  x1 = fx1 > W - 1 ? W - 1 : int(fx1);
-  y0 = fy0 < 0 ? 0 : int(fy0);
-  y1 = fy1 > H - 1 ? H - 1 : int(fy1);
-  return true;
-}
-
-template <typename T>
-bool pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
+bool face_pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
   return pixel_box(fs.umin, fs.umax, fs.vmin, fs.vmax, H, W, x0, x1, y0, y1);
 }
 
@@ -95,10 +81,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       1, std::min<int64_t>({(F + kFaceChunk - 1) / kFaceChunk, int64_t(64), std::max<int64_t>(1, (int64_t(1) << 22) / NT)}));
   const int64_t per_chunk = (F + NC - 1) / NC;
   std::unique_ptr<int32_t[]> box(new int32_t[4 * F]);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
-  // Lower bound of any depth the face can produce, shrunk by a relative margin
-  // far larger than the few-ulp rounding of the depth formula (a weighted
-  // harmonic mean of the vertex depths), so rejecting on it is exact.
-  std::unique_ptr<T[]> zlow(new T[F]);
+  std::unique_ptr<T[]> zlow(new T[F]);  // depth_lower_bound per face
   std::vector<int64_t> counts(NC * NT, 0);
   dynamic_for(NC, [&](int64_t c) {
     {
@@ -113,7 +96,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           bx[0] = -1;
           continue;
         }
-        zlow[f] = zmin * T(1 - 1e-5);
+        zlow[f] = depth_lower_bound(zmin);
         bx[0] = x0 / kTile;
         bx[1] = x1 / kTile;
         bx[2] = y0 / kTile;
@@ -202,7 +185,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         if (prof) c_faces++;
         FaceSetup<T> fs;
         int x0, x1, y0, y1;
-        if (!face_setup(pv, faces, f, fs) || !pixel_box(fs, H, W, x0, x1, y0, y1)) continue;  // never: binned
+        if (!face_setup(pv, faces, f, fs) || !face_pixel_box(fs, H, W, x0, x1, y0, y1)) continue;  // never: binned
         x0 = std::max(x0, px0);
         x1 = std::min(x1, px1);
         y0 = std::max(y0, py0);
@@ -211,16 +194,14 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
             Frag<T>* lst = buf.data() + size_t(l) * K;
-            if (prof) c_tests++;
-            if (cnt[l] == K && zl > lst[K - 1].z) { if (prof) c_zrej++; continue; }  // cannot reach this pixel's K nearest
-            T z, a[3], ssum, b[3];
-            if (!cover_pixel(fs, T(x), T(y), far, z, a, ssum)) continue;
-            if (prof) c_cov++;
-            if (cnt[l] == K && !frag_less(z, f, lst[K - 1])) continue;
-            if (prof) c_ins++;
-            finish_bary(a, ssum, b);
-            insert_k(lst, cnt[l], K, z, f, b);
-            dirty = true;
+            const Offer r = offer_face(fs, zl, f, T(x), T(y), far, lst, cnt[l], K);
+            if (r == kOfferInserted) dirty = true;
+            if (prof) {
+              c_tests++;
+              if (r == kOfferDepthRejected) c_zrej++;
+              if (r >= kOfferBehind) c_cov++;
+              if (r == kOfferInserted) c_ins++;
+            }
           }
         }
       }
@@ -253,10 +234,7 @@ constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block
 template <typename T>
 void rasterize_bwd_view(const T* verts, const int64_t* faces, const Camera<T>& camT, int H, int W, int K,
                         const int64_t* p2f, const T* gz, const T* gb, std::vector<double>& acc) {
-  double R[3][4];
-  for (int r = 0; r < 3; ++r)
-    for (int c = 0; c < 4; ++c) R[r][c] = double(camT.r[r][c]);
-  const double fx = camT.fx, fy = camT.fy, cx = camT.cx, cy = camT.cy;
+  const Camera<double> cam = camera_to_double(camT);
   const int64_t N = int64_t(H) * W * K;
   std::vector<double> buf(size_t(std::min(N, kBwdBlock)) * 9);
   std::vector<int64_t> vid(size_t(std::min(N, kBwdBlock)) * 3);  // vertex ids, -1: no contribution
@@ -269,23 +247,11 @@ void rasterize_bwd_view(const T* verts, const int64_t* faces, const Camera<T>& c
         const int64_t f = p2f[n];
         vid[3 * i] = vid[3 * i + 1] = vid[3 * i + 2] = -1;
         if (f < 0) continue;
-        const double g_z = gz[n];
-        const double g_b[3] = {double(gb[3 * n]), double(gb[3 * n + 1]), double(gb[3 * n + 2])};
-        if (g_z == 0.0 && g_b[0] == 0.0 && g_b[1] == 0.0 && g_b[2] == 0.0) continue;
         const int64_t pix = n / K;
-        const double x = double(pix % W), y = double(pix / W);
-        const double d[3] = {(x - cx) / fx, (y - cy) / fy, 1.0};
-        double P[3][3];
-        for (int j = 0; j < 3; ++j) {
-          const T* X = verts + 3 * faces[3 * f + j];
-          for (int r = 0; r < 3; ++r)
-            P[j][r] = R[r][0] * double(X[0]) + R[r][1] * double(X[1]) + R[r][2] * double(X[2]) + R[r][3];
-        }
-        double gP[3][3];
-        if (!fragment_backward(P, d, g_b, g_z, gP)) continue;
-        double* o = buf.data() + 9 * i;
-        for (int j = 0; j < 3; ++j)  // world gradient: R^T * gP
-          for (int c = 0; c < 3; ++c) o[3 * j + c] = R[0][c] * gP[j][0] + R[1][c] * gP[j][1] + R[2][c] * gP[j][2];
+        const double g_b[3] = {double(gb[3 * n]), double(gb[3 * n + 1]), double(gb[3 * n + 2])};
+        if (!fragment_world_grad(verts, faces, f, cam, double(pix % W), double(pix / W), g_b, double(gz[n]),
+                                 buf.data() + 9 * i))
+          continue;
         for (int j = 0; j < 3; ++j) vid[3 * i + j] = faces[3 * f + j];
       }
     });

@@ -1,7 +1,9 @@
 // CUDA interpolation of vertex attributes at fragments, and its backward.
+// Per-fragment math from csrc/common/interp_math.h (shared with the CPU kernel).
 // The attribute gradient is a deterministic segmented sum (stable sort of the
 // (fragment, vertex slot) rows by vertex id, then a sequential sum per vertex
-// and channel in fragment order): bit-identical across runs, no atomics.
+// and channel in fragment order, from zero): bit-identical across runs, no
+// atomics, and the same additions in the same order as the CPU kernel.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,13 +24,7 @@ __global__ void interp_fwd_kernel(const T* attr, int64_t C, const int64_t* faces
                                   int64_t N, T* out) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
-  const int64_t f = p2f[n];
-  if (f < 0) {
-    for (int64_t c = 0; c < C; ++c) out[n * C + c] = T(0);
-    return;
-  }
-  const int64_t v[3] = {faces[3 * f], faces[3 * f + 1], faces[3 * f + 2]};
-  interp_fragment(attr, C, v, bary + 3 * n, out + n * C);
+  interp_fwd_one(attr, C, faces, p2f[n], bary + 3 * n, out + n * C);
 }
 
 template <typename T>
@@ -37,16 +33,8 @@ __global__ void interp_bwd_bary_kernel(const T* attr, int64_t C, const int64_t* 
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   const int64_t f = p2f[n];
-  if (f < 0) {
-    for (int i = 0; i < 3; ++i) {
-      gbary[3 * n + i] = T(0);
-      key[3 * n + i] = -1;
-    }
-    return;
-  }
-  const int64_t v[3] = {faces[3 * f], faces[3 * f + 1], faces[3 * f + 2]};
-  for (int i = 0; i < 3; ++i) key[3 * n + i] = v[i];
-  interp_grad_bary(attr, C, v, g + n * C, gbary + 3 * n);
+  for (int i = 0; i < 3; ++i) key[3 * n + i] = f < 0 ? -1 : faces[3 * f + i];
+  interp_bwd_bary_one(attr, C, faces, f, g + n * C, gbary + 3 * n);
 }
 
 // grad_attr[seg_key[s], c] = sum over rows r (= 3 * fragment + slot) of bary[r] * g[fragment, c]
@@ -96,6 +84,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cuda(const at::Tensor& attrib
                                                         const at::Tensor& pix_to_face_, const at::Tensor& bary_,
                                                         const at::Tensor& grad_out_) {
   check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
+  check_interpolate_grad(attributes_, pix_to_face_, grad_out_);
   const c10::cuda::CUDAGuard guard(attributes_.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const auto attr = attributes_.contiguous();

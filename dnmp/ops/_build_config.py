@@ -34,4 +34,5 @@ def cpp_sources(root: Path) -> list[Path]:
 
 
 def cuda_sources(root: Path) -> list[Path]:
-    return sorted((Path(root) / "cuda").glob("*.cu"))
+    """Every .cu file under root: all are built, and all are compiled by CI's nvcc test."""
+    return sorted(Path(root).rglob("*.cu"))

@@ -53,6 +53,12 @@ def _sources(root: Path, with_cuda: bool) -> list[Path]:
 
 
 def _want_cuda() -> bool:
+    """Build the CUDA kernels too? ``DNMP_WITH_CUDA=0/1`` decides when set (as in
+    setup.py); otherwise yes when torch is a CUDA build, a device is visible and
+    a CUDA toolkit (nvcc, found by torch as CUDA_HOME) is installed."""
+    env = os.environ.get("DNMP_WITH_CUDA")
+    if env is not None and env != "":
+        return env == "1"
     from torch.utils.cpp_extension import CUDA_HOME
 
     return torch.cuda.is_available() and torch.version.cuda is not None and CUDA_HOME is not None
@@ -116,6 +122,16 @@ def load_extension():
         try:
             _check_aot_fresh()
             from dnmp import _C as mod  # type: ignore[attr-defined]
+
+            if not getattr(mod, "with_cuda", False) and _want_cuda():
+                # a CPU-only ahead-of-time build on a machine that can run CUDA:
+                # build both just in time, keep the CPU-only one if that fails
+                try:
+                    mod = _jit_build()
+                except Exception as e:  # noqa: BLE001
+                    warnings.warn(f"dnmp.ops: CUDA kernels could not be built ({type(e).__name__}: "
+                                  f"{str(e)[-2000:]}); CUDA tensors use the pure-PyTorch reference",
+                                  RuntimeWarning, stacklevel=3)
         except ImportError as e:
             mod = None
             why = f"dnmp._C not usable ({e})"

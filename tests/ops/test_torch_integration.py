@@ -94,7 +94,7 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     DNMP_SKIP_NVCC_TEST=1 skips it."""
     from torch.utils.cpp_extension import include_paths
 
-    from dnmp.ops._build_config import NVCC_FLAGS, source_hash
+    from dnmp.ops._build_config import NVCC_FLAGS, cuda_sources, source_hash
 
     # A pass is remembered per (sources, nvcc, torch, flags): reruns on unchanged
     # sources skip the ~1-2 min compile.
@@ -117,21 +117,63 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         shim.mkdir(parents=True)
         (shim / "cuda_cmake_macros.h").write_text("#pragma once\n")
         base += ["-I", str(tmp_path / "shim")]
-    sources = sorted((REPO / "csrc" / "cuda").glob("*.cu"))
+    sources = cuda_sources(REPO / "csrc")  # every .cu file, the list the builds use
     assert sources
     procs = [
         (src, subprocess.Popen(base + ["-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for src in sources
     ]
-    for src, p in procs:
-        out, _ = p.communicate(timeout=900)
-        assert p.returncode == 0, f"{src.name}:\n{out[-4000:]}"
+    failures = []
+    try:
+        for src, p in procs:  # wait for all: every broken file is reported, none left running
+            out, _ = p.communicate(timeout=900)
+            if p.returncode != 0:
+                failures.append(f"{src.name}:\n{out[-4000:]}")
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert not failures, "\n".join(failures)
+    _check_cuda_objects_link([tmp_path / (src.stem + ".o") for src in sources])
     try:
         cache.mkdir(parents=True, exist_ok=True)
         marker.write_text("ok\n")
     except OSError:
         pass
+
+
+def _check_cuda_objects_link(objects):
+    """Every dnmp:: function the CUDA objects call is defined: in another CUDA
+    object, or in the C++ part (the CPU build of dnmp._C here, whose sources are
+    the same). Catches a declared-but-never-defined kernel that compiling alone
+    would not."""
+    import importlib.util
+
+    nm = shutil.which("nm")
+    if nm is None:
+        return
+    defined, undefined = set(), set()
+
+    def symbols(args):
+        out = subprocess.run([nm, "-C", *args], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            kind, _, name = line.strip().partition(" ")
+            if len(kind) > 1:  # "address kind name"
+                kind, _, name = name.partition(" ")
+            if name.startswith("dnmp::"):
+                yield kind, name
+
+    for o in objects:
+        for kind, name in symbols([str(o)]):
+            (undefined if kind == "U" else defined).add(name)
+    spec = importlib.util.find_spec("dnmp._C")
+    if spec is not None and spec.origin:
+        defined |= {name for kind, name in symbols(["-D", spec.origin]) if kind != "U"}
+    else:  # no C++ build to compare with: check only the CUDA kernels' own symbols
+        undefined = {n for n in undefined if "_cuda(" in n}
+    missing = sorted(undefined - defined)
+    assert not missing, f"CUDA objects call undefined functions: {missing}"
 
 
 def test_stale_aot_build_is_refused(tmp_path, monkeypatch):
