@@ -54,6 +54,35 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_mlp * factor
 
 
+def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: TrainConfig, step: int,
+                  device: torch.device, before_update=None) -> torch.Tensor:
+    """One step of the radiance stage: learning rates of `step`, the pool of `step`,
+    `cfg.batch_size` random pool pixels drawn on `device`, their colours shaded from the
+    cached fragments, MSE, backward, then (after calling `before_update()`, if given) the
+    optimizers' steps.
+
+    Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
+    trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
+    tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
+    (`torch.unique` of the faces hit, boolean masks, sparse gradients) in `shade_rays`
+    and SparseAdam.
+    """
+    _set_lr(opts, cfg, step)
+    cache.sync(step)
+    idx = torch.randint(0, len(cache), (cfg.batch_size,), device=device)
+    p2f, bary, dirs, rgb = cache.batch(idx)
+    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+    loss = torch.mean((pred - rgb) ** 2)
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_update is not None:
+        before_update()
+    for o in opts.values():
+        o.step()
+    return loss.detach()
+
+
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
                    progress: bool = True, log=print, steps: int | None = None,
                    renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
@@ -194,24 +223,17 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None  # float64 tensor on `dev`: exponential mean of the loss, read at log steps
     updating = False  # True while parameters are being changed: no consistent state to save
+
+    def mark_updating() -> None:
+        nonlocal updating
+        updating = True
     with handle_signals(defer=True, notice="stopping at the end of the current step to save it") as stop:
         try:
             while step < cfg.steps and not stop.requested:
                 if budget > 0 and time.time() - t_loop > budget:
                     stopped_by_time_limit = True
                     break
-                _set_lr(opts, cfg, step)
-                cache.sync(step)
-                idx = torch.randint(0, len(cache), (cfg.batch_size,), device=dev)
-                p2f, bary, dirs, rgb = cache.batch(idx)
-                pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-                loss = torch.mean((pred - rgb) ** 2)
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                updating = True
-                for o in opts.values():
-                    o.step()
+                loss = radiance_step(renderer, cache, opts, cfg, step, dev, mark_updating)
                 step += 1
                 updating = False
                 if first_step_s is None:
@@ -219,7 +241,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                     first_step_s = time.time() - t_enter
                 # no .item() here: reading the loss every step would stall a GPU queue; a
                 # NaN/Inf keeps the mean non-finite until check_loss sees it
-                lv = loss.detach().double()
+                lv = loss.double()
                 running = lv if running is None else 0.95 * running + 0.05 * lv
                 bar.update(1)
                 if step % cfg.log_every == 0:
