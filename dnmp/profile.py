@@ -12,10 +12,20 @@ from .device import resolve_device, synchronize
 from .model import DNMPRenderer
 
 
-def peak_memory_mb(fn) -> float | None:
-    """Peak memory (MiB) allocated by torch on the CPU while `fn()` runs, from the torch
-    profiler's memory timeline (allocations minus frees, all tensor categories). None
-    if the profiler's memory timeline is unavailable in this torch version."""
+def peak_memory_mb(fn, device: torch.device = torch.device("cpu")) -> float | None:
+    """Peak memory (MiB) allocated by torch on `device` while `fn()` runs: on the CPU from
+    the torch profiler's memory timeline (allocations minus frees, all tensor categories;
+    None if that timeline is unavailable in this torch version), on a GPU the CUDA
+    allocator's peak above what was allocated before."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if device.type != "cpu":
+        return None
     try:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import MemoryProfileTimeline
@@ -75,7 +85,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
     by_scale = [timed(lambda s=s: renderer.rasterize_scale(s, intrinsics, w2c, (height, width)))[0] / kpx
                 for s in range(len(renderer.primitives.scale_ranges()))]
     f_med, f_all = timed(full)
-    peak = peak_memory_mb(full) if memory else None
+    peak = peak_memory_mb(full, dev) if memory else None
     return {
         "height": height, "width": width, "pixels": height * width,
         "faces_per_pixel": renderer.config.faces_per_pixel,
@@ -114,6 +124,7 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
     fitter = GeometryFitter(copy.deepcopy(renderer), scene, cfg)
     t = time.perf_counter()
     fitter.refresh()
+    synchronize(fitter.prims.centres.device)  # step() returns a float: it waits by itself
     refresh_ms = (time.perf_counter() - t) * 1e3
     for _ in range(warmup):
         fitter.step()
@@ -122,7 +133,7 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
         t = time.perf_counter()
         fitter.step()
         times.append((time.perf_counter() - t) * 1e3)
-    peak = peak_memory_mb(fitter.step) if memory else None
+    peak = peak_memory_mb(fitter.step, fitter.prims.centres.device) if memory else None
     return {"geometry_step_ms": statistics.median(times),
             "geometry_step_ms_runs": [round(x, 1) for x in times],
             "geometry_refresh_ms": refresh_ms,

@@ -65,7 +65,8 @@ def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: Tra
     trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
     tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
     (`torch.unique` of the faces hit, boolean masks, sparse gradients) in `shade_rays`
-    and SparseAdam.
+    and SparseAdam, and, once every `cfg.cache_rotate_every` steps of a rotating pool,
+    the rasterization of the frame that enters it.
     """
     _set_lr(opts, cfg, step)
     cache.sync(step)
