@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
 
     result, out = train_scene(args.scene or bundled_scene(), args.out, args.config, args.stages,
                               args.resume, args.steps, progress=not args.quiet,
-                              warn=lambda line: print(line, file=sys.stderr))
+                              warn=lambda line: print(line, file=sys.stderr), device=args.device)
     summary = {k: result[k] for k in ("step", "num_blocks", "test_psnr", "test_ssim", "test_lpips",
                                        "num_test_frames", "train_seconds") if k in result}
     geo = result.get("geometry", {})
@@ -50,9 +50,10 @@ def cmd_render(args) -> int:
     from .train.run import open_run
     from .views import render_trajectory
 
+    device = _device(args)
     kind, file = parse_trajectory(args.trajectory)  # bad options fail before the model loads
     offset = lane_offset(parse_offset(args.offset), args.lane_shift, args.lift)
-    res = render_trajectory(open_run(args.checkpoint, args.scene), kind, file, out=args.out, split=args.split,
+    res = render_trajectory(open_run(args.checkpoint, args.scene, device), kind, file, out=args.out, split=args.split,
                             offset=offset,
                             rig_camera=args.rig_camera, camera=args.camera, fps=args.fps,
                             speed=args.speed, frames=args.frames, downscale=args.downscale,
@@ -69,7 +70,7 @@ def cmd_view(args) -> int:
     from .train.run import open_run
     from .viewer import serve
 
-    serve(open_run(args.checkpoint, args.scene), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
+    serve(open_run(args.checkpoint, args.scene, _device(args)), host=args.host, port=args.port, preview_pixels=args.preview_pixels,
           max_height=args.max_height, path_file=args.path_file, ready=lambda line: print(line, flush=True))
     return 0
 
@@ -77,7 +78,8 @@ def cmd_view(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
 
-    result, path = evaluate_run(args.checkpoint, args.scene, args.out, not args.no_images)
+    result, path = evaluate_run(args.checkpoint, args.scene, args.out, not args.no_images,
+                                device=_device(args))
     print(json.dumps({k: result[k] for k in ("test_psnr", "test_ssim", "test_lpips",
                                              "num_test_frames")}))
     if "lpips_note" in result:
@@ -91,7 +93,7 @@ def cmd_profile(args) -> int:
 
     scene = args.scene or (None if args.checkpoint else bundled_scene())
     res = profile_run(args.checkpoint, scene, args.config, args.faces_per_pixel, args.repeats,
-                      memory=not args.no_memory, geometry=args.geometry)
+                      memory=not args.no_memory, geometry=args.geometry, device=_device(args))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -99,7 +101,7 @@ def cmd_profile(args) -> int:
     print(f"scene {res['scene']}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
           f"frame {res['frame']} {res['width']}x{res['height']}, faces_per_pixel "
           f"{res['faces_per_pixel']} (fine scale), {res['threads']} threads "
-          f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), backend {res['backend']}")
+          f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), backend {res['backend']}, device {res['device']}")
     print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
           "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
     print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
@@ -117,7 +119,8 @@ def cmd_profile(args) -> int:
 def cmd_coverage(args) -> int:
     from .coverage import primitive_coverage
 
-    result = primitive_coverage(args.scene or bundled_scene(), args.split, args.voxel_size)
+    result = primitive_coverage(args.scene or bundled_scene(), args.split, args.voxel_size,
+                                device=_device(args))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -132,7 +135,8 @@ def cmd_export_mesh(args) -> int:
     from .export import export_run_meshes
 
     scales = None if args.scale == "all" else [{"fine": 0, "coarse": 1}[args.scale]]
-    for info in export_run_meshes(args.checkpoint, args.out, args.colour, scales, args.scene):
+    for info in export_run_meshes(args.checkpoint, args.out, args.colour, scales, args.scene,
+                                  device=_device(args)):
         where = f"block {info['block']}" if info["block"] else f"from {info['checkpoint']}"
         print(f"wrote {info['path']}: {info['primitives']} primitives, {info['vertices']} vertices, "
               f"{info['faces']} faces (scene frame, metres; {where})")
@@ -184,6 +188,23 @@ Without CHECKPOINT an untrained model of the default config is built on the scen
 (rendering cost does not depend on the learned weights)."""
 
 
+def _add_device(parser: argparse.ArgumentParser, train: bool = False) -> None:
+    """The --device option every computing command shares (`dnmp.device`)."""
+    from .device import DEVICE_HELP
+
+    parser.add_argument("--device", default=None if train else "auto", metavar="DEVICE",
+                        help=f"where to compute: {DEVICE_HELP}"
+                             + ("; default: the config's `device` (auto); with --resume it "
+                                "may differ from the run's" if train else ""))
+
+
+def _device(args):
+    """`--device` as a torch.device; a one-line error (ValueError) when unknown or not here."""
+    from .device import resolve_device
+
+    return resolve_device(args.device)
+
+
 def _int_at_least(lo: int, hi: int | None = None):
     def parse(text: str) -> int:
         try:
@@ -230,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'radiance' alone starts from OUT/checkpoints/geometry.pt if present, "
                         "else from template spheres")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(t, train=True)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("render", help="render the recorded or novel views (PNG, depth, coverage, mp4)",
@@ -288,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--video", action="store_true",
                    help="also write one mp4 per camera and output, views in order")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(r)
     r.set_defaults(func=cmd_render)
 
     v = sub.add_parser("view", help="interactive web viewer of a trained run (viser)",
@@ -311,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows of the full-size render (default: the recorded camera's height)")
     v.add_argument("--path-file", help="where 'Save camera path' writes (default "
                                        "RUN/camera_paths/viewer_path.json; editable on the page)")
+    _add_device(v)
     v.set_defaults(func=cmd_view)
 
     e = sub.add_parser("eval", help="PSNR / SSIM / LPIPS on the held-out frames",
@@ -324,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for metrics.json (updated in place, other keys kept) and "
                                  "renders (default: the run folder)")
     e.add_argument("--no-images", action="store_true", help="do not write the renders")
+    _add_device(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("profile", help="ms per 1k pixels and memory of rasterization and rendering",
@@ -343,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time the geometry stage's step and refresh, and its peak memory "
                          "(on a copy of the model; needs the scene's depth images, LiDAR or stereo)")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_device(pr)
     pr.set_defaults(func=cmd_profile)
 
     cv = sub.add_parser("coverage", help="how much of the images the primitives cover, per point cloud",
@@ -353,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--split", choices=["test", "train"], default="test", help="which frames (test)")
     cv.add_argument("--voxel-size", type=float, default=0.5, help="voxel edge in metres (0.5)")
     cv.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_device(cv)
     cv.set_defaults(func=cmd_coverage)
 
     ae = sub.add_parser(
@@ -392,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(RGB averaged over 12 view directions); needs a step_*.pt checkpoint")
     em.add_argument("--scale", choices=["all", "fine", "coarse"], default="all",
                     help="which primitive scale(s) to export (default all)")
+    _add_device(em)
     em.set_defaults(func=cmd_export_mesh)
 
     from .converters import FORMATS

@@ -68,13 +68,13 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     per_frame, lpips_note = [], None
     pooled = {"covered": [0.0, 0], "uncovered": [0.0, 0]}  # squared error, pixels
     for frame in tqdm(frames, desc=f"render {split}", disable=not progress, leave=False):
-        gt = torch.from_numpy(scene.load_image(frame))
         res = render_frame(renderer, scene, frame)
-        pred = res["rgb"]
+        pred = res["rgb"]  # on the model's device
+        gt = torch.from_numpy(scene.load_image(frame)).to(pred.device)
         row = {"frame": frame.name, "psnr": metrics.psnr(pred, gt), "ssim": metrics.ssim(pred, gt)}
         covered = res["coverage"] >= COVERED_OPACITY
         for key, mask in (("covered", covered), ("uncovered", ~covered)):
-            sse, n = metrics.masked_mse(pred, gt.to(pred.device), mask)
+            sse, n = metrics.masked_mse(pred, gt, mask)
             pooled[key][0] += sse
             pooled[key][1] += n
         try:
@@ -137,7 +137,6 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     errs, total = [], 0
     for frame in frames:
         cam = scene.camera_of(frame)
-        gt = torch.from_numpy(scene.load_depth(frame))
         if composited:
             z0 = render_frame(renderer, scene, frame)["depth"]
         else:
@@ -146,7 +145,8 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
             z = frags.zbuf[0]  # [H, W, K_total], layers in compositing order
             hit = z > 0
             first = torch.argmax(hit.to(torch.uint8), dim=-1, keepdim=True)
-            z0 = torch.where(hit.any(-1), torch.gather(z, -1, first)[..., 0], torch.zeros(()))
+            z0 = torch.where(hit.any(-1), torch.gather(z, -1, first)[..., 0], z.new_zeros(()))
+        gt = torch.from_numpy(scene.load_depth(frame)).to(z0.device)
         m = (gt > 0) & (gt <= max_range)
         total += int(m.sum())
         cov = m & (z0 > 0)
@@ -155,7 +155,7 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     out = {"frames": len(frames), "pixels": total, "max_range_m": max_range,
            "covered": e.numel() / max(1, total)}
     if e.numel():
-        out.update(median_m=float(e.median()), p90_m=float(np.percentile(e.numpy(), 90)),
+        out.update(median_m=float(e.median()), p90_m=float(np.percentile(e.cpu().numpy(), 90)),
                    mean_m=float(e.mean()))
     else:
         out.update(median_m=None, p90_m=None, mean_m=None)
@@ -164,14 +164,15 @@ def depth_errors(renderer: DNMPRenderer, scene: Scene, split: str = "test",
 
 def evaluate_run(checkpoint: str | Path, scene: str | Path | None = None,
                  out_dir: str | Path | None = None, images: bool = True,
-                 progress: bool = True) -> tuple[dict, Path]:
+                 progress: bool = True, device=None) -> tuple[dict, Path]:
     """`dnmp eval`: open a checkpoint, run folder or block run (`train.run.open_run`), score it on its test frames
     (`evaluate`), with renders in OUT/renders/test unless `images` is False, and merge
     the figures into OUT/metrics.json (default OUT: the run folder), keeping the other
-    keys training wrote. Returns (result, metrics.json path). Raises: as `open_run`."""
+    keys training wrote. `device`: where the model renders (as `open_run`; None: the
+    CPU). Returns (result, metrics.json path). Raises: as `open_run`."""
     from .train.run import open_run
 
-    run = open_run(checkpoint, scene)
+    run = open_run(checkpoint, scene, device)
     out = Path(out_dir) if out_dir else run.run_dir
     result = evaluate(run.renderer, run.scene, "test", out / "renders" / "test" if images else None,
                       progress)

@@ -23,14 +23,16 @@ def vertex_colours(field, features: torch.Tensor, normals: torch.Tensor,
     field is view-dependent, paper Sec. 3.3; a mesh file holds one colour).
 
     Args: field: a `RadianceField`; features float32 [V, C]; normals float32
-        [V, 3] unit vertex normals (world frame). Returns float32 [V, 3] in [0, 1].
+        [V, 3] unit vertex normals (world frame). Returns float32 [V, 3] in [0, 1], on
+        the features' device.
     """
     dirs, _ = ico_sphere(0)
-    out = torch.zeros(features.shape[0], 3)
+    dirs = dirs.to(features)
+    out = torch.zeros(features.shape[0], 3, device=features.device)
     for s in range(0, features.shape[0], chunk):
         f = features[s:s + chunk]
         n = normals[s:s + chunk]
-        acc = torch.zeros(f.shape[0], 3)
+        acc = torch.zeros(f.shape[0], 3, device=f.device)
         for d in dirs:
             _, rgb = field(f, d.expand_as(n).contiguous(), n)
             acc += rgb
@@ -107,7 +109,8 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
         colour: add per-vertex colours (see `vertex_colours`).
         scales: primitive scales to export (0 fine, 1 coarse; default all).
     Coordinates are the scene frame in metres (add the scene's `world_offset` to
-    get the dataset's frame). Returns {"vertices", "faces", "primitives", "path"}.
+    get the dataset's frame). Decoding and colours run on the renderer's device; the
+    mesh goes to the CPU for open3d. Returns {"vertices", "faces", "primitives", "path"}.
     Raises:
         ValueError: unknown scale index, or a suffix not in MESH_SUFFIXES.
     """
@@ -123,18 +126,19 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
     bad = [s for s in scales if not 0 <= s < len(ranges)]
     if bad:
         raise ValueError(f"scale(s) {bad} do not exist: the model has {len(ranges)} scale(s)")
-    idx = torch.cat([torch.arange(*ranges[s]) for s in scales])
+    dev = prims.centres.device
+    idx = torch.cat([torch.arange(*ranges[s], device=dev) for s in scales])
     verts = prims.decode(idx).reshape(-1, 3)
     faces = prims.local_faces(idx.numel())
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.double().numpy()),
-                                     o3d.utility.Vector3iVector(faces.int().numpy()))
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts.double().cpu().numpy()),
+                                     o3d.utility.Vector3iVector(faces.int().cpu().numpy()))
     mesh.compute_vertex_normals()
     if colour:
         nv = prims.decoder.num_verts
-        rows = (idx.view(-1, 1) * nv + torch.arange(nv)).view(-1)
-        normals = F.normalize(torch.from_numpy(np.asarray(mesh.vertex_normals)).float(), dim=-1)
+        rows = (idx.view(-1, 1) * nv + torch.arange(nv, device=dev)).view(-1)
+        normals = F.normalize(torch.from_numpy(np.asarray(mesh.vertex_normals)).float().to(dev), dim=-1)
         rgb = vertex_colours(renderer.field, prims.features[rows], normals)
-        mesh.vertex_colors = o3d.utility.Vector3dVector(rgb.double().numpy())
+        mesh.vertex_colors = o3d.utility.Vector3dVector(rgb.double().cpu().numpy())
     mesh.triangle_normals = o3d.utility.Vector3dVector()  # OBJ cannot hold them; not needed
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +160,8 @@ def export_mesh(renderer: DNMPRenderer, path: str | Path, colour: bool = False,
 
 
 def export_run_meshes(checkpoint: str | Path, out: str | Path, colour: bool = False,
-                      scales: list[int] | None = None, scene: str | Path | None = None) -> list[dict]:
+                      scales: list[int] | None = None, scene: str | Path | None = None,
+                      device=None) -> list[dict]:
     """`dnmp export-mesh`: `export_mesh` of a checkpoint file, a run folder (newest
     step_*.pt), or each block of a block run (OUT_<block>.SUFFIX; neighbouring blocks
     overlap).
@@ -166,6 +171,7 @@ def export_run_meshes(checkpoint: str | Path, out: str | Path, colour: bool = Fa
         scene: a block run's scene folder when it moved since training (a single
             checkpoint needs no scene).
         colour, scales: as `export_mesh`.
+        device: where the primitives are decoded (as `open_run`; None: the CPU).
     Returns: one `export_mesh` dict per file written, plus "block" (None for a
         single model) and "checkpoint".
     Raises:
@@ -180,11 +186,11 @@ def export_run_meshes(checkpoint: str | Path, out: str | Path, colour: bool = Fa
 
     out = Path(out)
     if Path(checkpoint).is_dir() and is_block_run(checkpoint):
-        run = open_run(checkpoint, scene)  # checks every block first
+        run = open_run(checkpoint, scene, device)  # checks every block first
         return [{**export_mesh(renderer, out.with_name(f"{out.stem}_{name}{out.suffix}"), colour, scales),
                  "block": name, "checkpoint": run.source} for name, renderer in run.models()]
     ckpt = load_checkpoint(checkpoint)
     if colour:
         check_radiance_trained(ckpt, "its colours would be grey")
-    info = export_mesh(renderer_from_checkpoint(ckpt), out, colour, scales)
+    info = export_mesh(renderer_from_checkpoint(ckpt, device), out, colour, scales)
     return [{**info, "block": None, "checkpoint": ckpt["path"]}]

@@ -85,4 +85,5 @@ def lpips(pred: torch.Tensor, target: torch.Tensor) -> float:
                 f"here ({type(exc).__name__}: {reason})") from None
     p = pred.permute(2, 0, 1).unsqueeze(0).float()
     t = target.permute(2, 0, 1).unsqueeze(0).float()
+    _LPIPS_MODEL.to(p.device)  # the images' device (a no-op once there)
     return float(_LPIPS_MODEL(p, t))

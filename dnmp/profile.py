@@ -8,13 +8,24 @@ import time
 
 import torch
 
+from .device import resolve_device, synchronize
 from .model import DNMPRenderer
 
 
-def peak_memory_mb(fn) -> float | None:
-    """Peak memory (MiB) allocated by torch on the CPU while `fn()` runs, from the torch
-    profiler's memory timeline (allocations minus frees, all tensor categories). None
-    if the profiler's memory timeline is unavailable in this torch version."""
+def peak_memory_mb(fn, device: torch.device = torch.device("cpu")) -> float | None:
+    """Peak memory (MiB) allocated by torch on `device` while `fn()` runs: on the CPU from
+    the torch profiler's memory timeline (allocations minus frees, all tensor categories;
+    None if that timeline is unavailable in this torch version), on a GPU the CUDA
+    allocator's peak above what was allocated before."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if device.type != "cpu":
+        return None
     try:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import MemoryProfileTimeline
@@ -46,8 +57,10 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
             MiB per 1000 pixels (None if unmeasurable).
     """
     kpx = height * width / 1000.0
+    dev = renderer.primitives.centres.device
+    cam_to_world = cam_to_world.to(dev)
     w2c = torch.linalg.inv(cam_to_world.double()).float()
-    intrinsics = intrinsics.float()
+    intrinsics = intrinsics.float().to(dev)
     renderer.geometry()  # decode once; geometry is fixed, like in training
 
     def raster():
@@ -61,8 +74,10 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
             fn()
         times = []
         for _ in range(repeats):
+            synchronize(dev)  # CUDA runs asynchronously: time the work, not its queueing
             t = time.perf_counter()
             fn()
+            synchronize(dev)
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times), times
 
@@ -70,7 +85,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
     by_scale = [timed(lambda s=s: renderer.rasterize_scale(s, intrinsics, w2c, (height, width)))[0] / kpx
                 for s in range(len(renderer.primitives.scale_ranges()))]
     f_med, f_all = timed(full)
-    peak = peak_memory_mb(full) if memory else None
+    peak = peak_memory_mb(full, dev) if memory else None
     return {
         "height": height, "width": width, "pixels": height * width,
         "faces_per_pixel": renderer.config.faces_per_pixel,
@@ -109,6 +124,7 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
     fitter = GeometryFitter(copy.deepcopy(renderer), scene, cfg)
     t = time.perf_counter()
     fitter.refresh()
+    synchronize(fitter.prims.centres.device)  # step() returns a float: it waits by itself
     refresh_ms = (time.perf_counter() - t) * 1e3
     for _ in range(warmup):
         fitter.step()
@@ -117,7 +133,7 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
         t = time.perf_counter()
         fitter.step()
         times.append((time.perf_counter() - t) * 1e3)
-    peak = peak_memory_mb(fitter.step) if memory else None
+    peak = peak_memory_mb(fitter.step, fitter.prims.centres.device) if memory else None
     return {"geometry_step_ms": statistics.median(times),
             "geometry_step_ms_runs": [round(x, 1) for x in times],
             "geometry_refresh_ms": refresh_ms,
@@ -128,7 +144,7 @@ def profile_geometry(renderer: DNMPRenderer, scene, cfg, repeats: int = 10, warm
 
 def profile_run(checkpoint: str | None, scene: str | None, config: str | None = None,
                 faces_per_pixel: int | None = None, repeats: int = 5, memory: bool = True,
-                geometry: bool = False) -> dict:
+                geometry: bool = False, device=None) -> dict:
     """`dnmp profile`: `profile_renderer` (and with `geometry`, `profile_geometry`, same
     `repeats`) on the first test frame of the scene.
 
@@ -138,6 +154,8 @@ def profile_run(checkpoint: str | None, scene: str | None, config: str | None = 
             (rendering cost does not depend on the weights).
         scene: the scene folder (with a checkpoint: only when it moved since training).
         faces_per_pixel: overrides the fine scale's faces per pixel.
+        device: where the model runs (a torch.device or "auto" / "cpu" / "cuda[:N]";
+            None: the CPU).
     Returns:
         the figures of both functions plus scene, frame, width, height, model (what was
         timed), backend (`dnmp.ops.backend()`) and omp_wait_policy.
@@ -150,13 +168,15 @@ def profile_run(checkpoint: str | None, scene: str | None, config: str | None = 
     if checkpoint:
         from .train.run import open_run
 
-        run = open_run(checkpoint, scene)
+        run = open_run(checkpoint, scene, device)
         scene_obj, cfg, source = run.scene, TrainConfig.from_dict(run.config, run.source), str(checkpoint)
     else:
         from .train.factory import build_renderer, scene_centres
 
         scene_obj, cfg = load_scene(scene), load_config(config)
         renderer = build_renderer(scene_centres(scene_obj, cfg), cfg)
+        if device is not None:
+            renderer = renderer.to(resolve_device(device))
         source = "untrained model with default config (timing does not depend on weights)"
     frame = (scene_obj.frames_by_split("test") or scene_obj.frames)[0]
     if checkpoint:
@@ -169,6 +189,7 @@ def profile_run(checkpoint: str | None, scene: str | None, config: str | None = 
     res = profile_renderer(renderer, cam.intrinsics(as_tensor=True), torch.from_numpy(frame.cam_to_world),
                            cam.height, cam.width, repeats=repeats, memory=memory)
     res.update({"scene": scene_obj.name, "frame": frame.name, "model": source, "backend": backend(),
+                "device": str(renderer.primitives.centres.device),
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
     if geometry:
         res.update(profile_geometry(renderer, scene_obj, cfg, repeats=repeats, memory=memory))

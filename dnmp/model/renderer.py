@@ -147,6 +147,16 @@ class DNMPRenderer(nn.Module):
         self._geometry: tuple[torch.Tensor, torch.Tensor] | None = None
         self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def _apply(self, fn, *args, **kwargs):
+        self._geometry = None  # the cached geometry lives on the old device / dtype
+        self._bounds = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _to_model_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        # camera matrices come from scene files (CPU); the model's device decides
+        dev = self.primitives.centres.device
+        return [t.to(dev) for t in tensors]
+
     # -- geometry -------------------------------------------------------------------
     def geometry(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(vertices float32 [P*42, 3], face normals float32 [P*80, 3]) of the current
@@ -200,6 +210,7 @@ class DNMPRenderer(nn.Module):
         """Fragments of the primitives of one scale (0 = fine), K = `faces_per_pixel`
         (default: that scale's K); face indices are global (into `primitives.faces`)."""
         verts, _ = self.geometry()
+        intrinsics, world_to_cam = self._to_model_device(intrinsics, world_to_cam)
         prims = self.primitives
         a, b = prims.scale_ranges()[scale]
         per_face = prims.faces_per_primitive
@@ -275,13 +286,15 @@ class DNMPRenderer(nn.Module):
 
         Args:
             intrinsics: float [3, 3]; cam_to_world: float [4, 4] rigid; height, width in pixels.
-        Returns:
+            The camera matrices may be on any device: they are moved to the model's.
+        Returns (on the model's device):
             dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (surface depth,
             metres, camera-space z: the first layer at which the accumulated opacity
             reaches SURFACE_OPACITY, else the weight-averaged z; 0 where no layer), mean_depth float32
             [H, W] (the layers' z averaged with their compositing weights, 0 where no
             layer), coverage float32 [H, W] (1 - background transmittance).
         """
+        intrinsics, cam_to_world = self._to_model_device(intrinsics, cam_to_world)
         c2w = cam_to_world.double()
         w2c = torch.linalg.inv(c2w).float()
         frags = self.rasterize(intrinsics.float(), w2c, (height, width))
@@ -349,6 +362,7 @@ class DNMPRenderer(nn.Module):
         p2f = frags.pix_to_face.reshape(-1, k)
         bary = frags.bary_coords.reshape(-1, k, 3)
         zbuf = frags.zbuf.reshape(-1, k)
+        intrinsics, cam_to_world = self._to_model_device(intrinsics, cam_to_world)
         dirs = camera_rays(intrinsics, cam_to_world, height, width)
         rgb, depth, mean_depth, cov = [], [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):

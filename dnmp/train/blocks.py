@@ -202,7 +202,8 @@ def check_manifest_scene(manifest: dict, path: Path, scene: Scene) -> None:
 
 
 def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], stages, resume: bool,
-                 progress: bool = True, log=print, steps: int | None = None) -> dict:
+                 progress: bool = True, log=print, steps: int | None = None,
+                 device: str | None = None) -> dict:
     """Train every block of a long drive into OUT/blocks/block_NNN/ and evaluate the
     held-out frames with the blended blocks; see the module docstring.
 
@@ -212,7 +213,7 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
 
     `cfg` is the run's settled config (`run.settle_config`: `steps` already applied);
     `steps` is passed on to each block's `pipeline.train` (None: a resumed block keeps
-    its checkpoint's step count).
+    its checkpoint's step count); so is `device` (`--device`, None: each block's config's).
 
     Returns the run's metrics (also OUT/metrics.json): held-out PSNR/SSIM/LPIPS over all
     test frames, `num_blocks`, and per block its frames, steps and training time.
@@ -260,13 +261,13 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
         t_block = time.time()
         if latest_checkpoint(ckpts) is not None:
             result = train(sub, folder, None, stages=stages, resume=True, progress=progress,
-                           log=log, steps=steps, held_out=False)
+                           log=log, steps=steps, held_out=False, device=device)
         elif (ckpts / GEOMETRY_NAME).is_file() and "radiance" in stages:
             result = train(sub, folder, None, stages=("radiance",), progress=progress, log=log,
-                           steps=steps, held_out=False)
+                           steps=steps, held_out=False, device=device)
         else:
             result = train(sub, folder, cfg, stages=stages, progress=progress, log=log,
-                           steps=steps, held_out=False, rerun=resume_hint)
+                           steps=steps, held_out=False, rerun=resume_hint, device=device)
         entry.update({"status": "done", "step": result.get("step"), "stages_done": list(stages),
                       "wall_seconds": round(time.time() - t_block, 1),
                       "train_seconds": result.get("train_seconds"),
@@ -283,7 +284,9 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
                          for e in manifest["blocks"]]}
     if scene.frames_by_split("test") and "radiance" in stages:
         log("rendering held-out frames with the blended blocks ...")
-        with BlockRenderer(out, scene) as renderer:
+        from ..device import resolve_device
+
+        with BlockRenderer(out, scene, device=resolve_device(cfg.device, "device")) as renderer:
             result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
     write_json_atomic(out / "metrics.json", result)
     return result
@@ -295,13 +298,15 @@ class BlockRenderer:
     Has `render(intrinsics, cam_to_world, height, width)` like `DNMPRenderer.render`, so
     `evaluate` and the CLI use either. At most `max_loaded` blocks are held in memory
     (least recently used dropped); render cameras in drive order to load each once.
+    `device`: where the blocks' models are placed (a torch.device; None: the CPU).
 
     Raises (on construction): ValueError for a manifest of another scene or an
     unfinished run; CheckpointError for a block without a usable checkpoint.
     """
 
-    def __init__(self, run: str | Path, scene: Scene, max_loaded: int = 2):
+    def __init__(self, run: str | Path, scene: Scene, max_loaded: int = 2, device=None):
         self.run = Path(run)
+        self.device = device  # where each block's model is placed (None: the CPU)
         self.manifest = read_manifest(self.run)
         check_manifest_scene(self.manifest, self.run / MANIFEST, scene)
         pending = [b["name"] for b in self.manifest["blocks"] if b.get("status") != "done"]
@@ -340,7 +345,7 @@ class BlockRenderer:
                     info.get("parent_fingerprint") != self.manifest["scene"].get("fingerprint"):
                 raise CheckpointError(f"{ckpt['path']}: not the checkpoint of {entry['name']} of this "
                                       f"run (trained on other frames or another scene)")
-            self._loaded[index] = renderer_from_checkpoint(ckpt)
+            self._loaded[index] = renderer_from_checkpoint(ckpt, self.device)
         return self._loaded[index]
 
     def check_blocks(self) -> None:

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..device import check_device_spec
+
 # Upper bound of faces_per_pixel (both scales): every layer costs memory per cached
 # training pixel and per rendered pixel (faces_per_pixel = 100000 asked for 93 GB); 32 is 8x
 # the default.
@@ -71,6 +73,13 @@ class TrainConfig:
         lr_final_factor: both rates decay exponentially to this factor at the last step
             (the decay follows steps, never the clock).
         seed: seeds primitives' initialisation and ray sampling.
+        device: where the run computes: "auto" (cuda when torch sees a GPU, else cpu),
+            "cpu", "cuda" or "cuda:N" (`dnmp.device.resolve_device`). `dnmp train --device`
+            overrides it, also with --resume (the run's other settings are kept): a run
+            started on a GPU continues on a CPU and the other way round. This is the
+            device asked for; metrics.json and every checkpoint record the one used
+            ("device": e.g. "cuda:0"). Primitives and MLPs are initialised on the CPU from
+            `seed` and then moved, so a run starts from the same model on every device.
         time_budget_minutes: an explicit wall-clock limit for both stages' loops: stop
             the radiance loop past it (and still save and evaluate; metrics.json then has
             stopped_by_time_limit = true). 0 (the default) = no limit: a run is defined by
@@ -122,6 +131,7 @@ class TrainConfig:
     lr_mlp: float = 5e-3
     lr_final_factor: float = 0.1
     seed: int = 0
+    device: str = "auto"
     time_budget_minutes: float = 0.0
     block_frames: int = 80
     block_overlap: int = 8
@@ -195,6 +205,7 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (0 < self.lr_final_factor <= 1, "lr_final_factor must be in (0, 1]"),
         ]
+        check_device_spec(self.device, f"{source}: device")
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"{source}: {msg}")

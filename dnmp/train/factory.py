@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..data.scene import Scene
+from ..device import resolve_device
 from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, RenderConfig,
                      ShapeDecoder, voxelize)
 from .checkpoint import CheckpointError, scene_mismatch
@@ -91,8 +92,12 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
     return [voxelize(pts, s) for s in sizes]
 
 
-def renderer_from_checkpoint(ckpt: dict) -> DNMPRenderer:
-    """Rebuild the renderer saved in a checkpoint dict (see `checkpoint.load_checkpoint`)."""
+def renderer_from_checkpoint(ckpt: dict, device: torch.device | str | None = None) -> DNMPRenderer:
+    """Rebuild the renderer saved in a checkpoint dict (see `checkpoint.load_checkpoint`,
+    which loads every tensor to the CPU whatever device saved it) and move it to `device`
+    (a torch.device or a `dnmp.device.resolve_device` string; None: stay on the CPU).
+    Raises: CheckpointError for a state that does not fit its config; ValueError for an
+    unavailable device."""
     cfg = TrainConfig.from_dict(ckpt["config"], ckpt.get("path", "checkpoint"))
     state = ckpt["model"]
     try:
@@ -110,7 +115,7 @@ def renderer_from_checkpoint(ckpt: dict) -> DNMPRenderer:
     except RuntimeError as exc:
         raise CheckpointError(f"{ckpt.get('path')}: model state does not match its config "
                               f"({str(exc).splitlines()[0]})") from None
-    return renderer
+    return renderer if device is None else renderer.to(resolve_device(device))
 
 
 def check_checkpoint_scene(ckpt: dict, scene: Scene) -> None:

@@ -17,6 +17,12 @@ Per cached pixel: pix_to_face int32 [K], the first two barycentrics float32 [K, 
 third is 1 - b0 - b1 on covered layers, 0 on empty ones) and the colour as uint8 [3]
 when the image is 8-bit (float32 otherwise): 12 K + 3 bytes, 75 B at K = 4 + 2.
 View directions are recomputed from the pixel's row and column (`pixel_rays`).
+
+Everything cached lives on the renderer's device, and `batch` makes no host round trip
+on an accelerator: there the rays of a pool of several frames are gathered from every
+frame and selected with a mask (static shapes, `sync_free`), instead of being split by
+frame (`torch.unique(...).tolist()` and `nonzero`: a device-to-host copy and a sync per
+step). The CPU keeps the split, whose results are the same bits.
 """
 
 from __future__ import annotations
@@ -48,17 +54,19 @@ class _CachedFrame:
 
     def __init__(self, renderer: DNMPRenderer, scene: Scene, frame):
         cam = scene.camera_of(frame)
+        dev = renderer.primitives.centres.device
         self.width = cam.width
-        self.intrinsics = cam.intrinsics(as_tensor=True)
-        self.cam_to_world = torch.from_numpy(frame.cam_to_world)
-        w2c = torch.from_numpy(frame.world_to_cam()).float()
+        self.intrinsics = cam.intrinsics(as_tensor=True).to(dev)
+        self.cam_to_world = torch.from_numpy(frame.cam_to_world).to(dev)
+        w2c = torch.from_numpy(frame.world_to_cam()).float().to(dev)
         frags = renderer.rasterize(self.intrinsics, w2c, (cam.height, cam.width))
         k = frags.pix_to_face.shape[-1]
         self.pix_to_face = frags.pix_to_face.reshape(-1, k).to(torch.int32)
         self.bary2 = frags.bary_coords.reshape(-1, k, 3)[..., :2].contiguous()
         rgb = torch.from_numpy(scene.load_image(frame)).reshape(-1, 3)
         q = torch.round(rgb * 255.0).to(torch.uint8)
-        self.rgb = q if torch.equal(q.float() / 255.0, rgb) else rgb  # exact for 8-bit images
+        # exact for 8-bit images; decided on the CPU, where the image was read
+        self.rgb = (q if torch.equal(q.float() / 255.0, rgb) else rgb).to(dev)
         self.covered = int((self.pix_to_face >= 0).any(-1).sum())
 
     def __len__(self) -> int:
@@ -93,12 +101,15 @@ class FramePool:
         rotate_every: steps between pool rotations when not every frame fits (>= 1).
         seed: seeds the cyclic frame order.
         progress: a progress bar while the pool is first filled.
+        sync_free: gather a batch without a host round trip (see the module notes);
+            None: on every device but the CPU.
     Raises:
         ValueError: no frames, or max_pixels / rotate_every < 1.
     """
 
     def __init__(self, renderer: DNMPRenderer, scene: Scene, frames, max_pixels: int,
-                 rotate_every: int, seed: int = 0, progress: bool = True):
+                 rotate_every: int, seed: int = 0, progress: bool = True,
+                 sync_free: bool | None = None):
         if not frames:
             raise ValueError("FramePool: no training frames")
         if max_pixels < 1 or rotate_every < 1:
@@ -121,9 +132,12 @@ class FramePool:
         else:
             self.order = list(range(len(self.frames)))
         self.progress = progress
+        self.device = renderer.primitives.centres.device
+        self.sync_free = self.device.type != "cpu" if sync_free is None else bool(sync_free)
         self._cached: dict[int, _CachedFrame] = {}
         self._slots: list[int] = []
-        self._offsets = torch.zeros(1, dtype=torch.int64)
+        self._offsets = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._pixels = 0  # pixels in the pool, kept on the host: len() needs no sync
         self._rotation: int | None = None
         self._covered: dict[int, tuple[int, int]] = {}  # frame index -> (covered, pixels)
         self.rasterized = 0  # frames rasterized so far (fills and rotations)
@@ -157,12 +171,13 @@ class FramePool:
             release_freed_memory()
         self._slots = wanted
         lengths = torch.tensor([len(self._cached[i]) for i in wanted], dtype=torch.int64)
-        self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(self.device)
+        self._pixels = int(lengths.sum())
         self._rotation = r
 
     def __len__(self) -> int:
         """Pixels in the pool now (call `sync` first)."""
-        return int(self._offsets[-1])
+        return self._pixels
 
     @property
     def nbytes(self) -> int:
@@ -187,15 +202,34 @@ class FramePool:
         local = idx - self._offsets[slot]
         if len(self._slots) == 1:
             return self._cached[self._slots[0]].gather(local)
+        if self.sync_free:
+            return self._batch_masked(slot, local)
         k = self._cached[self._slots[0]].pix_to_face.shape[1]
         b = idx.shape[0]
-        p2f = torch.empty(b, k, dtype=torch.int64)
-        bary = torch.empty(b, k, 3)
-        dirs = torch.empty(b, 3)
-        rgb = torch.empty(b, 3)
+        p2f = torch.empty(b, k, dtype=torch.int64, device=idx.device)
+        bary = torch.empty(b, k, 3, device=idx.device)
+        dirs = torch.empty(b, 3, device=idx.device)
+        rgb = torch.empty(b, 3, device=idx.device)
         for s in torch.unique(slot).tolist():
             m = torch.nonzero(slot == s).squeeze(1)
             parts = self._cached[self._slots[s]].gather(local[m])
             for dst, src in zip((p2f, bary, dirs, rgb), parts):
                 dst[m] = src
         return p2f, bary, dirs, rgb
+
+    def _batch_masked(self, slot: torch.Tensor, local: torch.Tensor):
+        """`batch` without data-dependent shapes: every ray is gathered from every pool
+        frame (its index clamped into that frame) and the ray's own frame is kept, so no
+        count or index list travels to the host. Costs one gather per pool frame."""
+        out = None
+        for s, i in enumerate(self._slots):
+            frame = self._cached[i]
+            mine = slot == s
+            parts = frame.gather(torch.where(mine, local, torch.zeros_like(local)).clamp_(max=len(frame) - 1))
+            if out is None:
+                out = list(parts)
+                continue
+            for j, part in enumerate(parts):
+                m = mine.view(-1, *([1] * (part.ndim - 1)))
+                out[j] = torch.where(m, part, out[j])
+        return tuple(out)

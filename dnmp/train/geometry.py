@@ -62,17 +62,20 @@ def geometry_depth_kind(scene: Scene, setting: str = "auto") -> str:
 
 class _FrameDepth:
     """One training frame's depth pixels (within range, of the ``kind`` depth
-    image: "lidar" or "stereo") and camera."""
+    image: "lidar" or "stereo") and camera. The depth image and world_to_cam are on
+    ``device`` (the model's); intrinsics and the pixel list stay on the CPU, where the
+    windows are drawn (a CPU generator: the same windows on every device)."""
 
-    def __init__(self, scene: Scene, frame, max_range: float, kind: str = "lidar"):
+    def __init__(self, scene: Scene, frame, max_range: float, kind: str = "lidar",
+                 device: torch.device | None = None):
         cam = scene.camera_of(frame)
         depth = scene.load_depth(frame, kind)
         v, u = np.nonzero((depth > 0) & (depth <= max_range))
         self.frame = frame
         self.height, self.width = cam.height, cam.width
         self.intrinsics = cam.intrinsics(as_tensor=True).float()
-        self.world_to_cam = torch.from_numpy(frame.world_to_cam()).float()
-        self.depth = torch.from_numpy(depth)
+        self.world_to_cam = torch.from_numpy(frame.world_to_cam()).float().to(device)
+        self.depth = torch.from_numpy(depth).to(device)
         self.pixels = torch.from_numpy(np.stack([v, u], 1)).long()  # [M, 2] rows, cols
 
 
@@ -180,7 +183,8 @@ class GeometryFitter:
         wanted = [self.order[(r * self.pool_size + i) % n] for i in range(self.pool_size)]
         loaded = {id(d.frame): d for d in self.data}
         self.data = [loaded.get(id(self.frames[i])) or
-                     _FrameDepth(self.scene, self.frames[i], self.cfg.depth_max_range, self.kind)
+                     _FrameDepth(self.scene, self.frames[i], self.cfg.depth_max_range, self.kind,
+                                 self.prims.centres.device)
                      for i in wanted]
         self.refreshes += 1
         self.visible.clear()
@@ -202,6 +206,7 @@ class GeometryFitter:
         if not self.visible:
             self.refresh()
         template_faces = prims.decoder.template_faces
+        dev = prims.centres.device
         win = cfg.geometry_window
         fi = torch.randint(0, len(self.data), (cfg.geometry_windows,), generator=gen)
         depth_loss, reg_loss, n_terms, touched = 0.0, 0.0, 0, []
@@ -214,8 +219,9 @@ class GeometryFitter:
                     pick = d.pixels[torch.randint(0, len(d.pixels), (n,), generator=gen)]
                     topleft, k = window_cameras(d, pick, win)
                     h, w = min(win, d.height), min(win, d.width)
-                    rows = topleft[:, :1, None] + torch.arange(h).view(1, h, 1)
-                    cols = topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)
+                    # windows are drawn on the CPU (its generator), used on the model's device
+                    rows = (topleft[:, :1, None] + torch.arange(h).view(1, h, 1)).to(dev)
+                    cols = (topleft[:, 1:, None] + torch.arange(w).view(1, 1, w)).to(dev)
                     seen = self.visible[s][f][rows, cols]  # [n, h, w]
                     idx = torch.unique(seen[seen >= 0]).long()
                     if idx.numel() == 0:
@@ -223,7 +229,7 @@ class GeometryFitter:
                     touched.append(idx)
                     lat = F.embedding(idx, prims.latents, sparse=True)
                     off = F.embedding(idx, prims.offsets, sparse=True)
-                    loss_d, shape = window_depth_l1(prims, idx, lat, off, k, d.world_to_cam,
+                    loss_d, shape = window_depth_l1(prims, idx, lat, off, k.to(dev), d.world_to_cam,
                                                     d.depth[rows, cols], cfg)
                     if loss_d is not None:
                         depth_loss = depth_loss + loss_d

@@ -13,6 +13,7 @@ from pathlib import Path
 from .._io import write_json_atomic
 from ..data.scene import Scene
 from ..data.subset import SceneSubset
+from ..device import resolve_device
 from ..evaluate import depth_errors
 from .checkpoint import (GEOMETRY_NAME, CheckpointError, load_checkpoint, save_geometry_checkpoint,
                          scene_info)
@@ -47,32 +48,40 @@ def default_stages(scene: Scene) -> tuple[tuple[str, ...], str | None]:
 
 def train_scene(scene_dir: str | Path, out_dir: str | Path | None = None, config: str | None = None,
                 stages: str | None = None, resume: bool = False, steps: int | None = None,
-                progress: bool = True, log=print, warn=print) -> tuple[dict, Path]:
+                progress: bool = True, log=print, warn=print,
+                device: str | None = None) -> tuple[dict, Path]:
     """`dnmp train`: load and check the scene (every image decodes), pick the stages
     (`parse_stages(stages)`, default `default_stages`), read the config TOML (`config`;
     None: defaults, or with `resume` the run's own) and `train` into `out_dir`
-    (default runs/<scene name>). `warn` gets the notes meant for stderr.
+    (default runs/<scene name>) on `device` ("auto", "cpu", "cuda[:N]"; None: the
+    config's `device`, default auto). `warn` gets the notes meant for stderr.
 
-    Returns (metrics dict, output folder). Raises: as `train`, `load_scene`, `load_config`.
+    Returns (metrics dict, output folder). Raises: as `train`, `load_scene`, `load_config`;
+    ValueError (one line) for a device that is unknown or not available here, before the
+    scene is read.
     """
     from ..data.scene import load_scene
     from .config import load_config
 
+    if device is not None:
+        resolve_device(device)  # an unavailable device fails before any work
+    cfg = load_config(config) if config or not resume else None  # --resume --config is refused in `train`
+    if cfg is not None and device is None:
+        resolve_device(cfg.device, f"{config or 'TrainConfig'}: device")
     scene = load_scene(scene_dir)
     chosen, note = (parse_stages(stages), None) if stages is not None else default_stages(scene)
     if note:
         warn(f"note: {note}")
     scene.check_files(decode=True)
-    cfg = load_config(config) if config or not resume else None  # --resume --config is refused in `train`
     out = Path(out_dir) if out_dir else Path("runs") / scene.name
     return train(scene, out, cfg, stages=chosen, resume=resume, progress=progress, log=log,
-                 steps=steps), out
+                 steps=steps, device=device), out
 
 
 def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
           stages: tuple[str, ...] = STAGES, resume: bool = False, progress: bool = True,
           log=print, steps: int | None = None, held_out: bool = True,
-          rerun: str | None = None) -> dict:
+          rerun: str | None = None, device: str | None = None) -> dict:
     """Train a scene: geometry stage (if selected), then radiance stage (if selected).
 
     A drive longer than `cfg.block_frames` instants is trained as overlapping blocks,
@@ -89,6 +98,9 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     - radiance: starts from the geometry stage's model (this run's, or an earlier
       run's geometry.pt in OUT), else from template primitives.
     `cfg.time_budget_minutes` bounds both stages' loops together.
+    `device` ("auto", "cpu", "cuda[:N]"), like `steps`, overrides the config's (also a
+    resumed run's) `device`; the model is built on the CPU and moved there, and
+    metrics.json and the checkpoints record the device used.
     `resume` continues an interrupted radiance stage (the geometry is in its checkpoint),
     or starts it from OUT/checkpoints/geometry.pt if it was stopped before its first
     step checkpoint. Stale `.tmp_*` files of a killed save are removed first.
@@ -106,10 +118,11 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         from .blocks import plan_blocks, read_manifest, train_blocks
 
         saved = read_manifest(out)["config"] if resume and run.is_block_run() else None
-        block_cfg = settle_config(cfg, steps, saved, str(run.manifest))
+        block_cfg = settle_config(cfg, steps, saved, str(run.manifest), device)
         blocks = plan_blocks(scene, block_cfg.block_frames, block_cfg.block_overlap)
         if len(blocks) > 1:
-            return train_blocks(scene, out, block_cfg, blocks, stages, resume, progress, log, steps)
+            return train_blocks(scene, out, block_cfg, blocks, stages, resume, progress, log, steps,
+                                device=device)
     if resume:
         refuse_config_on_resume(cfg, str(out))
         if "radiance" not in stages:
@@ -118,11 +131,12 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             # stopped in the radiance stage before its first checkpoint: start it from geometry.pt
             log(f"no step checkpoint in {ckpt_dir} yet: starting the radiance stage from {GEOMETRY_NAME}")
             return train(scene, out, cfg, stages=("radiance",), resume=False, progress=progress,
-                         log=log, steps=steps, held_out=held_out, rerun=rerun)
+                         log=log, steps=steps, held_out=held_out, rerun=rerun, device=device)
         return train_radiance(scene, out, cfg, resume=True, progress=progress, log=log, steps=steps,
-                              held_out=held_out)
+                              held_out=held_out, device=device)
     given = cfg
-    cfg = settle_config(cfg, steps)
+    cfg = settle_config(cfg, steps, device=device)
+    dev = resolve_device(cfg.device, "device")
     t_start = time.time()
     extra: dict = {}
     geo_path = run.geometry
@@ -131,8 +145,8 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         if geo_path.is_file():
             log(f"note: replacing {geo_path} of an earlier run (`dnmp train --resume` would start the "
                 f"radiance stage from it)")
-        renderer = build_renderer(scene_centres(scene, cfg), cfg)
-        log(f"geometry stage on {scene.name!r}: {describe_primitives(renderer)}")
+        renderer = build_renderer(scene_centres(scene, cfg), cfg).to(dev)
+        log(f"geometry stage on {scene.name!r} ({dev}): {describe_primitives(renderer)}")
         before = depth_errors(renderer, scene, "test", cfg.depth_max_range) if has_test_depth else None
         try:
             stats = train_geometry(renderer, scene, cfg, progress, log)
@@ -152,23 +166,24 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             extra["geometry"]["test_depth_note"] = note
             log(f"held-out depth error vs LiDAR: {note}")
         save_geometry_checkpoint(ckpt_dir, {
-            "config": cfg.to_dict(), "model": renderer.state_dict(),
+            "config": cfg.to_dict(), "model": renderer.state_dict(), "device": str(dev),
             "scene": scene_info(scene), "extra_metrics": extra})
         write_json_atomic(out / "config.json", cfg.to_dict())
     elif geo_path.is_file():
         ckpt = load_checkpoint(geo_path)
         check_checkpoint_scene(ckpt, scene)
         if given is None:  # no --config: the geometry run's settings throughout
-            cfg = settle_config(None, steps, ckpt["config"], str(geo_path))
-        elif TrainConfig.from_dict(ckpt["config"], str(geo_path)).to_dict() != cfg.to_dict():
+            cfg = settle_config(None, steps, ckpt["config"], str(geo_path), device)
+        elif TrainConfig.from_dict({**ckpt["config"], "device": cfg.device}, str(geo_path)).to_dict() \
+                != cfg.to_dict():  # the device is where it runs, not a model setting
             log(f"note: {geo_path} was made with other settings; its model settings are kept, "
                 f"the radiance loop's come from the given config")
             cfg = TrainConfig.from_dict({**ckpt["config"], **_run_settings(cfg)})
-        renderer = renderer_from_checkpoint(ckpt)
+        renderer = renderer_from_checkpoint(ckpt, resolve_device(cfg.device, "device"))
         extra = dict(ckpt.get("extra_metrics", {}))
         log(f"starting from the geometry stage's model {geo_path}")
     else:
-        renderer = build_renderer(scene_centres(scene, cfg), cfg)
+        renderer = build_renderer(scene_centres(scene, cfg), cfg).to(dev)
     if "radiance" not in stages:
         result = dict(extra)
         write_json_atomic(out / "metrics.json", result)
@@ -189,7 +204,7 @@ def _fmt(d: dict) -> str:
 def _run_settings(cfg: TrainConfig) -> dict:
     """Settings of the radiance loop that may differ from the geometry checkpoint's."""
     keys = ("steps", "batch_size", "lr_features", "lr_mlp", "lr_final_factor", "seed",
-            "time_budget_minutes", "log_every", "checkpoint_every", "keep_checkpoints")
+            "time_budget_minutes", "log_every", "checkpoint_every", "keep_checkpoints", "device")
     return {k: getattr(cfg, k) for k in keys}
 
 

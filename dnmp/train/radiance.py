@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .._io import write_json_atomic
 from ..data.scene import Scene
+from ..device import resolve_device, synchronize
 from ..evaluate import evaluate
 from ..model import DNMPRenderer
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
@@ -53,10 +54,41 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_mlp * factor
 
 
+def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: TrainConfig, step: int,
+                  device: torch.device, before_update=None) -> torch.Tensor:
+    """One step of the radiance stage: learning rates of `step`, the pool of `step`,
+    `cfg.batch_size` random pool pixels drawn on `device`, their colours shaded from the
+    cached fragments, MSE, backward, then (after calling `before_update()`, if given) the
+    optimizers' steps.
+
+    Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
+    trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
+    tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
+    (`torch.unique` of the faces hit, boolean masks, sparse gradients) in `shade_rays`
+    and SparseAdam, and, once every `cfg.cache_rotate_every` steps of a rotating pool,
+    the rasterization of the frame that enters it.
+    """
+    _set_lr(opts, cfg, step)
+    cache.sync(step)
+    idx = torch.randint(0, len(cache), (cfg.batch_size,), device=device)
+    p2f, bary, dirs, rgb = cache.batch(idx)
+    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+    loss = torch.mean((pred - rgb) ** 2)
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_update is not None:
+        before_update()
+    for o in opts.values():
+        o.step()
+    return loss.detach()
+
+
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
                    progress: bool = True, log=print, steps: int | None = None,
                    renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
-                   extra_metrics: dict | None = None, held_out: bool = True) -> dict:
+                   extra_metrics: dict | None = None, held_out: bool = True,
+                   device: str | None = None) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     `held_out=False` skips rendering and scoring the test frames (a block of a long
@@ -67,7 +99,13 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     settings used).
 
     With `resume`, the settings are the checkpoint's (`cfg` must be None) except
-    `steps`, which may extend or shorten the run.
+    `steps`, which may extend or shorten the run, and `device`.
+
+    `device` ("auto", "cpu", "cuda[:N]"; None: the config's) is where the model, the
+    cached fragments, the optimizer state and every step live; a checkpoint made on
+    another device loads onto it. A step makes no host round trip: the loss is read
+    back (one sync) every `cfg.log_every` steps and before each save, where a NaN/Inf
+    loss raises FloatingPointError naming the steps since the last check.
 
     `renderer` is the model to start from (e.g. after the geometry stage; default:
     template primitives on the scene's points), `budget_seconds` overrides the
@@ -95,12 +133,13 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                                   f"run without --resume to start")
         ckpt = load_checkpoint(path)
         check_checkpoint_scene(ckpt, scene)
-        cfg = settle_config(cfg, steps, ckpt["config"], str(path))
+        cfg = settle_config(cfg, steps, ckpt["config"], str(path), device)
         start_step = ckpt["step"]
         log(f"resuming from {path} (step {start_step})")
     else:
         run.refuse_earlier_run()
-        cfg = settle_config(cfg, steps)
+        cfg = settle_config(cfg, steps, device=device)
+    dev = resolve_device(cfg.device, "device")
     train_frames = scene.frames_by_split("train")
     if not train_frames:
         raise ValueError(f"{scene.root}: scene has no 'train' frames")
@@ -108,20 +147,24 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         log(f"warning: {scene.root} has no 'test' frames: no held-out renders or metrics")
     torch.manual_seed(cfg.seed)
     if ckpt:
-        renderer = renderer_from_checkpoint(ckpt)
+        renderer = renderer_from_checkpoint(ckpt, dev)
         extra_metrics = {**ckpt.get("extra_metrics", {}), **(extra_metrics or {})}
     elif renderer is None:
-        renderer = build_renderer(scene_centres(scene, cfg), cfg)
+        renderer = build_renderer(scene_centres(scene, cfg), cfg).to(dev)
+    else:
+        renderer = renderer.to(dev)
     renderer.refresh_geometry()
     extra_metrics = extra_metrics or {}
     prims = renderer.primitives
     log(f"scene {scene.name!r}: {len(train_frames)} train / {len(scene.frames_by_split('test'))} "
-        f"test frames; {describe_primitives(renderer)}")
+        f"test frames; {describe_primitives(renderer)}; device {dev}")
     opts = _make_optimizers(renderer, cfg)
     if ckpt:
         for name, opt in opts.items():
-            opt.load_state_dict(ckpt["optimizer"][name])
+            opt.load_state_dict(ckpt["optimizer"][name])  # moves the moments to the parameters' device
         torch.set_rng_state(ckpt["rng"])
+        if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)  # batches are drawn on the GPU
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", cfg.to_dict())
 
@@ -139,14 +182,32 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
 
     saving = None  # the step being saved, while a save is in progress
 
+    checked = start_step  # the loss is known finite up to this step
+
+    def check_loss(step: int) -> float | None:
+        """The running loss (one device sync); FloatingPointError if a loss since the
+        last check was NaN/Inf (the running mean then stays non-finite)."""
+        nonlocal checked
+        if running is None:
+            return None
+        lv = float(running)
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"loss became {lv} at a step in {checked + 1}..{step}; last "
+                                     f"checkpoint ({latest_checkpoint(ckpt_dir)}) is kept")
+        checked = step
+        return lv
+
     def save(step: int) -> Path:
         nonlocal saving
+        check_loss(step)  # never save a model that a NaN/Inf loss has updated
         saving = step
         path = save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
+            "device": str(dev),
             "model": renderer.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in opts.items()},
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "scene": scene_info(scene),
             "train_seconds": prior_seconds + time.time() - t_loop,
             "extra_metrics": extra_metrics,
@@ -161,38 +222,32 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     first_step_s = None
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
-    running = None
+    running = None  # float64 tensor on `dev`: exponential mean of the loss, read at log steps
     updating = False  # True while parameters are being changed: no consistent state to save
+
+    def mark_updating() -> None:
+        nonlocal updating
+        updating = True
     with handle_signals(defer=True, notice="stopping at the end of the current step to save it") as stop:
         try:
             while step < cfg.steps and not stop.requested:
                 if budget > 0 and time.time() - t_loop > budget:
                     stopped_by_time_limit = True
                     break
-                _set_lr(opts, cfg, step)
-                cache.sync(step)
-                idx = torch.randint(0, len(cache), (cfg.batch_size,))
-                p2f, bary, dirs, rgb = cache.batch(idx)
-                pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-                loss = torch.mean((pred - rgb) ** 2)
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                updating = True
-                for o in opts.values():
-                    o.step()
+                loss = radiance_step(renderer, cache, opts, cfg, step, dev, mark_updating)
                 step += 1
                 updating = False
                 if first_step_s is None:
+                    synchronize(dev)  # once: the figure is the time until the first step is done
                     first_step_s = time.time() - t_enter
-                lv = loss.item()
-                if not math.isfinite(lv):
-                    raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
-                                             f"({latest_checkpoint(ckpt_dir)}) is kept")
+                # no .item() here: reading the loss every step would stall a GPU queue; a
+                # NaN/Inf keeps the mean non-finite until check_loss sees it
+                lv = loss.double()
                 running = lv if running is None else 0.95 * running + 0.05 * lv
                 bar.update(1)
                 if step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{running:.4f}", psnr=f"{-10 * math.log10(running):.2f}")
+                    mean = check_loss(step)
+                    bar.set_postfix(loss=f"{mean:.4f}", psnr=f"{-10 * math.log10(mean):.2f}")
                 if step % cfg.checkpoint_every == 0:
                     save(step)
                     last_saved = step
@@ -226,7 +281,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     result = {"step": step, "train_seconds": round(train_s, 1),
               "time_to_first_step_s": None if first_step_s is None else round(first_step_s, 1),
               "stopped_by_time_limit": stopped_by_time_limit,
-              "train_psnr_running": None if running is None else -10 * math.log10(running),
+              "train_psnr_running": None if running is None else -10 * math.log10(float(running)),
+              "device": str(dev),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
               "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}

@@ -17,7 +17,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..data.scene import Scene, load_scene
+from ..device import check_device_spec, resolve_device
 from .blocks import MANIFEST, BlockRenderer, is_block_run, read_manifest
 from .checkpoint import (GEOMETRY_NAME, checkpoint_scene_path, latest_checkpoint,
                          load_checkpoint, remove_stale_checkpoint_files, scene_for_checkpoint)
@@ -67,7 +70,7 @@ def refuse_config_on_resume(given: TrainConfig | None, where: str) -> None:
 
 
 def settle_config(given: TrainConfig | None, steps: int | None, saved: dict | None = None,
-                  where: str = "") -> TrainConfig:
+                  where: str = "", device: str | None = None) -> TrainConfig:
     """The settings a run trains with, decided in this one place.
 
     Args:
@@ -76,10 +79,14 @@ def settle_config(given: TrainConfig | None, steps: int | None, saved: dict | No
         saved: the settings of the run being continued (a checkpoint's or a block
             manifest's config dict), or None for a fresh run.
         where: the file `saved` came from, for error messages.
+        device: `--device` ("auto", "cpu", "cuda[:N]"), which like `steps` overrides the
+            device in every case (a resumed run may move to another device), or None.
     Returns:
-        a new TrainConfig: `saved` if given, else `given`, else the defaults; then `steps`.
+        a new TrainConfig: `saved` if given, else `given`, else the defaults; then `steps`
+        and `device`.
     Raises:
-        ValueError: both `given` and `saved` (`--resume` keeps the run's settings).
+        ValueError: both `given` and `saved` (`--resume` keeps the run's settings), or a
+            malformed `device`.
     """
     if saved is not None:
         refuse_config_on_resume(given, where)
@@ -88,6 +95,8 @@ def settle_config(given: TrainConfig | None, steps: int | None, saved: dict | No
         cfg = dataclasses.replace(given) if given is not None else TrainConfig()
     if steps is not None:
         cfg.steps = steps
+    if device is not None:
+        cfg.device = check_device_spec(device)
     return cfg
 
 
@@ -137,12 +146,16 @@ def _scene_at(path: str | Path | None, where: str, override: str | Path | None) 
     return load_scene(path)
 
 
-def open_run(path: str | Path, scene: str | Path | None = None) -> OpenedRun:
+def open_run(path: str | Path, scene: str | Path | None = None,
+             device: torch.device | str | None = None) -> OpenedRun:
     """Open a checkpoint file, a run folder (its newest checkpoint) or a block run.
 
     Args:
         path: step_*.pt, a run folder, or a block run folder (with manifest.json).
         scene: the scene folder, when it moved since training (default: the recorded one).
+        device: where the model is placed (`dnmp.device.resolve_device`: a torch.device
+            or "auto" / "cpu" / "cuda[:N]"; None: the CPU), whatever device trained it;
+            renders then come out on that device.
     Raises:
         CheckpointError: no usable checkpoint, a checkpoint of another scene, or
             `geometry.pt` (an untrained radiance field: train the radiance stage first).
@@ -154,7 +167,7 @@ def open_run(path: str | Path, scene: str | Path | None = None) -> OpenedRun:
         manifest = read_manifest(p)
         stored = manifest["scene"].get("path")
         s = _scene_at(stored, str(p / "manifest.json"), scene)
-        renderer = BlockRenderer(p, s)
+        renderer = BlockRenderer(p, s, device=None if device is None else resolve_device(device))
         renderer.check_blocks()  # every block usable before any output is written
         return OpenedRun(s, renderer, p, str(p / "manifest.json"), None, manifest["config"],
                          blocks=len(renderer.blocks))
@@ -164,5 +177,5 @@ def open_run(path: str | Path, scene: str | Path | None = None) -> OpenedRun:
     s = _scene_at(stored, ckpt["path"], scene)
     s = scene_for_checkpoint(ckpt, s)
     check_checkpoint_scene(ckpt, s)
-    return OpenedRun(s, renderer_from_checkpoint(ckpt), Path(ckpt["path"]).parent.parent,
+    return OpenedRun(s, renderer_from_checkpoint(ckpt, device), Path(ckpt["path"]).parent.parent,
                      ckpt["path"], ckpt["step"], ckpt["config"])
