@@ -25,6 +25,8 @@ from ..evaluate import evaluate
 from ..model import DNMPRenderer
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
 from .config import TrainConfig
+from .distributed import (SINGLE, DistContext, GradientSync, broadcast_parameters, check_identical,
+                          rank_batch_size, rank_generator)
 from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
                       renderer_from_checkpoint, scene_centres)
 from .frame_pool import FramePool
@@ -56,7 +58,8 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
                    progress: bool = True, log=print, steps: int | None = None,
                    renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
-                   extra_metrics: dict | None = None, held_out: bool = True) -> dict:
+                   extra_metrics: dict | None = None, held_out: bool = True,
+                   dist: DistContext | None = None) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     `held_out=False` skips rendering and scoring the test frames (a block of a long
@@ -74,16 +77,28 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     loop's time budget (`cfg.time_budget_minutes`), and `extra_metrics` are merged
     into metrics.json (e.g. the geometry stage's figures).
 
+    `dist` (`train.distributed`; None: one process) with several ranks trains data-parallel:
+    every rank starts from rank 0's parameters, shades its share of `cfg.batch_size` rays
+    (drawn with `rank_generator(seed, rank, step)`), and `GradientSync` sums the gradients,
+    so all ranks take the same steps as one process with the whole batch. A signal or the
+    time budget seen by any rank stops every rank after the same step. Only rank 0 writes
+    files; the ranks' parameter checksums are compared at the end (metrics `rank_checksums`;
+    RuntimeError if they differ). metrics `loss_curve`: [step, mean loss over the last
+    `log_every` steps] (in the data-parallel mode the loss of the whole batch).
+
     Raises:
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
         FileExistsError: OUT already holds checkpoints and `resume` is False.
-        ValueError: a scene without train frames or points.
+        ValueError: a scene without train frames or points; data-parallel with fewer rays
+            per step than ranks.
     SIGINT / SIGTERM (`interrupt.handle_signals`): the loop stops at the next step
     boundary, saves that step, logs "stopped by SIG... at step N" and exits with
     SystemExit(130 / 143); a second signal aborts at once (Interrupted, nothing saved).
     Stale `.tmp_*` files of a killed save are removed at the start.
     """
     t_enter = time.time()  # for time_to_first_step_s: setup, caching and the first step
+    dist = dist or SINGLE
+    dp = dist.active  # data-parallel: the ranks share every step
     run = RunFolder(out_dir)
     out, ckpt_dir = run.root, run.checkpoints
     run.remove_stale_files(log)
@@ -101,6 +116,9 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     else:
         run.refuse_earlier_run()
         cfg = settle_config(cfg, steps)
+    if dp and cfg.batch_size < dist.world_size:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be at least the number of processes "
+                         f"({dist.world_size}) to train data-parallel")
     train_frames = scene.frames_by_split("train")
     if not train_frames:
         raise ValueError(f"{scene.root}: scene has no 'train' frames")
@@ -122,8 +140,16 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         for name, opt in opts.items():
             opt.load_state_dict(ckpt["optimizer"][name])
         torch.set_rng_state(ckpt["rng"])
+    sync = None
+    if dp:
+        broadcast_parameters(renderer, dist)  # the same start on every rank, bit for bit
+        sync = GradientSync(opts["mlp"].param_groups[0]["params"], prims.features, dist)
+        share = rank_batch_size(cfg.batch_size, dist.rank, dist.world_size)
+        log(f"data-parallel over {dist.world_size} processes: {share} of {cfg.batch_size} rays "
+            f"per step on this rank")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    if dist.is_main:
+        write_json_atomic(out / "config.json", cfg.to_dict())
 
     t0 = time.time()
     cache = FramePool(renderer, scene, train_frames, cfg.cache_pixels, cfg.cache_rotate_every,
@@ -139,8 +165,10 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
 
     saving = None  # the step being saved, while a save is in progress
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
         nonlocal saving
+        if not dist.is_main:  # rank 0 saves the model that every rank holds
+            return None
         saving = step
         path = save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
@@ -162,22 +190,35 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None
+    curve, window, window_n = [], 0.0, 0  # loss_curve: mean loss of each log_every steps
+    agreed_stop = False  # data-parallel: some rank got a signal; all stop after this step
     updating = False  # True while parameters are being changed: no consistent state to save
     with handle_signals(defer=True, notice="stopping at the end of the current step to save it") as stop:
         try:
-            while step < cfg.steps and not stop.requested:
-                if budget > 0 and time.time() - t_loop > budget:
+            while step < cfg.steps and not (agreed_stop if dp else stop.requested):
+                if not dp and budget > 0 and time.time() - t_loop > budget:
                     stopped_by_time_limit = True
                     break
                 _set_lr(opts, cfg, step)
                 cache.sync(step)
-                idx = torch.randint(0, len(cache), (cfg.batch_size,))
+                if dp:
+                    idx = torch.randint(0, len(cache), (share,),
+                                        generator=rank_generator(cfg.seed, dist.rank, step))
+                else:
+                    idx = torch.randint(0, len(cache), (cfg.batch_size,))
                 p2f, bary, dirs, rgb = cache.batch(idx)
                 pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-                loss = torch.mean((pred - rgb) ** 2)
+                if dp:  # this rank's share of the whole batch's mean squared error
+                    loss = torch.sum((pred - rgb) ** 2) / (cfg.batch_size * rgb.shape[-1])
+                else:
+                    loss = torch.mean((pred - rgb) ** 2)
                 for o in opts.values():
                     o.zero_grad(set_to_none=True)
                 loss.backward()
+                if dp:  # also agree on stopping: ranks must leave the loop after the same step
+                    over = budget > 0 and time.time() - t_loop > budget
+                    lv, (n_stop, n_over) = sync(loss, [float(stop.requested), float(over)])
+                    agreed_stop, stopped_by_time_limit = n_stop > 0, n_over > 0
                 updating = True
                 for o in opts.values():
                     o.step()
@@ -185,17 +226,24 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                 updating = False
                 if first_step_s is None:
                     first_step_s = time.time() - t_enter
-                lv = loss.item()
+                if not dp:
+                    lv = loss.item()
                 if not math.isfinite(lv):
                     raise FloatingPointError(f"loss became {lv} at step {step}; last checkpoint "
                                              f"({latest_checkpoint(ckpt_dir)}) is kept")
                 running = lv if running is None else 0.95 * running + 0.05 * lv
+                window, window_n = window + lv, window_n + 1
+                if step % cfg.log_every == 0:
+                    curve.append([step, window / window_n])
+                    window, window_n = 0.0, 0
                 bar.update(1)
                 if step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{running:.4f}", psnr=f"{-10 * math.log10(running):.2f}")
                 if step % cfg.checkpoint_every == 0:
                     save(step)
                     last_saved = step
+                if stopped_by_time_limit:  # data-parallel: agreed in the step's all-reduce
+                    break
             bar.close()
             if stopped_by_time_limit:  # on its own line, after the progress bar
                 log(f"stopped by the time limit (time_budget_minutes = {cfg.time_budget_minutes:g}) "
@@ -214,13 +262,15 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             log(f"\n{how} {where}; " + (f"newest checkpoint: {kept}; continue with --resume"
                                         if kept else "no step checkpoint"))
             raise SystemExit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
-    if stop.requested:
-        log(f"stopped by {stop.name} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "
+    if agreed_stop if dp else stop.requested:  # (a signal after the last step's all-reduce: the run ends)
+        who = stop.name if stop.requested else "a signal to another rank"
+        log(f"stopped by {who} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "
             f"continue with --resume")
-        raise SystemExit(stop.exit_code)
+        raise SystemExit(stop.exit_code if stop.requested else 143)
     train_s = prior_seconds + time.time() - t_loop
 
-    held_out = held_out and bool(scene.frames_by_split("test"))
+    checksums = check_identical(renderer, dist) if dp else None
+    held_out = held_out and bool(scene.frames_by_split("test")) and dist.is_main
     if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
@@ -229,7 +279,9 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
               "train_psnr_running": None if running is None else -10 * math.log10(running),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
-              "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}
+              "cache_mib": round(cache.nbytes / 2**20, 1), "loss_curve": curve, **extra_metrics}
+    if dp:
+        result.update({"processes": dist.world_size, "rank_checksums": checksums})
     # The last step is saved: free the cached fragments and the Adam moments before
     # rendering, so the held-out renders do not add to the training peak memory.
     del cache
@@ -237,5 +289,6 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     gc.collect()
     if held_out:
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
-    write_json_atomic(out / "metrics.json", result)
+    if dist.is_main:
+        write_json_atomic(out / "metrics.json", result)
     return result
