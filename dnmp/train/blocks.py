@@ -318,7 +318,8 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
                       "num_primitives": result.get("num_primitives"),
                       "num_train_frames": len(sub.frames_by_split("train"))})
         if spread:
-            write_json_atomic(folder / BLOCK_DONE, {**entry, "rank": dist.rank})
+            entry["rank"] = dist.rank  # who trained it (the manifest keeps it)
+            write_json_atomic(folder / BLOCK_DONE, entry)
             log(f"[{b.name}] done")
         elif dist.is_main:
             write_json_atomic(path, manifest)

@@ -226,7 +226,8 @@ class GradientSync:
         dist.all_gather(all_val, pad_val)
         idx = torch.cat([a[:s] for a, s in zip(all_idx, sizes)])
         val = torch.cat([a[:s] for a, s in zip(all_val, sizes)])
-        p.grad = torch.sparse_coo_tensor(idx.unsqueeze(0), val, p.shape).coalesce()
+        p.grad = torch.sparse_coo_tensor(idx.unsqueeze(0), val, p.shape,
+                                         check_invariants=False).coalesce()
 
 
 def broadcast_parameters(module: torch.nn.Module, ctx: DistContext) -> None:
