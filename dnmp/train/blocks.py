@@ -296,8 +296,8 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
             continue
         if b.name not in mine:
             continue
-        log(f"[{b.name} {b.index + 1}/{len(blocks)}] instants {b.first}-{b.last}, "
-            f"{len(b.frames)} frames")
+        (log if spread else main_log)(f"[{b.name} {b.index + 1}/{len(blocks)}] instants "
+                                      f"{b.first}-{b.last}, {len(b.frames)} frames")
         sub = subset_scene(scene, b.frames, name=f"{scene.name}-{b.name}")
         folder = out / entry["folder"]
         ckpts = folder / "checkpoints"

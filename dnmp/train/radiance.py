@@ -264,8 +264,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             raise SystemExit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
     if agreed_stop if dp else stop.requested:  # (a signal after the last step's all-reduce: the run ends)
         who = stop.name if stop.requested else "a signal to another rank"
-        log(f"stopped by {who} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "
-            f"continue with --resume")
+        saved = latest_checkpoint(ckpt_dir) if dist.is_main else "rank 0's checkpoint of it"
+        log(f"stopped by {who} at step {step}; saved {saved}; continue with --resume")
         raise SystemExit(stop.exit_code if stop.requested else 143)
     train_s = prior_seconds + time.time() - t_loop
 
