@@ -13,10 +13,10 @@ PYTHONPATH=$REPO:$REPO/tests $PY -c "
 from pathlib import Path
 from conftest import make_tiny_scene
 make_tiny_scene(Path('wall'), frames=9, width=160, height=120)"
-for seed in 0 1 2; do
+for seed in 0 1 2 3; do
   printf 'seed = %s\nsteps = 300\nbatch_size = 2048\ncheckpoint_every = 300\nlog_every = 25\nhidden = 32\nfeature_dim = 16\n' $seed > dpw_s$seed.toml
 done
-for run in "one 0" "two 0" "one 1" "two 1" "one 2"; do
+for run in "one 0" "two 0" "one 1" "two 1" "one 2" "two 2" "one 3" "two 3"; do
   set -- $run; rm -rf w_$1_s$2
   if [ $1 = one ]; then
     OMP_NUM_THREADS=1 $PY -m dnmp train wall --out w_$1_s$2 --config dpw_s$2.toml --stages radiance --quiet
@@ -35,7 +35,7 @@ import json
 for run in ("b1", "b2"):
     m = json.load(open(f"{run}/manifest.json"))
     print(run, [(b["name"], b.get("rank", 0), b["wall_seconds"]) for b in m["blocks"]])
-for run in ("w_one_s0", "w_one_s1", "w_one_s2", "w_two_s0", "w_two_s1"):
+for run in [f"w_{n}_s{s}" for n in ("one", "two") for s in range(4)]:
     m = json.load(open(f"{run}/metrics.json"))
     print(run, round(m["test_psnr"], 2), [round(v, 6) for _, v in m["loss_curve"]])
 PY
