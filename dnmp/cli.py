@@ -25,11 +25,15 @@ def bundled_scene() -> Path:
 
 
 def cmd_train(args) -> int:
+    from .train.distributed import DistContext, env_context
     from .train.pipeline import train_scene
 
     result, out = train_scene(args.scene or bundled_scene(), args.out, args.config, args.stages,
                               args.resume, args.steps, progress=not args.quiet,
-                              warn=lambda line: print(line, file=sys.stderr), device=args.device)
+                              warn=lambda line: print(line, file=sys.stderr), device=args.device,
+                              data_parallel=args.data_parallel)
+    if not (env_context() or DistContext()).is_main:
+        return 0  # torchrun: rank 0 prints the run's summary
     summary = {k: result[k] for k in ("step", "num_blocks", "test_psnr", "test_ssim", "test_lpips",
                                        "num_test_frames", "train_seconds") if k in result}
     geo = result.get("geometry", {})
@@ -250,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone for a scene without depth images, LiDAR or stereo); "
                         "'radiance' alone starts from OUT/checkpoints/geometry.pt if present, "
                         "else from template spheres")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="under torchrun: every process trains every block together, each on its "
+                        "share of the batch (default: a drive's blocks are dealt to the processes, "
+                        "and a drive of one block is data-parallel anyway; README, 'Several processes')")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device(t, train=True)
     t.set_defaults(func=cmd_train)

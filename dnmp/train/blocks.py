@@ -11,6 +11,13 @@ state, the unit that several processes can spread. RUN/manifest.json lists the
 blocks, their frames and their status, and is rewritten (atomically) after each
 block, so an interrupted run resumes at its first unfinished block.
 
+Several processes (torchrun, `train.distributed`): the unfinished blocks are dealt
+round-robin to the ranks; a rank marks each block it finishes with
+RUN/blocks/block_NNN/block_done.json (the block's manifest entry) instead of rewriting the
+shared manifest, and rank 0 writes the manifest at the start (every block pending or kept)
+and once more, complete, after a barrier when every block is done. A resumed run counts a
+block as done when the manifest or its marker says so.
+
 Rendering a camera (`BlockRenderer`): its position along the drive is the
 projection of its centre onto the polyline of the instants' mean camera centres
 (a fractional instant index); inside an overlap the two blocks' images are blended
@@ -32,8 +39,10 @@ import torch
 from ..data.scene import Scene
 from ..data.subset import subset_scene
 from .checkpoint import scene_mismatch
+from .distributed import SINGLE, DistContext, assign_blocks
 
 MANIFEST = "manifest.json"
+BLOCK_DONE = "block_done.json"  # in a block's folder: its manifest entry, once trained
 FORMAT = "dnmp-blocks"
 VERSION = 1
 
@@ -201,9 +210,26 @@ def check_manifest_scene(manifest: dict, path: Path, scene: Scene) -> None:
         raise ValueError(f"{path}: the run {why}")
 
 
+def _finished(entry: dict | None, frames: list, stages, cfg) -> bool:
+    """Whether a manifest entry (or a block_done.json) says its block is trained on `frames`
+    for `stages` (and to `cfg.steps` when the radiance stage is among them)."""
+    return isinstance(entry, dict) and entry.get("status") == "done" \
+        and entry.get("frames") == frames and set(stages) <= set(entry.get("stages_done", ())) \
+        and ("radiance" not in stages or entry.get("step") == cfg.steps)
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / BLOCK_DONE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # absent, or cut short: the block counts as unfinished
+    return data if isinstance(data, dict) else None
+
+
 def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], stages, resume: bool,
                  progress: bool = True, log=print, steps: int | None = None,
-                 device: str | None = None) -> dict:
+                 device: str | None = None, dist: DistContext | None = None,
+                 data_parallel: bool = False) -> dict:
     """Train every block of a long drive into OUT/blocks/block_NNN/ and evaluate the
     held-out frames with the blended blocks; see the module docstring.
 
@@ -215,6 +241,11 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
     `steps` is passed on to each block's `pipeline.train` (None: a resumed block keeps
     its checkpoint's step count); so is `device` (`--device`, None: each block's config's).
 
+    `dist` (`train.distributed`) with several ranks: the unfinished blocks are dealt to the
+    ranks (`assign_blocks`), each trained by one rank alone; with `data_parallel` every rank
+    trains every block together (`pipeline.train` with `dist`). Rank 0 writes the manifest
+    and scores the run; the other ranks return {num_blocks, rank, blocks_trained}.
+
     Returns the run's metrics (also OUT/metrics.json): held-out PSNR/SSIM/LPIPS over all
     test frames, `num_blocks`, and per block its frames, steps and training time.
     Raises: as `pipeline.train` (which refuses an existing run without `resume`).
@@ -224,15 +255,16 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
     from .checkpoint import GEOMETRY_NAME, latest_checkpoint, scene_info
     from .pipeline import train
 
+    dist = dist or SINGLE
+    spread = dist.active and not data_parallel  # blocks dealt to ranks, each trained alone
+    main_log = log if dist.is_main else (lambda *a, **k: None)
     out = Path(out_dir)
     path = out / MANIFEST
     done: dict = {}
     if path.is_file():
         old = read_manifest(out)
         check_manifest_scene(old, path, scene)
-        done = {b["name"]: b for b in old["blocks"] if b.get("status") == "done"
-                and set(stages) <= set(b.get("stages_done", ()))
-                and ("radiance" not in stages or b.get("step") == cfg.steps)}
+        done = {b["name"]: b for b in old["blocks"]}
     manifest = {"format": FORMAT, "version": VERSION, "scene": scene_info(scene),
                 "config": cfg.to_dict(), "stages": list(stages),
                 "blocks": [{"name": b.name, "folder": f"blocks/{b.name}", "first_instant": b.first,
@@ -240,40 +272,70 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
                            for b in blocks]}
     out.mkdir(parents=True, exist_ok=True)
     for entry in manifest["blocks"]:
-        if entry["name"] in done and done[entry["name"]]["frames"] == entry["frames"]:
-            entry.update(done[entry["name"]])
-    write_json_atomic(path, manifest)
+        marker = _read_marker(out / entry["folder"]) if resume else None
+        for earlier in (done.get(entry["name"]), marker):
+            if _finished(earlier, entry["frames"], stages, cfg):
+                entry.update(earlier)
+    dist.barrier()  # every rank has read the manifest and markers before rank 0 rewrites it
+    if dist.is_main:
+        write_json_atomic(path, manifest)
     n_inst = len(drive_instants(scene)[0])
     shared = [a.last - b.first + 1 for a, b in zip(blocks, blocks[1:])]
-    log(f"drive of {n_inst} instants ({len(scene.frames)} frames) in {len(blocks)} blocks of "
+    main_log(f"drive of {n_inst} instants ({len(scene.frames)} frames) in {len(blocks)} blocks of "
         f"{blocks[0].last - blocks[0].first + 1} instants (block_frames {cfg.block_frames}), "
         f"neighbours sharing {min(shared)}-{max(shared)}")
     resume_hint = f"continue with `{resume_command(scene, out, stages, steps)}`"
+    pending = [e["name"] for e in manifest["blocks"] if e["status"] != "done"]
+    mine = assign_blocks(pending, dist.world_size)[dist.rank] if spread else pending
+    if spread:
+        main_log(f"{len(pending)} of {len(blocks)} blocks to train, dealt round-robin to "
+                 f"{dist.world_size} processes")
+        log(f"this rank trains {', '.join(mine) if mine else 'no block'}")
     for b, entry in zip(blocks, manifest["blocks"]):
         if entry["status"] == "done":
-            log(f"[{b.name}] done earlier (step {entry.get('step')}), kept")
+            main_log(f"[{b.name}] done earlier (step {entry.get('step')}), kept")
             continue
-        log(f"[{b.name} {b.index + 1}/{len(blocks)}] instants {b.first}-{b.last}, "
-            f"{len(b.frames)} frames")
+        if b.name not in mine:
+            continue
+        (log if spread else main_log)(f"[{b.name} {b.index + 1}/{len(blocks)}] instants "
+                                      f"{b.first}-{b.last}, {len(b.frames)} frames")
         sub = subset_scene(scene, b.frames, name=f"{scene.name}-{b.name}")
         folder = out / entry["folder"]
         ckpts = folder / "checkpoints"
         t_block = time.time()
+        inner = None if spread else dist  # a dealt block is trained by its rank alone
         if latest_checkpoint(ckpts) is not None:
             result = train(sub, folder, None, stages=stages, resume=True, progress=progress,
-                           log=log, steps=steps, held_out=False, device=device)
+                           log=log, steps=steps, held_out=False, dist=inner, device=device)
         elif (ckpts / GEOMETRY_NAME).is_file() and "radiance" in stages:
             result = train(sub, folder, None, stages=("radiance",), progress=progress, log=log,
-                           steps=steps, held_out=False, device=device)
+                           steps=steps, held_out=False, dist=inner, device=device)
         else:
             result = train(sub, folder, cfg, stages=stages, progress=progress, log=log,
-                           steps=steps, held_out=False, rerun=resume_hint, device=device)
+                           steps=steps, held_out=False, rerun=resume_hint, dist=inner, device=device)
         entry.update({"status": "done", "step": result.get("step"), "stages_done": list(stages),
                       "wall_seconds": round(time.time() - t_block, 1),
                       "train_seconds": result.get("train_seconds"),
                       "num_primitives": result.get("num_primitives"),
                       "num_train_frames": len(sub.frames_by_split("train"))})
-        write_json_atomic(path, manifest)
+        if spread:
+            entry["rank"] = dist.rank  # who trained it (the manifest keeps it)
+            write_json_atomic(folder / BLOCK_DONE, entry)
+            log(f"[{b.name}] done")
+        elif dist.is_main:
+            write_json_atomic(path, manifest)
+    if spread:
+        dist.barrier()  # every block trained, its marker written
+        for entry in manifest["blocks"]:
+            marker = _read_marker(out / entry["folder"])
+            if entry["status"] != "done" and _finished(marker, entry["frames"], stages, cfg):
+                entry.update(marker)
+        missing = [e["name"] for e in manifest["blocks"] if e["status"] != "done"]
+        if missing:
+            raise ValueError(f"{out}: blocks {', '.join(missing)} have no {BLOCK_DONE} after every "
+                               f"rank finished (is {out} on a file system that every machine shares?)")
+    if not dist.is_main:
+        return {"num_blocks": len(blocks), "rank": dist.rank, "blocks_trained": list(mine)}
     manifest["complete"] = True
     write_json_atomic(path, manifest)
     result = {"num_blocks": len(blocks), "block_frames": cfg.block_frames,
@@ -282,6 +344,9 @@ def train_blocks(scene: Scene, out_dir: str | Path, cfg, blocks: list[Block], st
               "blocks": [{k: e.get(k) for k in ("name", "first_instant", "last_instant", "step",
                                                  "train_seconds", "wall_seconds", "num_primitives")}
                          for e in manifest["blocks"]]}
+    if spread:
+        result["processes"] = dist.world_size
+        result["blocks_by_rank"] = {e["name"]: e.get("rank", 0) for e in manifest["blocks"]}
     if scene.frames_by_split("test") and "radiance" in stages:
         log("rendering held-out frames with the blended blocks ...")
         from ..device import resolve_device

@@ -18,6 +18,7 @@ from ..evaluate import depth_errors
 from .checkpoint import (GEOMETRY_NAME, CheckpointError, load_checkpoint, save_geometry_checkpoint,
                          scene_info)
 from .config import TrainConfig
+from .distributed import SINGLE, DistContext, process_group
 from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
                       renderer_from_checkpoint, scene_centres)
 from .frame_pool import release_freed_memory
@@ -49,12 +50,19 @@ def default_stages(scene: Scene) -> tuple[tuple[str, ...], str | None]:
 def train_scene(scene_dir: str | Path, out_dir: str | Path | None = None, config: str | None = None,
                 stages: str | None = None, resume: bool = False, steps: int | None = None,
                 progress: bool = True, log=print, warn=print,
-                device: str | None = None) -> tuple[dict, Path]:
+                device: str | None = None, data_parallel: bool = False) -> tuple[dict, Path]:
     """`dnmp train`: load and check the scene (every image decodes), pick the stages
     (`parse_stages(stages)`, default `default_stages`), read the config TOML (`config`;
     None: defaults, or with `resume` the run's own) and `train` into `out_dir`
     (default runs/<scene name>) on `device` ("auto", "cpu", "cuda[:N]"; None: the
     config's `device`, default auto). `warn` gets the notes meant for stderr.
+
+    Started by torchrun (several processes, `train.distributed`), it joins the process
+    group for the run: a drive's blocks are spread over the ranks, or with one block (or
+    `data_parallel`) every step's batch is; only rank 0 shows progress bars, every log line
+    says its rank. A re-run of the same command under torchrun (an elastic restart, or by
+    hand after a rank died) continues the run in `out_dir` when it holds one of this scene
+    with the same settings (`--resume` implied); finished blocks are kept.
 
     Returns (metrics dict, output folder). Raises: as `train`, `load_scene`, `load_config`;
     ValueError (one line) for a device that is unknown or not available here, before the
@@ -74,14 +82,45 @@ def train_scene(scene_dir: str | Path, out_dir: str | Path | None = None, config
         warn(f"note: {note}")
     scene.check_files(decode=True)
     out = Path(out_dir) if out_dir else Path("runs") / scene.name
-    return train(scene, out, cfg, stages=chosen, resume=resume, progress=progress, log=log,
-                 steps=steps, device=device), out
+    wanted = device if device is not None else (cfg.device if cfg is not None else "auto")
+    # the backend follows the device (gloo / nccl); under torchrun "cuda" is this rank's GPU
+    with process_group(resolve_device(wanted).type) as dist:
+        if dist.active:
+            log = dist.logger(log)
+            progress = progress and dist.is_main
+            if not resume and _continues(out, cfg, steps):
+                log(f"continuing the run in {out} (the same command again: --resume implied)")
+                resume, cfg = True, None
+        elif data_parallel:
+            warn("note: --data-parallel has no effect in a single process (start dnmp with torchrun)")
+        return train(scene, out, cfg, stages=chosen, resume=resume, progress=progress, log=log,
+                     steps=steps, dist=dist, data_parallel=data_parallel, device=device), out
+
+
+def _continues(out: Path, cfg: TrainConfig | None, steps: int | None) -> bool:
+    """True when OUT holds a run (a block manifest, step checkpoints or geometry.pt) made with the settings
+    `cfg` / `steps` would give: torchrun re-runs the same command after a failure, and that
+    must continue the run, not be refused as a fresh run over an old one."""
+    import json
+
+    run = RunFolder(out)
+    if not (run.is_block_run() or run.latest_checkpoint() is not None or run.geometry.is_file()):
+        return False
+    path = run.manifest if run.is_block_run() else out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        saved = saved["config"] if run.is_block_run() else saved
+        saved = settle_config(None, steps, saved, str(path)).to_dict()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # let `train` refuse the folder with its own message
+    return saved == settle_config(cfg, steps).to_dict()
 
 
 def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
           stages: tuple[str, ...] = STAGES, resume: bool = False, progress: bool = True,
           log=print, steps: int | None = None, held_out: bool = True,
-          rerun: str | None = None, device: str | None = None) -> dict:
+          rerun: str | None = None, device: str | None = None, dist: DistContext | None = None,
+          data_parallel: bool = False) -> dict:
     """Train a scene: geometry stage (if selected), then radiance stage (if selected).
 
     A drive longer than `cfg.block_frames` instants is trained as overlapping blocks,
@@ -89,6 +128,10 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     `held_out=False` skips scoring the test frames (the blocks of a long drive);
     `rerun` is what to tell the user to do after an interrupted geometry stage
     (default "run the command again"; a block run's says to add --resume).
+    `dist` (`train.distributed`, None: one process) with several ranks: the blocks of a
+    long drive are dealt to the ranks (`train_blocks`), or, for one block or with
+    `data_parallel`, every rank trains the same model on its share of each batch (rank 0
+    runs the geometry stage alone and writes every file).
 
     - geometry: decoder frozen; latents and offsets fitted to the training frames'
       depth images, LiDAR or else stereo (`cfg.geometry_depth`, `train.geometry`);
@@ -111,9 +154,12 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     """
     run = RunFolder(out_dir)
     out, ckpt_dir = run.root, run.checkpoints
-    run.remove_stale_files(log)
+    dist = dist or SINGLE
+    if dist.is_main:
+        run.remove_stale_files(log)
     if not resume:
         run.refuse_earlier_run()
+    dist.barrier()  # every rank has checked the folder before any writes to it
     if not isinstance(scene, SceneSubset):
         from .blocks import plan_blocks, read_manifest, train_blocks
 
@@ -122,7 +168,7 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         blocks = plan_blocks(scene, block_cfg.block_frames, block_cfg.block_overlap)
         if len(blocks) > 1:
             return train_blocks(scene, out, block_cfg, blocks, stages, resume, progress, log, steps,
-                                device=device)
+                                device=device, dist=dist, data_parallel=data_parallel)
     if resume:
         refuse_config_on_resume(cfg, str(out))
         if "radiance" not in stages:
@@ -131,9 +177,9 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             # stopped in the radiance stage before its first checkpoint: start it from geometry.pt
             log(f"no step checkpoint in {ckpt_dir} yet: starting the radiance stage from {GEOMETRY_NAME}")
             return train(scene, out, cfg, stages=("radiance",), resume=False, progress=progress,
-                         log=log, steps=steps, held_out=held_out, rerun=rerun, device=device)
+                         log=log, steps=steps, held_out=held_out, rerun=rerun, dist=dist, device=device)
         return train_radiance(scene, out, cfg, resume=True, progress=progress, log=log, steps=steps,
-                              held_out=held_out, device=device)
+                              held_out=held_out, dist=dist, device=device)
     given = cfg
     cfg = settle_config(cfg, steps, device=device)
     dev = resolve_device(cfg.device, "device")
@@ -141,7 +187,9 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
     extra: dict = {}
     geo_path = run.geometry
     has_test_depth = any(f.depth is not None for f in scene.frames_by_split("test"))
-    if "geometry" in stages:
+    if "geometry" in stages and not dist.is_main:
+        dist.barrier()  # data-parallel: rank 0 runs the geometry stage, the others load its result
+    if "geometry" in stages and dist.is_main:
         if geo_path.is_file():
             log(f"note: replacing {geo_path} of an earlier run (`dnmp train --resume` would start the "
                 f"radiance stage from it)")
@@ -169,6 +217,7 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             "config": cfg.to_dict(), "model": renderer.state_dict(), "device": str(dev),
             "scene": scene_info(scene), "extra_metrics": extra})
         write_json_atomic(out / "config.json", cfg.to_dict())
+        dist.barrier()
     elif geo_path.is_file():
         ckpt = load_checkpoint(geo_path)
         check_checkpoint_scene(ckpt, scene)
@@ -186,13 +235,14 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
         renderer = build_renderer(scene_centres(scene, cfg), cfg).to(dev)
     if "radiance" not in stages:
         result = dict(extra)
-        write_json_atomic(out / "metrics.json", result)
+        if dist.is_main:
+            write_json_atomic(out / "metrics.json", result)
         return result
     budget = None
     if cfg.time_budget_minutes > 0:
         budget = max(1.0, cfg.time_budget_minutes * 60.0 - (time.time() - t_start))
     return train_radiance(scene, out, cfg, progress=progress, log=log, renderer=renderer,
-                          budget_seconds=budget, extra_metrics=extra, held_out=held_out)
+                          budget_seconds=budget, extra_metrics=extra, held_out=held_out, dist=dist)
 
 
 def _fmt(d: dict) -> str:

@@ -26,6 +26,8 @@ from ..evaluate import evaluate
 from ..model import DNMPRenderer
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
 from .config import TrainConfig
+from .distributed import (SINGLE, DistContext, GradientSync, broadcast_parameters, check_identical,
+                          rank_batch_size, rank_generator)
 from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
                       renderer_from_checkpoint, scene_centres)
 from .frame_pool import FramePool
@@ -55,11 +57,17 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
 
 
 def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: TrainConfig, step: int,
-                  device: torch.device, before_update=None) -> torch.Tensor:
+                  device: torch.device, before_update=None, share: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """One step of the radiance stage: learning rates of `step`, the pool of `step`,
     `cfg.batch_size` random pool pixels drawn on `device`, their colours shaded from the
-    cached fragments, MSE, backward, then (after calling `before_update()`, if given) the
-    optimizers' steps.
+    cached fragments, MSE, backward, then (after calling `before_update(loss)`, if given)
+    the optimizers' steps.
+
+    Data-parallel (`train.distributed`): with `share`, this rank draws `share` pixels with
+    `generator` (a CPU generator, `rank_generator`) and its loss is its share of the whole
+    batch's MSE (sum over its pixels / (cfg.batch_size * 3)), so that the ranks' summed
+    gradients (`GradientSync`, called by `before_update`) are those of one process's batch.
 
     Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
     trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
@@ -70,15 +78,21 @@ def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: Tra
     """
     _set_lr(opts, cfg, step)
     cache.sync(step)
-    idx = torch.randint(0, len(cache), (cfg.batch_size,), device=device)
+    if share is None:
+        idx = torch.randint(0, len(cache), (cfg.batch_size,), device=device)
+    else:  # drawn on the CPU generator of (seed, rank, step): a resume needs no generator state
+        idx = torch.randint(0, len(cache), (share,), generator=generator).to(device)
     p2f, bary, dirs, rgb = cache.batch(idx)
     pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-    loss = torch.mean((pred - rgb) ** 2)
+    if share is None:
+        loss = torch.mean((pred - rgb) ** 2)
+    else:
+        loss = torch.sum((pred - rgb) ** 2) / (cfg.batch_size * rgb.shape[-1])
     for o in opts.values():
         o.zero_grad(set_to_none=True)
     loss.backward()
     if before_update is not None:
-        before_update()
+        before_update(loss)
     for o in opts.values():
         o.step()
     return loss.detach()
@@ -88,7 +102,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                    progress: bool = True, log=print, steps: int | None = None,
                    renderer: DNMPRenderer | None = None, budget_seconds: float | None = None,
                    extra_metrics: dict | None = None, held_out: bool = True,
-                   device: str | None = None) -> dict:
+                   device: str | None = None, dist: DistContext | None = None) -> dict:
     """Run the radiance stage on `scene`, writing checkpoints, held-out renders and metrics.
 
     `held_out=False` skips rendering and scoring the test frames (a block of a long
@@ -112,16 +126,28 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     loop's time budget (`cfg.time_budget_minutes`), and `extra_metrics` are merged
     into metrics.json (e.g. the geometry stage's figures).
 
+    `dist` (`train.distributed`; None: one process) with several ranks trains data-parallel:
+    every rank starts from rank 0's parameters, shades its share of `cfg.batch_size` rays
+    (drawn with `rank_generator(seed, rank, step)`), and `GradientSync` sums the gradients,
+    so all ranks take the same steps as one process with the whole batch. A signal or the
+    time budget seen by any rank stops every rank after the same step. Only rank 0 writes
+    files; the ranks' parameter checksums are compared at the end (metrics `rank_checksums`;
+    RuntimeError if they differ). metrics `loss_curve`: [step, mean loss over the last
+    `log_every` steps] (in the data-parallel mode the loss of the whole batch).
+
     Raises:
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
         FileExistsError: OUT already holds checkpoints and `resume` is False.
-        ValueError: a scene without train frames or points.
+        ValueError: a scene without train frames or points; data-parallel with fewer rays
+            per step than ranks.
     SIGINT / SIGTERM (`interrupt.handle_signals`): the loop stops at the next step
     boundary, saves that step, logs "stopped by SIG... at step N" and exits with
     SystemExit(130 / 143); a second signal aborts at once (Interrupted, nothing saved).
     Stale `.tmp_*` files of a killed save are removed at the start.
     """
     t_enter = time.time()  # for time_to_first_step_s: setup, caching and the first step
+    dist = dist or SINGLE
+    dp = dist.active  # data-parallel: the ranks share every step
     run = RunFolder(out_dir)
     out, ckpt_dir = run.root, run.checkpoints
     run.remove_stale_files(log)
@@ -140,6 +166,9 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         run.refuse_earlier_run()
         cfg = settle_config(cfg, steps, device=device)
     dev = resolve_device(cfg.device, "device")
+    if dp and cfg.batch_size < dist.world_size:
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be at least the number of processes "
+                         f"({dist.world_size}) to train data-parallel")
     train_frames = scene.frames_by_split("train")
     if not train_frames:
         raise ValueError(f"{scene.root}: scene has no 'train' frames")
@@ -165,8 +194,16 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         torch.set_rng_state(ckpt["rng"])
         if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)  # batches are drawn on the GPU
+    sync, share = None, None
+    if dp:
+        broadcast_parameters(renderer, dist)  # the same start on every rank, bit for bit
+        sync = GradientSync(opts["mlp"].param_groups[0]["params"], prims.features, dist)
+        share = rank_batch_size(cfg.batch_size, dist.rank, dist.world_size)
+        log(f"data-parallel over {dist.world_size} processes: {share} of {cfg.batch_size} rays "
+            f"per step on this rank")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    if dist.is_main:
+        write_json_atomic(out / "config.json", cfg.to_dict())
 
     t0 = time.time()
     cache = FramePool(renderer, scene, train_frames, cfg.cache_pixels, cfg.cache_rotate_every,
@@ -197,9 +234,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         checked = step
         return lv
 
-    def save(step: int) -> Path:
+    def save(step: int) -> Path | None:
         nonlocal saving
         check_loss(step)  # never save a model that a NaN/Inf loss has updated
+        if not dist.is_main:  # rank 0 saves the model that every rank holds
+            return None
         saving = step
         path = save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
@@ -223,18 +262,26 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     bar = tqdm(total=cfg.steps, initial=start_step, desc="radiance", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     running = None  # float64 tensor on `dev`: exponential mean of the loss, read at log steps
+    curve, window, window_n = [], None, 0  # loss_curve: (step, mean loss of the last log_every steps)
+    agreed_stop = False  # data-parallel: some rank got a signal; all stop after this step
     updating = False  # True while parameters are being changed: no consistent state to save
+    batch_loss = None  # data-parallel: the whole batch's loss (a float, from the all-reduce)
 
-    def mark_updating() -> None:
-        nonlocal updating
+    def before_update(loss: torch.Tensor) -> None:
+        nonlocal updating, agreed_stop, stopped_by_time_limit, batch_loss
+        if dp:  # sum the gradients; also agree on stopping: ranks leave after the same step
+            over = budget > 0 and time.time() - t_loop > budget
+            batch_loss, (n_stop, n_over) = sync(loss, [float(stop.requested), float(over)])
+            agreed_stop, stopped_by_time_limit = n_stop > 0, n_over > 0
         updating = True
     with handle_signals(defer=True, notice="stopping at the end of the current step to save it") as stop:
         try:
-            while step < cfg.steps and not stop.requested:
-                if budget > 0 and time.time() - t_loop > budget:
+            while step < cfg.steps and not (agreed_stop if dp else stop.requested):
+                if not dp and budget > 0 and time.time() - t_loop > budget:
                     stopped_by_time_limit = True
                     break
-                loss = radiance_step(renderer, cache, opts, cfg, step, dev, mark_updating)
+                loss = radiance_step(renderer, cache, opts, cfg, step, dev, before_update, share,
+                                     rank_generator(cfg.seed, dist.rank, step) if dp else None)
                 step += 1
                 updating = False
                 if first_step_s is None:
@@ -242,15 +289,20 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                     first_step_s = time.time() - t_enter
                 # no .item() here: reading the loss every step would stall a GPU queue; a
                 # NaN/Inf keeps the mean non-finite until check_loss sees it
-                lv = loss.double()
+                lv = torch.tensor(batch_loss, dtype=torch.float64, device=dev) if dp else loss.double()
                 running = lv if running is None else 0.95 * running + 0.05 * lv
+                window, window_n = (lv if window is None else window + lv), window_n + 1
                 bar.update(1)
                 if step % cfg.log_every == 0:
                     mean = check_loss(step)
+                    curve.append((step, window / window_n))  # read once, at the end
+                    window, window_n = None, 0
                     bar.set_postfix(loss=f"{mean:.4f}", psnr=f"{-10 * math.log10(mean):.2f}")
                 if step % cfg.checkpoint_every == 0:
                     save(step)
                     last_saved = step
+                if stopped_by_time_limit:  # data-parallel: agreed in the step's all-reduce
+                    break
             bar.close()
             if stopped_by_time_limit:  # on its own line, after the progress bar
                 log(f"stopped by the time limit (time_budget_minutes = {cfg.time_budget_minutes:g}) "
@@ -269,23 +321,29 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             log(f"\n{how} {where}; " + (f"newest checkpoint: {kept}; continue with --resume"
                                         if kept else "no step checkpoint"))
             raise SystemExit(exc.exit_code if isinstance(exc, Interrupted) else 130) from None
-    if stop.requested:
-        log(f"stopped by {stop.name} at step {step}; saved {latest_checkpoint(ckpt_dir)}; "
-            f"continue with --resume")
-        raise SystemExit(stop.exit_code)
+    if agreed_stop if dp else stop.requested:  # (a signal after the last step's all-reduce: the run ends)
+        who = stop.name if stop.requested else "a signal to another rank"
+        saved = latest_checkpoint(ckpt_dir) if dist.is_main else "rank 0's checkpoint of it"
+        log(f"stopped by {who} at step {step}; saved {saved}; continue with --resume")
+        raise SystemExit(stop.exit_code if stop.requested else 143)
     train_s = prior_seconds + time.time() - t_loop
 
-    held_out = held_out and bool(scene.frames_by_split("test"))
+    checksums = check_identical(renderer, dist) if dp else None
+    final = torch.stack([running.reshape(())] + [v for _, v in curve]).tolist() if running is not None else [None]
+    curve = [[s, v] for (s, _), v in zip(curve, final[1:])]
+    held_out = held_out and bool(scene.frames_by_split("test")) and dist.is_main
     if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
               "time_to_first_step_s": None if first_step_s is None else round(first_step_s, 1),
               "stopped_by_time_limit": stopped_by_time_limit,
-              "train_psnr_running": None if running is None else -10 * math.log10(float(running)),
+              "train_psnr_running": None if running is None else -10 * math.log10(final[0]),
               "device": str(dev),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
-              "cache_mib": round(cache.nbytes / 2**20, 1), **extra_metrics}
+              "cache_mib": round(cache.nbytes / 2**20, 1), "loss_curve": curve, **extra_metrics}
+    if dp:
+        result.update({"processes": dist.world_size, "rank_checksums": checksums})
     # The last step is saved: free the cached fragments and the Adam moments before
     # rendering, so the held-out renders do not add to the training peak memory.
     del cache
@@ -293,5 +351,6 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     gc.collect()
     if held_out:
         result.update(evaluate(renderer, scene, "test", out / "renders" / "test", progress))
-    write_json_atomic(out / "metrics.json", result)
+    if dist.is_main:
+        write_json_atomic(out / "metrics.json", result)
     return result

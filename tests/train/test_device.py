@@ -347,9 +347,9 @@ def test_training_loop_reads_the_loss_only_at_log_steps_and_saves(tiny_scene, tm
 
     step_now = [0]
 
-    def counting_step(renderer, cache, opts, cfg, step, device, before_update=None):
+    def counting_step(renderer, cache, opts, cfg, step, device, *args):
         step_now[0] = step + 1
-        return real_step(renderer, cache, opts, cfg, step, device, before_update)
+        return real_step(renderer, cache, opts, cfg, step, device, *args)
 
     monkeypatch.setattr(radiance, "radiance_step", counting_step)
     scene = load_scene(tiny_scene)
@@ -367,8 +367,8 @@ def test_a_nan_loss_is_caught_before_a_save(tiny_scene, tmp_path, monkeypatch):
 
     real_step = radiance.radiance_step
 
-    def nan_at_7(renderer, cache, opts, cfg, step, device, before_update=None):
-        loss = real_step(renderer, cache, opts, cfg, step, device, before_update)
+    def nan_at_7(renderer, cache, opts, cfg, step, device, *args):
+        loss = real_step(renderer, cache, opts, cfg, step, device, *args)
         return loss * float("nan") if step == 6 else loss
 
     monkeypatch.setattr(radiance, "radiance_step", nan_at_7)
