@@ -196,7 +196,7 @@ def test_two_runs_at_one_thread_are_bit_identical(make_scene, tmp_path):
     assert a["step"] == b["step"] == 25
     for part in ("model", "optimizer", "rng", "config"):
         _assert_identical(a[part], b[part], part)
-    timing = {"train_seconds", "geometry"}
+    timing = {"train_seconds", "time_to_first_step_s", "geometry"}
     assert {k: v for k, v in results[0].items() if k not in timing} == \
         {k: v for k, v in results[1].items() if k not in timing}
     ga, gb = results[0]["geometry"], results[1]["geometry"]
