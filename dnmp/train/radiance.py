@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from .._io import write_json_atomic
@@ -51,6 +52,33 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_features * factor
     for g in opts["mlp"].param_groups:
         g["lr"] = cfg.lr_mlp * factor
+
+
+def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
+                           batch_size: int) -> torch.Tensor:
+    """The gradient half of one radiance step: sample `batch_size` pool pixels (global torch
+    RNG), shade them from their cached fragments, MSE to their colours, zero the gradients
+    of `opts`' parameters and backpropagate. Returns the loss (a 0-d tensor). The loop of
+    `train_radiance` and `dnmp profile --breakdown` both call this (and `optimizer_step`),
+    so the profile times the code that trains; the named ranges are its stages."""
+    with record_function("train.batch"):
+        idx = torch.randint(0, len(cache), (batch_size,))
+        p2f, bary, dirs, rgb = cache.batch(idx)
+    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+    with record_function("train.loss"):
+        loss = torch.mean((pred - rgb) ** 2)
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    with record_function("train.backward"):
+        loss.backward()
+    return loss
+
+
+def optimizer_step(opts: dict) -> None:
+    """The update half of one radiance step (SparseAdam on features, Adam on the MLPs)."""
+    with record_function("train.optimizer"):
+        for o in opts.values():
+            o.step()
 
 
 def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, resume: bool = False,
@@ -171,16 +199,9 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                     break
                 _set_lr(opts, cfg, step)
                 cache.sync(step)
-                idx = torch.randint(0, len(cache), (cfg.batch_size,))
-                p2f, bary, dirs, rgb = cache.batch(idx)
-                pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-                loss = torch.mean((pred - rgb) ** 2)
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = radiance_loss_backward(renderer, cache, opts, cfg.batch_size)
                 updating = True
-                for o in opts.values():
-                    o.step()
+                optimizer_step(opts)
                 step += 1
                 updating = False
                 if first_step_s is None:
