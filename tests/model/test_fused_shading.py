@@ -22,10 +22,11 @@ pytestmark = pytest.mark.skipif(backend() != "cpp", reason="compiled kernels not
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _renderer(feature_dim=6, hidden=16, seed=0):
+def _renderer(feature_dim=6, hidden=16, seed=0, **cfg):
     torch.manual_seed(seed)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
-    r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)], TrainConfig(feature_dim=feature_dim, hidden=hidden))
+    r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)],
+                       TrainConfig(feature_dim=feature_dim, hidden=hidden, **cfg))
     with torch.no_grad():  # a spread of opacities and colours, like a trained model
         r.field.opacity_head.weight.normal_(0.0, 1.5)
         r.field.opacity_head.bias.fill_(0.5)
@@ -67,6 +68,17 @@ def test_fused_equals_torch_reference_on_random_fragments(min_t):
     assert (ref["depth"] != ref["mean_depth"]).sum() > 20
     if min_t == 0.0:  # with no termination every ray's background share is added: exact agreement
         torch.testing.assert_close(out["rgb"], ref["rgb"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("freqs", [(0, 0), (0, 3), (3, 0)])
+def test_fused_equals_torch_reference_without_encoding_frequencies(freqs):
+    r = _renderer(feature_freqs=freqs[0], dir_freqs=freqs[1])
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=300)
+    ref = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    _assert_agree(out, ref)
+    empty = r.shade_rays_fused(p2f[:0], bary[:0], zbuf[:0], dirs[:0])
+    assert empty["rgb"].shape == (0, 3) and empty["depth"].shape == (0,)
 
 
 def test_fused_is_independent_of_thread_count_and_block_boundaries():
