@@ -18,6 +18,11 @@ TORCH_LIBRARY(dnmp, m) {
   m.def(
       "interpolate_bwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary, Tensor grad_out) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "shade_fwd(Tensor features, Tensor faces, Tensor normals, Tensor pix_to_face, Tensor bary, Tensor zbuf, "
+      "Tensor view_dirs, Tensor[] trunk_w, Tensor[] trunk_b, Tensor opacity_w, Tensor opacity_b, "
+      "Tensor[] color_w, Tensor[] color_b, int feature_freqs, int dir_freqs, float min_transmittance, "
+      "float surface_opacity) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
@@ -25,6 +30,7 @@ TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
   m.impl("rasterize_bwd", &dnmp::rasterize_bwd_cpu);
   m.impl("interpolate_fwd", &dnmp::interpolate_fwd_cpu);
   m.impl("interpolate_bwd", &dnmp::interpolate_bwd_cpu);
+  m.impl("shade_fwd", &dnmp::shade_fwd_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -33,6 +33,16 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
                                                        const at::Tensor& pix_to_face, const at::Tensor& bary,
                                                        const at::Tensor& grad_out);
 
+// Fused inference shading (interpolate + encoding + MLP + compositing with early ray
+// termination; see cpu/shade_cpu.cpp): rgb [N, 3] (no background), depth, mean_depth,
+// transmittance [N].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
+    const at::Tensor& features, const at::Tensor& faces, const at::Tensor& normals, const at::Tensor& pix_to_face,
+    const at::Tensor& bary, const at::Tensor& zbuf, const at::Tensor& view_dirs, at::TensorList trunk_w,
+    at::TensorList trunk_b, const at::Tensor& opacity_w, const at::Tensor& opacity_b, at::TensorList color_w,
+    at::TensorList color_b, int64_t feature_freqs, int64_t dir_freqs, double min_transmittance,
+    double surface_opacity);
+
 // Input checks shared by every device (readable TypeError/ValueError messages).
 void check_rasterize_args(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& intrinsics,
                           const at::Tensor& world_to_cam, int64_t height, int64_t width, int64_t faces_per_pixel,

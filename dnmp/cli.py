@@ -97,7 +97,8 @@ def cmd_profile(args) -> int:
 
     scene = args.scene or (None if args.checkpoint else bundled_scene())
     res = profile_run(args.checkpoint, scene, args.config, args.faces_per_pixel, args.repeats,
-                      memory=not args.no_memory, geometry=args.geometry, device=_device(args))
+                      memory=not args.no_memory, geometry=args.geometry, breakdown=args.breakdown,
+                      device=_device(args))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -108,7 +109,11 @@ def cmd_profile(args) -> int:
           f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), backend {res['backend']}, device {res['device']}")
     print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
           "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
-    print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms)")
+    print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms), "
+          f"{res['shading']} shading")
+    if res["render_reference_ms_per_kpx"] is not None:
+        print(f"  torch shading : {res['render_reference_ms_per_kpx']:.3f} ms / 1k px (reference path, "
+              f"timed interleaved); fused vs reference image {res['fused_vs_reference_psnr_db']:.1f} dB PSNR")
     print("  peak memory   : " + ("unmeasured" if mem is None else f"{mem:.3f} MiB / 1k px"))
     if args.geometry:
         gm = res["geometry_step_peak_memory_mb"]
@@ -117,6 +122,14 @@ def cmd_profile(args) -> int:
               + ("unmeasured" if gm is None else f"{gm:.1f} MiB")
               + f"; visibility refresh {res['geometry_refresh_ms']:.0f} ms every "
               f"{res['geometry_refresh_every']} steps")
+    if args.breakdown:
+        for key, what in (("render_breakdown_ms", "render"), ("render_reference_breakdown_ms", "render, torch shading"),
+                          ("train_breakdown_ms", f"training step of {res['train_batch_size']} rays")):
+            if key in res:
+                b = res[key]
+                print(f"  {what} ({b['total']:.1f} ms under the profiler): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in b.items() if k != "total"))
+        print(f"  training      : {res['train_step_ms']:.1f} ms / step ({res['train_steps_per_s']:.2f} steps/s)")
     return 0
 
 
@@ -182,6 +195,14 @@ faster on an idle machine, many times slower on a busy one); the output names th
   peak_memory_mb_per_kpx  peak CPU memory allocated by torch tensors during one full
                           render (torch profiler memory timeline), MiB per 1000 pixels
   num_primitives, num_faces  scene size (all scales)
+  render_reference_ms_per_kpx  the same render with the torch reference shading, timed
+                          interleaved (fused_vs_reference_psnr_db: the two images' PSNR)
+With --breakdown, also ms per stage of one render and of one training step (named
+record_function ranges in the code that runs them: rasterize per scale, interpolate,
+encoding, MLP trunk / heads, composite, fused shading, background, pool lookup, loss,
+backward, optimizer; "other" is the rest), and train_step_ms / train_steps_per_s.
+On a GPU (the model's tensors on CUDA) times come from CUDA events and peak memory from
+torch.cuda.max_memory_allocated, under the same keys.
 With --geometry, also the geometry stage (paper Sec. 3.2):
   geometry_step_ms        one step: windows of depth pixels (LiDAR or stereo), decode the
                           primitives they see, rasterize, depth L1 + regularisers,
@@ -375,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--geometry", action="store_true",
                     help="also time the geometry stage's step and refresh, and its peak memory "
                          "(on a copy of the model; needs the scene's depth images, LiDAR or stereo)")
+    pr.add_argument("--breakdown", action="store_true",
+                    help="also time each stage of a render and of a training step (torch profiler)")
     pr.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_device(pr)
     pr.set_defaults(func=cmd_profile)

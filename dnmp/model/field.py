@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
@@ -59,11 +60,17 @@ class RadianceField(nn.Module):
         Returns:
             opacity float32 [N] in (0, 1), rgb float32 [N, 3] in (0, 1).
         """
-        h = self.trunk(positional_encoding(features, self.feature_freqs))
-        opacity = torch.sigmoid(self.opacity_head(h)).squeeze(-1)
-        cos = (view_dirs * normals).sum(-1, keepdim=True).abs()
-        d = torch.cat([torch.relu(h), positional_encoding(view_dirs, self.dir_freqs), cos], dim=-1)
-        rgb = torch.sigmoid(self.color_head(d))
+        # record_function ranges name the stages for `dnmp profile --breakdown`
+        with record_function("shade.encoding"):
+            x = positional_encoding(features, self.feature_freqs)
+            cos = (view_dirs * normals).sum(-1, keepdim=True).abs()
+            e_dir = positional_encoding(view_dirs, self.dir_freqs)
+        with record_function("shade.mlp_trunk"):
+            h = self.trunk(x)
+        with record_function("shade.mlp_heads"):
+            opacity = torch.sigmoid(self.opacity_head(h)).squeeze(-1)
+            d = torch.cat([torch.relu(h), e_dir, cos], dim=-1)
+            rgb = torch.sigmoid(self.color_head(d))
         return opacity, rgb
 
 
@@ -77,4 +84,5 @@ class BackgroundField(nn.Module):
 
     def forward(self, view_dirs: torch.Tensor) -> torch.Tensor:
         """view_dirs float32 [N, 3] unit, world frame -> rgb float32 [N, 3] in (0, 1)."""
-        return torch.sigmoid(self.mlp(positional_encoding(view_dirs, self.dir_freqs)))
+        with record_function("shade.background"):
+            return torch.sigmoid(self.mlp(positional_encoding(view_dirs, self.dir_freqs)))

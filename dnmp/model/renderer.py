@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from .. import ops
+from ..ops._extension import kernels_for
 from .field import BackgroundField, RadianceField
 from .primitives import Primitives
 
@@ -38,6 +40,19 @@ class RenderConfig:
 
 # accumulated opacity at which a ray's rendered (surface) depth is taken
 SURFACE_OPACITY = 0.05
+# rays whose transmittance fell below this skip the remaining layers (renders only)
+MIN_TRANSMITTANCE = 1e-4
+
+
+def _linear_chain(seq: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """(weights, biases) of an `nn.Sequential` Linear, ReLU, Linear, ..., Linear (ReLU between
+    layers, none after the last), else None (then the fused shading does not apply)."""
+    mods = list(seq) if isinstance(seq, nn.Sequential) else [seq]
+    lin, act = mods[0::2], mods[1::2]
+    if not all(isinstance(m, nn.Linear) and m.bias is not None for m in lin) or \
+            not all(isinstance(m, nn.ReLU) for m in act) or len(act) != len(lin) - 1:
+        return None
+    return [m.weight.detach() for m in lin], [m.bias.detach() for m in lin]
 
 
 def camera_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
@@ -134,8 +149,28 @@ def composite(alpha: torch.Tensor, rgb: torch.Tensor, background: torch.Tensor):
     return colour, weights, t_final
 
 
+def unique_inverse(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.unique(ids, return_inverse=True)` for int64 ids known to lie in [0, size),
+    by marking a table of `size` entries instead of sorting: O(size + len(ids)) memory
+    passes, cheaper than the sort when len(ids) is more than a few percent of size (a
+    training batch touches ~10^5 of ~10^6 vertices). Same outputs (sorted unique values,
+    int64 inverse), on ids' device.
+    """
+    mark = torch.zeros(size, dtype=torch.bool, device=ids.device)
+    mark[ids] = True
+    uniq = torch.nonzero(mark).squeeze(1)
+    remap = torch.empty(size, dtype=torch.int64, device=ids.device)  # read only where marked
+    remap[uniq] = torch.arange(uniq.numel(), device=ids.device)
+    return uniq, remap[ids]
+
+
 class DNMPRenderer(nn.Module):
     """Primitives + radiance field + background field, with rendering entry points."""
+
+    # how `shade_rays(sparse_features=True)` finds the vertices a batch touches: "remap"
+    # (one `unique_inverse` over the fragments' vertices) or "unique" (the reference: two
+    # torch.unique sorts, faces then vertices); same features, same gradients bit for bit
+    sparse_lookup: str = "remap"
 
     def __init__(self, primitives: Primitives, field: RadianceField, background: BackgroundField,
                  config: RenderConfig | None = None):
@@ -199,8 +234,10 @@ class DNMPRenderer(nn.Module):
         background (paper Sec. 3.3); within a scale layers are near to far. The
         last dimension is sum(K_s); face indices are global.
         """
-        out = [self.rasterize_scale(s, intrinsics, world_to_cam, image_size)
-               for s in range(len(self.primitives.scale_ranges()))]
+        out = []
+        for s in range(len(self.primitives.scale_ranges())):
+            with record_function(f"render.rasterize.scale{s}"):
+                out.append(self.rasterize_scale(s, intrinsics, world_to_cam, image_size))
         if len(out) == 1:
             return out[0]
         return ops.Fragments(*(torch.cat(t, dim=-1 if i < 2 else -2) for i, t in enumerate(zip(*out))))
@@ -254,19 +291,29 @@ class DNMPRenderer(nn.Module):
         faces = self.primitives.faces
         _, normals_all = self.geometry()
         fid = pix_to_face[valid]
-        if sparse_features:
-            uf, inv_f = torch.unique(fid, return_inverse=True)
-            uv, inv_v = torch.unique(faces[uf], return_inverse=True)
-            attr = F.embedding(uv, self.primitives.features, sparse=True)
-            local_faces = inv_v.view(-1, 3)
-            local_p2f = torch.full_like(pix_to_face, -1)
-            local_p2f[valid] = inv_f
-        else:
-            attr, local_faces, local_p2f = self.primitives.features, faces, pix_to_face
+        with record_function("shade.feature_lookup"):
+            if sparse_features and self.sparse_lookup == "unique":
+                uf, inv_f = torch.unique(fid, return_inverse=True)
+                uv, inv_v = torch.unique(faces[uf], return_inverse=True)
+                attr = F.embedding(uv, self.primitives.features, sparse=True)
+                local_faces = inv_v.view(-1, 3)
+                local_p2f = torch.full_like(pix_to_face, -1)
+                local_p2f[valid] = inv_f
+            elif sparse_features:
+                # the same sorted vertex set, one local face per fragment in fragment order:
+                # interpolation and its backward sum the same terms in the same order
+                uv, inv_v = unique_inverse(faces[fid].reshape(-1), self.primitives.features.shape[0])
+                attr = F.embedding(uv, self.primitives.features, sparse=True)
+                local_faces = inv_v.view(-1, 3)
+                local_p2f = torch.full_like(pix_to_face, -1)
+                local_p2f[valid] = torch.arange(fid.numel(), device=fid.device)
+            else:
+                attr, local_faces, local_p2f = self.primitives.features, faces, pix_to_face
         frags = ops.Fragments(local_p2f.view(1, 1, n, k),
                               torch.zeros(1, 1, n, k, device=bary_coords.device).expand(1, 1, n, k),
                               bary_coords.reshape(1, 1, n, k, 3))
-        feats = ops.interpolate(attr, local_faces, frags).view(n, k, -1)
+        with record_function("shade.interpolate"):
+            feats = ops.interpolate(attr, local_faces, frags).view(n, k, -1)
 
         dirs_nk = view_dirs.unsqueeze(1).expand(n, k, 3)
         alpha = torch.zeros(n, k, dtype=feats.dtype, device=feats.device)
@@ -276,17 +323,20 @@ class DNMPRenderer(nn.Module):
             alpha = alpha.masked_scatter(valid, a)
             rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
         bg = self.background(view_dirs)
-        colour, weights, t_final = composite(alpha, rgb, bg)
+        with record_function("shade.composite"):
+            colour, weights, t_final = composite(alpha, rgb, bg)
         return {"rgb": colour, "weights": weights, "background_transmittance": t_final}
 
     @torch.no_grad()
     def render(self, intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,
-               width: int) -> dict[str, torch.Tensor]:
+               width: int, fused: bool | None = None) -> dict[str, torch.Tensor]:
         """Render one image.
 
         Args:
             intrinsics: float [3, 3]; cam_to_world: float [4, 4] rigid; height, width in pixels.
             The camera matrices may be on any device: they are moved to the model's.
+            fused: shade with the compiled `shade_rays_fused` (True) or the torch
+                `shade_rays_early_exit` (False); None: fused where available.
         Returns (on the model's device):
             dict with rgb float32 [H, W, 3] in [0, 1], depth float32 [H, W] (surface depth,
             metres, camera-space z: the first layer at which the accumulated opacity
@@ -298,12 +348,12 @@ class DNMPRenderer(nn.Module):
         c2w = cam_to_world.double()
         w2c = torch.linalg.inv(c2w).float()
         frags = self.rasterize(intrinsics.float(), w2c, (height, width))
-        return self.shade_image(frags, intrinsics, cam_to_world, height, width)
+        return self.shade_image(frags, intrinsics, cam_to_world, height, width, fused)
 
     @torch.no_grad()
     def shade_rays_early_exit(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
                      zbuf: torch.Tensor, view_dirs: torch.Tensor,
-                     min_transmittance: float = 1e-4) -> dict[str, torch.Tensor]:
+                     min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, torch.Tensor]:
         """Inference-time twin of `shade_rays`: composites layer by layer and skips the
         radiance MLP for rays whose transmittance fell below `min_transmittance`
         (early ray termination, as in front-to-back volume rendering). Equal to
@@ -335,29 +385,82 @@ class DNMPRenderer(nn.Module):
             m = idx.numel()
             frags = ops.Fragments(fid.view(1, 1, m, 1), zbuf[idx, layer].view(1, 1, m, 1),
                                   bary_coords[idx, layer].reshape(1, 1, m, 1, 3))
-            feats = ops.interpolate(feats_all, faces, frags).view(m, -1)
+            with record_function("shade.interpolate"):
+                feats = ops.interpolate(feats_all, faces, frags).view(m, -1)
             a, c = self.field(feats, view_dirs[idx], normals_all[fid])
-            w = trans[idx] * a
-            colour.index_add_(0, idx, w.unsqueeze(1) * c)
-            wz.index_add_(0, idx, w * zbuf[idx, layer])
-            wsum.index_add_(0, idx, w)
-            t_before = trans[idx]
-            t_after = t_before * (1.0 - a)
-            crossed = (t_before > 1.0 - SURFACE_OPACITY) & (t_after <= 1.0 - SURFACE_OPACITY)
-            zsurf.index_copy_(0, idx, torch.where(crossed, zbuf[idx, layer], zsurf[idx]))
-            trans.index_copy_(0, idx, t_after)
+            with record_function("shade.composite"):
+                w = trans[idx] * a
+                colour.index_add_(0, idx, w.unsqueeze(1) * c)
+                wz.index_add_(0, idx, w * zbuf[idx, layer])
+                wsum.index_add_(0, idx, w)
+                t_before = trans[idx]
+                t_after = t_before * (1.0 - a)
+                crossed = (t_before > 1.0 - SURFACE_OPACITY) & (t_after <= 1.0 - SURFACE_OPACITY)
+                zsurf.index_copy_(0, idx, torch.where(crossed, zbuf[idx, layer], zsurf[idx]))
+                trans.index_copy_(0, idx, t_after)
         colour += trans.unsqueeze(1) * self.background(view_dirs)
         mean_depth = torch.where(wsum > 0, wz / wsum.clamp_min(1e-12), torch.zeros_like(wz))
         depth = torch.where(zsurf > 0, zsurf, mean_depth)
         return {"rgb": colour, "depth": depth, "mean_depth": mean_depth,
                 "background_transmittance": trans}
 
+    def fused_shading_available(self, device: torch.device | None = None) -> bool:
+        """True when `shade_rays_fused` can run: the compiled kernels are loaded with the
+        `shade_fwd` op for `device` (the CPU; default: the features' device) and the radiance
+        field is the Linear/ReLU chain the kernel evaluates."""
+        device = self.primitives.features.device if device is None else device
+        if device.type != "cpu" or not kernels_for(device) or not hasattr(torch.ops.dnmp, "shade_fwd"):
+            return False
+        f = self.field
+        return (isinstance(f, RadianceField) and _linear_chain(f.trunk) is not None
+                and _linear_chain(f.color_head) is not None and f.opacity_head.bias is not None)
+
+    @torch.no_grad()
+    def shade_rays_fused(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
+                         zbuf: torch.Tensor, view_dirs: torch.Tensor,
+                         min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, torch.Tensor]:
+        """`shade_rays_early_exit` in one compiled op (`torch.ops.dnmp.shade_fwd`,
+        csrc/cpu/shade_cpu.cpp): per ray and layer, interpolation, positional encoding, the
+        field's MLPs (as GEMMs over blocks of 256 rays) and front-to-back compositing with
+        early ray termination, without autograd; the background MLP runs in torch, only
+        for rays whose transmittance stays above `min_transmittance` (the others would add
+        at most `min_transmittance` per channel, the same bound as the early exit).
+
+        Args and returns: as `shade_rays_early_exit`; agrees with it to float32 rounding
+        (tests/model/test_fused_shading.py). Raises RuntimeError when
+        `fused_shading_available()` is False; ValueError / TypeError (from the op) for
+        inputs of the wrong shape, dtype or index range.
+        """
+        if not self.fused_shading_available(pix_to_face.device):
+            raise RuntimeError("shade_rays_fused: the compiled shade_fwd op is unavailable for this "
+                               "device or field (use shade_rays_early_exit)")
+        _, normals_all = self.geometry()
+        f = self.field
+        tw, tb = _linear_chain(f.trunk)
+        cw, cb = _linear_chain(f.color_head)
+        with record_function("shade.fused"):
+            rgb, depth, mean_depth, trans = torch.ops.dnmp.shade_fwd(
+                self.primitives.features.detach(), self.primitives.faces, normals_all, pix_to_face,
+                bary_coords, zbuf, view_dirs, tw, tb, f.opacity_head.weight.detach(),
+                f.opacity_head.bias.detach(), cw, cb, f.feature_freqs, f.dir_freqs,
+                float(min_transmittance), SURFACE_OPACITY)
+        see = torch.nonzero(trans > min_transmittance).squeeze(1)
+        if see.numel() > 0:
+            rgb.index_add_(0, see, trans[see].unsqueeze(1) * self.background(view_dirs[see]))
+        return {"rgb": rgb, "depth": depth, "mean_depth": mean_depth,
+                "background_transmittance": trans}
+
     @torch.no_grad()
     def shade_image(self, frags: ops.Fragments, intrinsics: torch.Tensor,
-                        cam_to_world: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+                        cam_to_world: torch.Tensor, height: int, width: int,
+                        fused: bool | None = None) -> dict[str, torch.Tensor]:
         """Colour, depth and coverage images from the fragments of one whole camera image
-        (batch size 1), shaded in chunks of `config.chunk` pixels with
-        `shade_rays_early_exit`; see `render` for the outputs."""
+        (batch size 1), shaded in chunks of `config.chunk` pixels with `shade_rays_fused`
+        when `fused` (default: when `fused_shading_available()`), else with its torch
+        reference `shade_rays_early_exit`; see `render` for the outputs."""
+        if fused is None:
+            fused = self.fused_shading_available(frags.pix_to_face.device)
+        shade = self.shade_rays_fused if fused else self.shade_rays_early_exit
         k = frags.pix_to_face.shape[-1]
         p2f = frags.pix_to_face.reshape(-1, k)
         bary = frags.bary_coords.reshape(-1, k, 3)
@@ -367,7 +470,7 @@ class DNMPRenderer(nn.Module):
         rgb, depth, mean_depth, cov = [], [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):
             sl = slice(s, s + self.config.chunk)
-            out = self.shade_rays_early_exit(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
+            out = shade(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
             rgb.append(out["rgb"])
             depth.append(out["depth"])
             mean_depth.append(out["mean_depth"])

@@ -78,3 +78,12 @@ def _interpolate_backward(ctx, grad_out):
 
 
 torch.library.register_autograd("dnmp::interpolate_fwd", _interpolate_backward, setup_context=_interpolate_setup)
+
+
+@torch.library.register_fake("dnmp::shade_fwd")
+def _shade_fwd_fake(features, faces, normals, pix_to_face, bary, zbuf, view_dirs, trunk_w, trunk_b,
+                    opacity_w, opacity_b, color_w, color_b, feature_freqs, dir_freqs,
+                    min_transmittance, surface_opacity):
+    n = pix_to_face.shape[0]
+    return (features.new_empty((n, 3)), features.new_empty((n,)), features.new_empty((n,)),
+            features.new_empty((n,)))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from .._io import write_json_atomic
@@ -56,45 +57,75 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_mlp * factor
 
 
+def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict, batch_size: int,
+                           device: torch.device | None = None, generator: torch.Generator | None = None,
+                           total: int | None = None) -> torch.Tensor:
+    """The gradient half of one radiance step: sample `batch_size` pool pixels, shade them
+    from their cached fragments, MSE to their colours, zero the gradients of `opts`'
+    parameters and backpropagate. Returns the loss (a 0-d tensor on the model's device).
+
+    Pixels are drawn on `device` (default: the model's) with the global torch RNG, or with
+    `generator` (a CPU generator: a data-parallel rank's `rank_generator`) and then moved
+    there. With `total` (data-parallel) the loss is this rank's share of the MSE of a batch
+    of `total` pixels: sum over its pixels / (total * 3), so the ranks' summed gradients are
+    those of one process's batch. `radiance_step` and `dnmp profile --breakdown` both call
+    this and `optimizer_step`, so the profile times the code that trains; the named
+    ranges are its stages.
+    """
+    device = renderer.primitives.features.device if device is None else device
+    with record_function("train.batch"):
+        if generator is None:
+            idx = torch.randint(0, len(cache), (batch_size,), device=device)
+        else:  # drawn on the CPU generator of (seed, rank, step): a resume needs no generator state
+            idx = torch.randint(0, len(cache), (batch_size,), generator=generator).to(device)
+        p2f, bary, dirs, rgb = cache.batch(idx)
+    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+    with record_function("train.loss"):
+        if total is None:
+            loss = torch.mean((pred - rgb) ** 2)
+        else:
+            loss = torch.sum((pred - rgb) ** 2) / (total * rgb.shape[-1])
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    with record_function("train.backward"):
+        loss.backward()
+    return loss
+
+
+def optimizer_step(opts: dict) -> None:
+    """The update half of one radiance step (SparseAdam on features, Adam on the MLPs)."""
+    with record_function("train.optimizer"):
+        for o in opts.values():
+            o.step()
+
+
 def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: TrainConfig, step: int,
                   device: torch.device, before_update=None, share: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """One step of the radiance stage: learning rates of `step`, the pool of `step`,
     `cfg.batch_size` random pool pixels drawn on `device`, their colours shaded from the
-    cached fragments, MSE, backward, then (after calling `before_update(loss)`, if given)
-    the optimizers' steps.
+    cached fragments, MSE, backward (`radiance_loss_backward`), then (after calling
+    `before_update(loss)`, if given) the optimizers' steps (`optimizer_step`).
 
     Data-parallel (`train.distributed`): with `share`, this rank draws `share` pixels with
     `generator` (a CPU generator, `rank_generator`) and its loss is its share of the whole
-    batch's MSE (sum over its pixels / (cfg.batch_size * 3)), so that the ranks' summed
-    gradients (`GradientSync`, called by `before_update`) are those of one process's batch.
+    batch's MSE, so that the ranks' summed gradients (`GradientSync`, called by
+    `before_update`) are those of one process's batch.
 
     Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
     trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
     tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
-    (`torch.unique` of the faces hit, boolean masks, sparse gradients) in `shade_rays`
-    and SparseAdam, and, once every `cfg.cache_rotate_every` steps of a rotating pool,
-    the rasterization of the frame that enters it.
+    (the faces hit, boolean masks, sparse gradients) in `shade_rays` and SparseAdam, and,
+    once every `cfg.cache_rotate_every` steps of a rotating pool, the rasterization of the
+    frame that enters it.
     """
     _set_lr(opts, cfg, step)
     cache.sync(step)
-    if share is None:
-        idx = torch.randint(0, len(cache), (cfg.batch_size,), device=device)
-    else:  # drawn on the CPU generator of (seed, rank, step): a resume needs no generator state
-        idx = torch.randint(0, len(cache), (share,), generator=generator).to(device)
-    p2f, bary, dirs, rgb = cache.batch(idx)
-    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
-    if share is None:
-        loss = torch.mean((pred - rgb) ** 2)
-    else:
-        loss = torch.sum((pred - rgb) ** 2) / (cfg.batch_size * rgb.shape[-1])
-    for o in opts.values():
-        o.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = radiance_loss_backward(renderer, cache, opts, cfg.batch_size if share is None else share,
+                                  device, generator, None if share is None else cfg.batch_size)
     if before_update is not None:
         before_update(loss)
-    for o in opts.values():
-        o.step()
+    optimizer_step(opts)
     return loss.detach()
 
 

@@ -166,3 +166,31 @@ def test_visible_primitives_against_sampled_sphere_points():
     assert not (inside & ~vis).any()  # never drops a visible sphere
     # and culls most of the invisible ones (the test is not "keep everything")
     assert (~vis & ~inside).sum() > 0.8 * (~inside).sum()
+
+
+def test_unique_inverse_equals_torch_unique():
+    from dnmp.model.renderer import unique_inverse
+
+    g = torch.Generator().manual_seed(3)
+    for n, size in ((0, 10), (1, 1), (500, 50), (500, 100000)):
+        ids = torch.randint(0, size, (n,), generator=g)
+        u, inv = unique_inverse(ids, size)
+        u_ref, inv_ref = torch.unique(ids, return_inverse=True)
+        assert torch.equal(u, u_ref) and torch.equal(inv, inv_ref)
+        assert inv.dtype == torch.int64
+
+
+def test_sparse_lookup_remap_equals_unique_bit_for_bit():
+    r = _small_renderer()
+    _, p2f, bary, dirs = _frags(r)
+    outs, grads = [], []
+    for how in ("unique", "remap"):
+        r.sparse_lookup = how
+        r.zero_grad(set_to_none=True)
+        out = r.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append(r.primitives.features.grad.coalesce())
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(grads[0].indices(), grads[1].indices()) and torch.equal(grads[0].values(), grads[1].values())
+    assert grads[1].values().abs().sum() > 0

@@ -1,0 +1,189 @@
+"""Fused shading op (torch.ops.dnmp.shade_fwd, csrc/cpu/shade_cpu.cpp) against its torch
+reference DNMPRenderer.shade_rays_early_exit: colour, depths and transmittance on random
+fragments, on a frame of the bundled KITTI scene, and the op's argument errors.
+
+Tolerances: both paths evaluate the same float32 formulas with the same ATen sin/cos and
+GEMMs, but the GEMMs run on differently sized blocks (other summation order), so values
+agree to a few float32 ulps (atol 1e-5 on colours in [0, 1]); depths are metres (rtol 1e-5)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnmp.metrics import psnr
+from dnmp.model import voxelize
+from dnmp.model.renderer import camera_rays
+from dnmp.ops import backend
+from dnmp.train.config import TrainConfig
+from dnmp.train.factory import build_renderer, scene_centres
+
+pytestmark = pytest.mark.skipif(backend() != "cpp", reason="compiled kernels not built")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _renderer(feature_dim=6, hidden=16, seed=0, **cfg):
+    torch.manual_seed(seed)
+    pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
+    r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)],
+                       TrainConfig(feature_dim=feature_dim, hidden=hidden, **cfg))
+    with torch.no_grad():  # a spread of opacities and colours, like a trained model
+        r.field.opacity_head.weight.normal_(0.0, 1.5)
+        r.field.opacity_head.bias.fill_(0.5)
+        r.primitives.features.normal_(0.0, 1.0)
+    return r
+
+
+def _random_fragments(r, n=700, k=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    nf = r.primitives.num_faces
+    p2f = torch.randint(0, nf, (n, k), generator=g)
+    p2f[torch.rand(n, k, generator=g) < 0.3] = -1  # empty layers anywhere, also before full ones
+    p2f[: n // 10] = -1  # rays that hit nothing
+    bary = torch.rand(n, k, 3, generator=g)
+    bary = bary / bary.sum(-1, keepdim=True)
+    zbuf = torch.where(p2f >= 0, 4.0 + 3.0 * torch.rand(n, k, generator=g), torch.full((n, k), -1.0))
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    return p2f, bary, zbuf, dirs
+
+
+def _assert_agree(a, b, atol=1e-5):
+    torch.testing.assert_close(a["rgb"], b["rgb"], atol=atol, rtol=0)
+    torch.testing.assert_close(a["background_transmittance"], b["background_transmittance"], atol=atol, rtol=0)
+    torch.testing.assert_close(a["depth"], b["depth"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a["mean_depth"], b["mean_depth"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("min_t", [0.0, 1e-4, 0.3])
+def test_fused_equals_torch_reference_on_random_fragments(min_t):
+    r = _renderer()
+    p2f, bary, zbuf, dirs = _random_fragments(r)
+    ref = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=min_t)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=min_t)
+    # the fused path skips the background where transmittance <= min_t: at most min_t per channel
+    _assert_agree(out, ref, atol=1e-5 + min_t)
+    # the case is exercised: opaque and half-transparent rays, surface depth != mean depth
+    t = ref["background_transmittance"]
+    assert (t < 0.05).sum() > 20 and ((t > 0.2) & (t < 0.9)).sum() > 5, t
+    assert (ref["depth"] != ref["mean_depth"]).sum() > 20
+    if min_t == 0.0:  # with no termination every ray's background share is added: exact agreement
+        torch.testing.assert_close(out["rgb"], ref["rgb"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("freqs", [(0, 0), (0, 3), (3, 0)])
+def test_fused_equals_torch_reference_without_encoding_frequencies(freqs):
+    r = _renderer(feature_freqs=freqs[0], dir_freqs=freqs[1])
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=300)
+    ref = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    _assert_agree(out, ref)
+    empty = r.shade_rays_fused(p2f[:0], bary[:0], zbuf[:0], dirs[:0])
+    assert empty["rgb"].shape == (0, 3) and empty["depth"].shape == (0,)
+
+
+def test_fused_is_independent_of_thread_count_and_block_boundaries():
+    r = _renderer()
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=1000)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = r.shade_rays_fused(p2f, bary, zbuf, dirs)
+        torch.set_num_threads(max(2, threads))
+        many = r.shade_rays_fused(p2f, bary, zbuf, dirs)
+    finally:
+        torch.set_num_threads(threads)
+    for key in one:
+        assert torch.equal(one[key], many[key]), key
+    # a ray's result does not depend on the rays shaded with it (blocks of 256)
+    part = r.shade_rays_fused(p2f[300:301], bary[300:301], zbuf[300:301], dirs[300:301])
+    torch.testing.assert_close(part["rgb"][0], one["rgb"][300], atol=1e-6, rtol=0)
+
+
+def test_render_fused_and_torch_agree_on_a_bundled_kitti_frame():
+    from dnmp.data.scene import load_scene
+
+    scene = load_scene(REPO / "scenes" / "kitti00")
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    r = build_renderer(scene_centres(scene, cfg), cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(r.field.opacity_head.bias, std=2.0)
+        r.primitives.features.normal_(0.0, 1.0)
+    frame = scene.frames_by_split("test")[0]
+    cam = scene.camera_of(frame)
+    s = 4  # a quarter-size frame keeps the test short; same primitives and layers
+    K = cam.intrinsics(as_tensor=True).clone()
+    K[:2] /= s  # pixel (u, v) of the small frame looks where pixel (s u, s v) of the full one does
+    h, w = cam.height // s, cam.width // s
+    c2w = torch.from_numpy(frame.cam_to_world)
+    a = r.render(K, c2w, h, w, fused=False)
+    b = r.render(K, c2w, h, w, fused=True)
+    assert (a["coverage"] > 0.5).float().mean() > 0.5  # most pixels see primitives
+    torch.testing.assert_close(b["rgb"], a["rgb"], atol=2e-4, rtol=0)
+    torch.testing.assert_close(b["depth"], a["depth"], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(b["coverage"], a["coverage"], atol=2e-4, rtol=0)
+    gt = torch.from_numpy(scene.load_image(frame)[::s, ::s][:h, :w].copy())
+    assert abs(psnr(a["rgb"], gt) - psnr(b["rgb"], gt)) <= 0.05
+    assert psnr(a["rgb"], b["rgb"]) > 70.0
+
+
+def test_render_uses_fused_path_when_available_and_falls_back_otherwise():
+    r = _renderer()
+    assert r.fused_shading_available()
+    r.field.trunk = torch.nn.Sequential(r.field.trunk[0], torch.nn.Tanh(), r.field.trunk[2])
+    assert not r.fused_shading_available()  # not the Linear/ReLU chain the kernel evaluates
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=10)
+    with pytest.raises(RuntimeError, match="shade_fwd op is unavailable"):
+        r.shade_rays_fused(p2f, bary, zbuf, dirs)
+    K = torch.tensor([[15.0, 0, 9.5], [0, 15.0, 7.5], [0, 0, 1]])
+    img = r.render(K, torch.eye(4), 16, 20)  # falls back to the torch path
+    assert torch.isfinite(img["rgb"]).all()
+
+
+def _op_args(r, p2f, bary, zbuf, dirs):
+    from dnmp.model.renderer import _linear_chain
+
+    f = r.field
+    tw, tb = _linear_chain(f.trunk)
+    cw, cb = _linear_chain(f.color_head)
+    return [r.primitives.features.detach(), r.primitives.faces, r.geometry()[1], p2f, bary, zbuf, dirs,
+            tw, tb, f.opacity_head.weight.detach(), f.opacity_head.bias.detach(), cw, cb,
+            f.feature_freqs, f.dir_freqs, 1e-4, 0.05]
+
+
+@pytest.mark.parametrize("index, bad, msg", [
+    (4, lambda a: a[:, :5], "bary_coords must have shape"),
+    (5, lambda a: a[:-1], "zbuf must have shape"),
+    (6, lambda a: a[:, :2], "view_dirs must have shape"),
+    (3, lambda a: a + 10**7, "pix_to_face refers to face"),
+    (2, lambda a: a[:-1], "normals must have shape"),
+    (7, lambda ws: [ws[0][:, :-1], ws[1]], "trunk layer 0: weight must have shape"),
+    (13, lambda x: 3, "trunk layer 0: weight must have shape"),  # feature_freqs not the weights'
+])
+def test_op_refuses_inconsistent_arguments(index, bad, msg):
+    r = _renderer()
+    args = _op_args(r, *_random_fragments(r, n=20))
+    args[index] = bad(args[index])
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.dnmp.shade_fwd(*args)
+
+
+def test_op_refuses_weights_of_another_dtype():
+    r = _renderer()
+    args = _op_args(r, *_random_fragments(r, n=20))
+    args[9] = args[9].double()
+    with pytest.raises(TypeError, match="opacity head: weights must have the features' dtype"):
+        torch.ops.dnmp.shade_fwd(*args)
+
+
+def test_op_float64_matches_float32_reference():
+    r = _renderer()
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=300)
+    args32 = _op_args(r, p2f, bary, zbuf, dirs)
+    args64 = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else
+              [t.double() for t in a] if isinstance(a, list) else a for a in args32]
+    out32 = torch.ops.dnmp.shade_fwd(*args32)
+    out64 = torch.ops.dnmp.shade_fwd(*args64)
+    assert out64[0].dtype == torch.float64
+    torch.testing.assert_close(out64[0].float(), out32[0], atol=2e-5, rtol=0)
+    torch.testing.assert_close(out64[3].float(), out32[3], atol=2e-5, rtol=0)
