@@ -267,6 +267,8 @@ class DNMPRenderer(nn.Module):
                        + torch.arange(per_face, device=seen.device)).reshape(-1)  # local -> global
         frags = ops.rasterize(verts, prims.faces[global_face], intrinsics, world_to_cam,
                               image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
+        if global_face.numel() == 0:  # nothing in view: every pix_to_face is already -1
+            return frags
         p2f = frags.pix_to_face
         return frags._replace(pix_to_face=torch.where(p2f >= 0, global_face[p2f.clamp_min(0)], p2f))
 

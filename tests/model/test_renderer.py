@@ -138,6 +138,11 @@ def test_frustum_culling_keeps_the_fragments_of_all_faces():
         vis = visible_primitives(c, rad, K, w2c, (h, w), r.config.near, r.config.far)
         culled_some |= bool((~vis).any())
     assert culled_some  # the test exercises culling, not an all-visible scene
+    # nothing in view (the scene is behind a camera 100 m away): empty fragments, no error
+    away = torch.eye(4)
+    away[2, 3] = -100.0
+    got = r.rasterize(K, away, (h, w))
+    assert (got.pix_to_face == -1).all() and torch.equal(got.pix_to_face, _unculled(r, K, away, (h, w))[0])
     # a batch of cameras: the union of their frusta, same fragments as unculled
     got = r.rasterize(K, torch.stack(poses), (h, w))
     ref = _unculled(r, K, torch.stack(poses), (h, w))
