@@ -84,3 +84,31 @@ def spheres(n: int, seed: int = 0, radius: float = 0.3):
         fs.append(f + 42 * i)
         vs.append(v)
     return torch.cat(vs), torch.cat(fs)
+
+
+def near_far_faces() -> tuple[torch.Tensor, torch.Tensor]:
+    """Five faces for a 24x24 camera (f = 12) at the origin with near 0.05, far 20: face 0
+    crosses the near plane (culled whole), face 1 is behind the camera, face 2 beyond far
+    (dropped), face 3 straddles far (partly dropped), face 4 is plain. (verts [15, 3], faces [5, 3])"""
+    verts = torch.tensor([
+        [-1.0, -1, 0.5], [1, -1, 0.03], [0, 1, 2.0],
+        [-1.0, -1, -2], [1, -1, -2], [0, 1, -2],
+        [-1.0, -1, 30], [1, -1, 30], [0, 1, 30],
+        [-4.0, -4, 5], [4, -4, 15], [0, 4, 25],
+        [-0.5, -0.5, 3], [0.5, -0.5, 3], [0, 0.5, 3],
+    ])
+    return verts, torch.arange(15).reshape(5, 3)
+
+
+def huge_and_tiny_faces() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two huge triangles (one 2 km across at depth 10, one 100 m at depth 4) and 200
+    sub-pixel triangles around (and between) pixel centres at depth 3, for a camera at the
+    origin looking down +z. (verts [606, 3], faces [202, 3])"""
+    g = torch.Generator().manual_seed(2)
+    big = torch.tensor([[-1e3, -1e3, 10.0], [1e3, -1e3, 10.0], [0.0, 1e3, 10.0], [-50, -50, 4], [50, -50, 4],
+                        [0, 50, 4]])
+    c = torch.rand(200, 1, 2, generator=g) * 2 - 1
+    tiny_xy = c + (torch.rand(200, 3, 2, generator=g) - 0.5) * 0.15
+    tiny = torch.cat([tiny_xy, torch.full((200, 3, 1), 3.0)], -1).reshape(-1, 3)
+    faces = torch.cat([torch.tensor([[0, 1, 2], [3, 4, 5]]), 6 + torch.arange(600).reshape(200, 3)])
+    return torch.cat([big, tiny]), faces

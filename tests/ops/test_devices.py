@@ -23,7 +23,7 @@ import torch
 import dnmp.ops as ops
 from dnmp.ops import Fragments, interpolate, interpolate_reference, rasterize, rasterize_reference
 
-from .scenes import camera, grid_mesh, look_at, random_soup, spheres
+from .scenes import camera, grid_mesh, huge_and_tiny_faces, look_at, near_far_faces, random_soup, spheres
 
 IMPLS = ["reference", "cpu", "cuda"]
 
@@ -85,25 +85,13 @@ def _scene(name: str):
         intr, w2c = camera(16, 16, f=8.0)
         return verts, faces, intr, w2c, (16, 16), 4, near, far
     if name == "near_far":
-        verts = torch.tensor([
-            [-1.0, -1, 0.5], [1, -1, 0.03], [0, 1, 2.0],
-            [-1.0, -1, -2], [1, -1, -2], [0, 1, -2],
-            [-1.0, -1, 30], [1, -1, 30], [0, 1, 30],
-            [-4.0, -4, 5], [4, -4, 15], [0, 4, 25],
-            [-0.5, -0.5, 3], [0.5, -0.5, 3], [0, 0.5, 3],
-        ])
+        verts, faces = near_far_faces()
         intr, w2c = camera(24, 24, f=12.0)
-        return verts, torch.arange(15).reshape(5, 3), intr, w2c, (24, 24), 3, 0.05, 20.0
+        return verts, faces, intr, w2c, (24, 24), 3, 0.05, 20.0
     if name == "huge_tiny":
-        g = torch.Generator().manual_seed(2)
-        big = torch.tensor([[-1e3, -1e3, 10.0], [1e3, -1e3, 10.0], [0.0, 1e3, 10.0], [-50, -50, 4], [50, -50, 4],
-                            [0, 50, 4]])
-        c = torch.rand(200, 1, 2, generator=g) * 2 - 1
-        tiny_xy = c + (torch.rand(200, 3, 2, generator=g) - 0.5) * 0.15
-        tiny = torch.cat([tiny_xy, torch.full((200, 3, 1), 3.0)], -1).reshape(-1, 3)
-        faces = torch.cat([torch.tensor([[0, 1, 2], [3, 4, 5]]), 6 + torch.arange(600).reshape(200, 3)])
+        verts, faces = huge_and_tiny_faces()
         intr, w2c = camera(31, 37, f=15.0)
-        return torch.cat([big, tiny]), faces, intr, w2c, (31, 37), 3, near, far
+        return verts, faces, intr, w2c, (31, 37), 3, near, far
     if name.startswith("layers"):
         # K = 1 / 4: per-thread lists; K = 20: the global-scratch path of the CUDA kernel
         verts, faces = _layers()

@@ -17,7 +17,7 @@ import torch
 
 from dnmp.ops import Fragments, rasterize, rasterize_reference
 
-from .scenes import camera, grid_mesh, icosphere, look_at, random_soup, spheres
+from .scenes import camera, grid_mesh, huge_and_tiny_faces, icosphere, look_at, near_far_faces, random_soup, spheres
 
 
 def assert_same(a: Fragments, b: Fragments):
@@ -141,14 +141,7 @@ def test_many_layers_k8(cpp):
 def test_near_far_and_behind_camera(cpp):
     # face 0 crosses the near plane (culled whole), face 1 behind the camera,
     # face 2 beyond far (dropped), face 3 straddles far (partly dropped), face 4 fine
-    verts = torch.tensor([
-        [-1.0, -1, 0.5], [1, -1, 0.03], [0, 1, 2.0],
-        [-1.0, -1, -2], [1, -1, -2], [0, 1, -2],
-        [-1.0, -1, 30], [1, -1, 30], [0, 1, 30],
-        [-4.0, -4, 5], [4, -4, 15], [0, 4, 25],
-        [-0.5, -0.5, 3], [0.5, -0.5, 3], [0, 0.5, 3],
-    ])
-    faces = torch.arange(15).reshape(5, 3)
+    verts, faces = near_far_faces()
     intr, w2c = camera(24, 24, f=12.0)
     a, b = both(verts, faces, intr, w2c, (24, 24), 3, near=0.05, far=20.0)
     assert_same(a, b)
@@ -196,15 +189,7 @@ def test_finite_vertices_do_not_warn(cpp):
 
 
 def test_huge_and_tiny_triangles(cpp):
-    g = torch.Generator().manual_seed(2)
-    big = torch.tensor([[-1e3, -1e3, 10.0], [1e3, -1e3, 10.0], [0.0, 1e3, 10.0], [-50, -50, 4], [50, -50, 4],
-                        [0, 50, 4]])
-    # sub-pixel triangles around (and between) pixel centres at depth 3
-    c = torch.rand(200, 1, 2, generator=g) * 2 - 1
-    tiny_xy = c + (torch.rand(200, 3, 2, generator=g) - 0.5) * 0.15
-    tiny = torch.cat([tiny_xy, torch.full((200, 3, 1), 3.0)], -1).reshape(-1, 3)
-    verts = torch.cat([big, tiny])
-    faces = torch.cat([torch.tensor([[0, 1, 2], [3, 4, 5]]), 6 + torch.arange(600).reshape(200, 3)])
+    verts, faces = huge_and_tiny_faces()
     intr, w2c = camera(31, 37, f=15.0)
     a, b = both(verts, faces, intr, w2c, (31, 37), 3)
     assert_same(a, b)
