@@ -213,6 +213,13 @@ Without CHECKPOINT an untrained model of the default config is built on the scen
 (rendering cost does not depend on the learned weights)."""
 
 
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    """The trained run a rendering command reads: CHECKPOINT and --scene (`train.run.open_run`)."""
+    parser.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
+                                           "long drive's run folder (its blocks, blended)")
+    parser.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+
+
 def _add_device(parser: argparse.ArgumentParser, train: bool = False) -> None:
     """The --device option every computing command shares (`dnmp.device`)."""
     from .device import DEVICE_HELP
@@ -290,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "nerfstudio camera-path JSON (path FILE). Colour, and on request "
                                    "depth and coverage; --video writes an mp4 of each. Every file is "
                                    "written under a temporary name and renamed when complete.")
-    r.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
-                                     "long drive's run folder (its blocks, blended)")
-    r.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    _add_run(r)
     r.add_argument("--trajectory", nargs="+", metavar="KIND", default=["dataset"],
                    help="dataset (default: the recorded frames), shift (with --offset / "
                         "--lane-shift / --lift), interpolate (with --fps, --speed or --frames), "
@@ -349,9 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "jump there) and saves keyframes as a nerfstudio camera-path JSON "
                                    "for `dnmp render RUN --trajectory path FILE`. Prints the URL; from "
                                    "another machine forward the port: ssh -L PORT:localhost:PORT HOST.")
-    v.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
-                                     "long drive's run folder (its blocks, blended)")
-    v.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    _add_run(v)
     v.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: all)")
     v.add_argument("--port", type=_int_at_least(1, 65535), default=8080,
@@ -371,9 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "test_ssim (torchmetrics, Gaussian 11x11, sigma 1.5, data_range "
                                    "1.0), test_lpips (null with a reason when its network weights "
                                    "are not available offline), num_test_frames.")
-    e.add_argument("checkpoint", help="checkpoint file, a run folder (newest checkpoint), or a "
-                                     "long drive's run folder (its blocks, blended)")
-    e.add_argument("--scene", help="scene folder (default: the one the checkpoint was trained on)")
+    _add_run(e)
     e.add_argument("--out", help="folder for metrics.json (updated in place, other keys kept) and "
                                  "renders (default: the run folder)")
     e.add_argument("--no-images", action="store_true", help="do not write the renders")
