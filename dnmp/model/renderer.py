@@ -259,18 +259,21 @@ class DNMPRenderer(nn.Module):
         seen = a + torch.nonzero(visible_primitives(centres[a:b], radii[a:b], intrinsics, world_to_cam,
                                                     image_size, self.config.near, self.config.far)).squeeze(1)
         if seen.numel() == b - a:  # all in view: a slice, no copy of the faces
-            frags = ops.rasterize(verts, prims.faces[a * per_face: b * per_face], intrinsics, world_to_cam,
-                                  image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
-            p2f = frags.pix_to_face
-            return frags._replace(pix_to_face=torch.where(p2f >= 0, p2f + a * per_face, p2f)) if a else frags
-        global_face = (seen.unsqueeze(1) * per_face
-                       + torch.arange(per_face, device=seen.device)).reshape(-1)  # local -> global
-        frags = ops.rasterize(verts, prims.faces[global_face], intrinsics, world_to_cam,
-                              image_size, faces_per_pixel=k, near=self.config.near, far=self.config.far)
-        if global_face.numel() == 0:  # nothing in view: every pix_to_face is already -1
-            return frags
+            faces, global_face = prims.faces[a * per_face: b * per_face], None
+        else:
+            global_face = (seen.unsqueeze(1) * per_face
+                           + torch.arange(per_face, device=seen.device)).reshape(-1)  # local -> global
+            faces = prims.faces[global_face]
+        frags = ops.rasterize(verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel=k,
+                              near=self.config.near, far=self.config.far)
         p2f = frags.pix_to_face
-        return frags._replace(pix_to_face=torch.where(p2f >= 0, global_face[p2f.clamp_min(0)], p2f))
+        if global_face is None:
+            glob = p2f + a * per_face
+        elif global_face.numel() == 0:  # nothing in view: every pix_to_face is already -1
+            return frags
+        else:
+            glob = global_face[p2f.clamp_min(0)]
+        return frags._replace(pix_to_face=torch.where(p2f >= 0, glob, p2f))
 
     # -- shading --------------------------------------------------------------------
     def shade_rays(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
