@@ -63,12 +63,15 @@ def worker(rank: int, world: int, init: str, ckpt_path: str, batch: int, repeats
     rgb = torch.rand(len(pick), 3, generator=g)
     feats = r.primitives.features
     dense = list(r.field.parameters()) + list(r.background.parameters())
+    if r.far_field is not None:
+        dense += list(r.far_field.parameters())
+    origins = torch.from_numpy(f.cam_to_world[:3, 3]).float().expand(len(pick), 3)
     sync = GradientSync(dense, feats, DistContext(rank, world))
 
     def backward() -> torch.Tensor:
         for p in dense + [feats]:
             p.grad = None
-        pred = r.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+        pred = r.shade_rays(p2f, bary, dirs, sparse_features=True, ray_origins=origins)["rgb"]
         loss = torch.sum((pred - rgb) ** 2) / (batch * 3)
         loss.backward()
         return loss

@@ -2,7 +2,7 @@
 
 from .icosphere import ico_sphere
 from .primitives import Primitives, ShapeDecoder, voxelize
-from .field import BackgroundField, RadianceField
+from .field import BackgroundField, FarField, RadianceField
 from .renderer import DNMPRenderer, RenderConfig, camera_rays, pixel_rays
 from .autoencoder import MeshAutoEncoder, ShapeWeightsError, load_shape_decoder, template_latent
 
@@ -13,6 +13,7 @@ __all__ = [
     "voxelize",
     "RadianceField",
     "BackgroundField",
+    "FarField",
     "DNMPRenderer",
     "RenderConfig",
     "camera_rays",

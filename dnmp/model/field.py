@@ -9,6 +9,7 @@ colour from a small direction-conditioned background MLP.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
@@ -86,3 +87,98 @@ class BackgroundField(nn.Module):
         """view_dirs float32 [N, 3] unit, world frame -> rgb float32 [N, 3] in (0, 1)."""
         with record_function("shade.background"):
             return torch.sigmoid(self.mlp(positional_encoding(view_dirs, self.dir_freqs)))
+
+
+def cube_map_texel(d: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cube-map coordinates of directions (no pole, unlike an equirectangular map).
+
+    d: float [M, 3], any non-zero length. Returns (face int64 [M] in 0..5: 2 * axis + (d[axis] < 0),
+    x, y float [M] continuous texel coordinates in [-0.5, size - 0.5] (texel centres at
+    integers), and the face's major-axis magnitude |d[axis]| float [M]). The in-face axes are
+    the other two world axes in increasing order; a learned texture needs no other orientation.
+    """
+    a = d.abs()
+    axis = a.argmax(dim=1)
+    major = a.gather(1, axis.unsqueeze(1)).squeeze(1)
+    # the two in-face axes: axis 0 -> (1, 2), 1 -> (0, 2), 2 -> (0, 1)
+    other = torch.tensor([[1, 2], [0, 2], [0, 1]], device=d.device)[axis]
+    uv = d.gather(1, other) / major.clamp_min(1e-12).unsqueeze(1)  # [-1, 1]
+    neg = d.gather(1, axis.unsqueeze(1)).squeeze(1) < 0
+    face = 2 * axis + neg.long()
+    xy = (uv + 1.0) * (0.5 * size) - 0.5
+    return face, xy[:, 0], xy[:, 1], major
+
+
+class FarField(nn.Module):
+    """Distant structure with parallax (issue 13): S concentric spheres ("shells") around the
+    primitives, each an RGBA cube-map texture, composited near to far behind the primitives
+    and in front of the direction-only sky (`BackgroundField`).
+
+    Follows multi-sphere images (Attal et al., ECCV 2020, "MatryODShka") and NeRF++'s idea that
+    the outside of a bounded scene is best parametrised around it: a ray from a camera inside
+    the shells meets each shell once, so a shell's texel is one spot at a known distance
+    and seen from a moving camera it moves with parallax, unlike a direction-only map.
+    Radii: `radius * ratio ** i`, i < S, around `centre` (set by `place` from the primitives,
+    so the innermost shell encloses them). Rays that start outside a shell skip it.
+
+    Texels are stored as logits float32 [S * 6 * size * size, 4] (RGB, opacity) and read with
+    bilinear interpolation within a cube face (clamped at face edges).
+    """
+
+    def __init__(self, num_shells: int = 4, size: int = 256, ratio: float = 2.0):
+        super().__init__()
+        if num_shells < 1 or size < 2 or ratio <= 1.0:
+            raise ValueError(f"FarField: need num_shells >= 1, size >= 2, ratio > 1 "
+                             f"(got {num_shells}, {size}, {ratio})")
+        self.num_shells, self.size, self.ratio = num_shells, size, float(ratio)
+        self.register_buffer("centre", torch.zeros(3))
+        self.register_buffer("radii", torch.ones(num_shells))
+        init = torch.zeros(num_shells * 6 * size * size, 4)
+        init[:, 3] = -4.0  # nearly transparent: the sky shows until a shell learns content
+        self.texels = nn.Parameter(init)
+
+    @torch.no_grad()
+    def place(self, centres: torch.Tensor) -> None:
+        """Centre the shells on primitive centres float [P, 3] (world, metres) and make the
+        innermost one enclose them all (at least 1 m)."""
+        c = centres.float()
+        if c.numel() == 0 or not torch.isfinite(c).all():
+            raise ValueError("FarField.place: needs finite primitive centres")
+        mid = (c.amin(0) + c.amax(0)) / 2
+        r0 = max(1.0, float((c - mid).norm(dim=1).max()))
+        self.centre.copy_(mid)
+        self.radii.copy_(r0 * self.ratio ** torch.arange(self.num_shells, dtype=torch.float32))
+
+    def forward(self, origins: torch.Tensor, view_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            origins: float32 [N, 3] ray origins (camera centres), world frame, metres.
+            view_dirs: float32 [N, 3] unit ray directions, world frame.
+        Returns:
+            rgb float32 [N, S, 3] in (0, 1) and opacity float32 [N, S] in [0, 1) of each
+            shell, near to far (0 where the ray starts outside the shell).
+        """
+        n, s, size = view_dirs.shape[0], self.num_shells, self.size
+        with record_function("shade.far_field"):
+            o = origins - self.centre
+            b = (o * view_dirs).sum(-1, keepdim=True)                     # [N, 1]
+            c = (o * o).sum(-1, keepdim=True) - self.radii ** 2             # [N, S]
+            inside = c < 0
+            t = -b + torch.sqrt((b * b - c).clamp_min(0.0))                 # far root: > 0 inside
+            p = o.unsqueeze(1) + t.unsqueeze(-1) * view_dirs.unsqueeze(1)  # [N, S, 3] on the shell
+            face, x, y, _ = cube_map_texel(p.reshape(-1, 3), size)
+            x0f, y0f = torch.floor(x), torch.floor(y)
+            fx, fy = (x - x0f).unsqueeze(1), (y - y0f).unsqueeze(1)
+            x0 = x0f.long().clamp(0, size - 1)
+            y0 = y0f.long().clamp(0, size - 1)
+            x1 = (x0f.long() + 1).clamp(0, size - 1)
+            y1 = (y0f.long() + 1).clamp(0, size - 1)
+            shell = torch.arange(s, device=o.device).repeat(n)
+            base = (shell * 6 + face) * (size * size)
+            idx = torch.stack([base + y0 * size + x0, base + y0 * size + x1,
+                               base + y1 * size + x0, base + y1 * size + x1], dim=1)  # [N*S, 4]
+            w = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
+            logits = (F.embedding(idx, self.texels) * w.unsqueeze(-1)).sum(1).view(n, s, 4)
+            rgb = torch.sigmoid(logits[..., :3])
+            alpha = torch.sigmoid(logits[..., 3]) * inside.to(logits.dtype)
+        return rgb, alpha

@@ -16,7 +16,7 @@ from torch.profiler import record_function
 
 from .. import ops
 from ..ops._extension import kernels_for
-from .field import BackgroundField, RadianceField
+from .field import BackgroundField, FarField, RadianceField
 from .primitives import Primitives
 
 
@@ -165,7 +165,8 @@ def unique_inverse(ids: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Te
 
 
 class DNMPRenderer(nn.Module):
-    """Primitives + radiance field + background field, with rendering entry points."""
+    """Primitives + radiance field + background (far-field shells, if any, over the sky),
+    with rendering entry points."""
 
     # how `shade_rays(sparse_features=True)` finds the vertices a batch touches: "remap"
     # (one `unique_inverse` over the fragments' vertices) or "unique" (the reference: two
@@ -173,11 +174,12 @@ class DNMPRenderer(nn.Module):
     sparse_lookup: str = "remap"
 
     def __init__(self, primitives: Primitives, field: RadianceField, background: BackgroundField,
-                 config: RenderConfig | None = None):
+                 config: RenderConfig | None = None, far_field: FarField | None = None):
         super().__init__()
         self.primitives = primitives
         self.field = field
-        self.background = background
+        self.background = background  # the sky: direction only
+        self.far_field = far_field  # shells with parallax between the primitives and the sky
         self.config = config or RenderConfig()
         self._geometry: tuple[torch.Tensor, torch.Tensor] | None = None
         self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -276,8 +278,24 @@ class DNMPRenderer(nn.Module):
         return frags._replace(pix_to_face=torch.where(p2f >= 0, glob, p2f))
 
     # -- shading --------------------------------------------------------------------
+    def background_colour(self, view_dirs: torch.Tensor, ray_origins: torch.Tensor | None = None) -> torch.Tensor:
+        """Colour seen through every primitive layer: the far field's shells (if the model
+        has them), composited near to far over the direction-only sky.
+
+        view_dirs: float32 [N, 3] unit, world frame; ray_origins: float32 [N, 3] camera
+        centres, world frame, metres (needed with a far field: ValueError without).
+        Returns float32 [N, 3] in (0, 1).
+        """
+        sky = self.background(view_dirs)
+        if self.far_field is None:
+            return sky
+        if ray_origins is None:
+            raise ValueError("this model has a far field (shells with parallax): pass ray_origins")
+        rgb, alpha = self.far_field(ray_origins, view_dirs)
+        return composite(alpha, rgb, sky)[0]
+
     def shade_rays(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
-              sparse_features: bool = False) -> dict[str, torch.Tensor]:
+                   sparse_features: bool = False, ray_origins: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Colour of N rays from their cached fragments, differentiable (training): all
         K layers of every ray are shaded and composited at once.
 
@@ -327,7 +345,7 @@ class DNMPRenderer(nn.Module):
             a, c = self.field(feats[valid], dirs_nk[valid], normals_all[fid])
             alpha = alpha.masked_scatter(valid, a)
             rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
-        bg = self.background(view_dirs)
+        bg = self.background_colour(view_dirs, ray_origins)
         with record_function("shade.composite"):
             colour, weights, t_final = composite(alpha, rgb, bg)
         return {"rgb": colour, "weights": weights, "background_transmittance": t_final}
@@ -358,7 +376,8 @@ class DNMPRenderer(nn.Module):
     @torch.no_grad()
     def shade_rays_early_exit(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
                      zbuf: torch.Tensor, view_dirs: torch.Tensor,
-                     min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, torch.Tensor]:
+                     min_transmittance: float = MIN_TRANSMITTANCE,
+                     ray_origins: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Inference-time twin of `shade_rays`: composites layer by layer and skips the
         radiance MLP for rays whose transmittance fell below `min_transmittance`
         (early ray termination, as in front-to-back volume rendering). Equal to
@@ -403,7 +422,7 @@ class DNMPRenderer(nn.Module):
                 crossed = (t_before > 1.0 - SURFACE_OPACITY) & (t_after <= 1.0 - SURFACE_OPACITY)
                 zsurf.index_copy_(0, idx, torch.where(crossed, zbuf[idx, layer], zsurf[idx]))
                 trans.index_copy_(0, idx, t_after)
-        colour += trans.unsqueeze(1) * self.background(view_dirs)
+        colour += trans.unsqueeze(1) * self.background_colour(view_dirs, ray_origins)
         mean_depth = torch.where(wsum > 0, wz / wsum.clamp_min(1e-12), torch.zeros_like(wz))
         depth = torch.where(zsurf > 0, zsurf, mean_depth)
         return {"rgb": colour, "depth": depth, "mean_depth": mean_depth,
@@ -423,7 +442,8 @@ class DNMPRenderer(nn.Module):
     @torch.no_grad()
     def shade_rays_fused(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor,
                          zbuf: torch.Tensor, view_dirs: torch.Tensor,
-                         min_transmittance: float = MIN_TRANSMITTANCE) -> dict[str, torch.Tensor]:
+                         min_transmittance: float = MIN_TRANSMITTANCE,
+                         ray_origins: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """`shade_rays_early_exit` in one compiled op (`torch.ops.dnmp.shade_fwd`,
         csrc/cpu/shade_cpu.cpp): per ray and layer, interpolation, positional encoding, the
         field's MLPs (as GEMMs over blocks of 256 rays) and front-to-back compositing with
@@ -451,7 +471,8 @@ class DNMPRenderer(nn.Module):
                 float(min_transmittance), SURFACE_OPACITY)
         see = torch.nonzero(trans > min_transmittance).squeeze(1)
         if see.numel() > 0:
-            rgb.index_add_(0, see, trans[see].unsqueeze(1) * self.background(view_dirs[see]))
+            org = None if ray_origins is None else ray_origins[see]
+            rgb.index_add_(0, see, trans[see].unsqueeze(1) * self.background_colour(view_dirs[see], org))
         return {"rgb": rgb, "depth": depth, "mean_depth": mean_depth,
                 "background_transmittance": trans}
 
@@ -472,10 +493,11 @@ class DNMPRenderer(nn.Module):
         zbuf = frags.zbuf.reshape(-1, k)
         intrinsics, cam_to_world = self._to_model_device(intrinsics, cam_to_world)
         dirs = camera_rays(intrinsics, cam_to_world, height, width)
+        origins = cam_to_world[:3, 3].to(dirs.dtype).expand_as(dirs)
         rgb, depth, mean_depth, cov = [], [], [], []
         for s in range(0, p2f.shape[0], self.config.chunk):
             sl = slice(s, s + self.config.chunk)
-            out = shade(p2f[sl], bary[sl], zbuf[sl], dirs[sl])
+            out = shade(p2f[sl], bary[sl], zbuf[sl], dirs[sl], ray_origins=origins[sl])
             rgb.append(out["rgb"])
             depth.append(out["depth"])
             mean_depth.append(out["mean_depth"])

@@ -122,6 +122,11 @@ def checkpoint_scene_path(ckpt: dict) -> Path | None:
     return None
 
 
+# A checkpoint written before a setting existed was trained without it: its config gets
+# the value that means "off" (far_shells: issue 13's far field), not today's default.
+LEGACY_DEFAULTS = {"far_shells": 0}
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file (or the newest one in a run/checkpoint folder).
 
@@ -151,6 +156,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{p}: checkpoint version {data.get('version')!r} is not supported "
                               f"(this dnmp reads version {VERSION})")
     data["path"] = str(p)
+    if isinstance(data.get("config"), dict):
+        # settings added since version 1, with the value that reproduces older runs
+        for key, old in LEGACY_DEFAULTS.items():
+            data["config"].setdefault(key, old)
     return data
 
 

@@ -32,6 +32,12 @@ class TrainConfig:
             of features, view directions and the background's directions.
         background_hidden: width of the background MLP (it also stands in for distant
             structure that no primitive covers, so it gets fine frequencies and width).
+        far_shells: number of far-field shells (`model.field.FarField`: RGBA cube-map spheres
+            around the primitives, radii growing by far_shell_ratio from one that encloses
+            them all, composited behind the primitives and in front of the sky); 0 = none
+            (the sky alone, as before; checkpoints older than this setting load with 0).
+        far_shell_texels: texels along a cube face edge of each shell (256: 0.35 deg).
+        far_shell_ratio: ratio of consecutive shell radii.
         faces_per_pixel: K layers composited per pixel (fine scale), 1 to
             MAX_FACES_PER_PIXEL (32).
         coarse_voxel_size: voxel edge of the coarse primitive scale (paper: 1.0 m),
@@ -70,6 +76,7 @@ class TrainConfig:
         cache_rotate_every: steps between pool rotations (one frame leaves, the next enters).
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
+        lr_far_field: Adam learning rate of the far-field shells' texels (logits).
         lr_final_factor: both rates decay exponentially to this factor at the last step
             (the decay follows steps, never the clock).
         seed: seeds primitives' initialisation and ray sampling.
@@ -105,6 +112,9 @@ class TrainConfig:
     dir_freqs: int = 4
     background_freqs: int = 10
     background_hidden: int = 128
+    far_shells: int = 0
+    far_shell_texels: int = 256
+    far_shell_ratio: float = 2.0
     faces_per_pixel: int = 4
     coarse_voxel_size: float = 1.0
     coarse_faces_per_pixel: int = 2
@@ -129,6 +139,7 @@ class TrainConfig:
     cache_rotate_every: int = 50
     lr_features: float = 5e-2
     lr_mlp: float = 5e-3
+    lr_far_field: float = 5e-2
     lr_final_factor: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -171,7 +182,10 @@ class TrainConfig:
             (self.hidden >= 1 and self.background_hidden >= 1, "hidden sizes must be >= 1"),
             (min(self.feature_freqs, self.dir_freqs, self.background_freqs) >= 0,
              "positional-encoding frequencies must be >= 0"),
-            (self.lr_features > 0 and self.lr_mlp > 0, "learning rates must be > 0"),
+            (self.lr_features > 0 and self.lr_mlp > 0 and self.lr_far_field > 0,
+             "learning rates must be > 0"),
+            (self.far_shells >= 0 and self.far_shell_texels >= 2 and self.far_shell_ratio > 1,
+             "far_shells must be >= 0, far_shell_texels >= 2 and far_shell_ratio > 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.time_budget_minutes >= 0, "time_budget_minutes must be >= 0"),
             (1 <= self.faces_per_pixel <= MAX_FACES_PER_PIXEL

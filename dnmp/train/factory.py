@@ -12,8 +12,8 @@ import torch
 
 from ..data.scene import Scene
 from ..device import resolve_device
-from ..model import (BackgroundField, DNMPRenderer, Primitives, RadianceField, RenderConfig,
-                     ShapeDecoder, voxelize)
+from ..model import (BackgroundField, DNMPRenderer, FarField, Primitives, RadianceField,
+                     RenderConfig, ShapeDecoder, voxelize)
 from .checkpoint import CheckpointError, scene_mismatch
 from .config import TrainConfig
 
@@ -60,8 +60,13 @@ def build_renderer(centres: list[torch.Tensor], cfg: TrainConfig,
         torch.manual_seed(cfg.seed)
         field = RadianceField(cfg.feature_dim, cfg.hidden, cfg.feature_freqs, cfg.dir_freqs)
         background = BackgroundField(cfg.background_hidden, cfg.background_freqs)
+    far_field = None
+    if cfg.far_shells > 0:  # shells around all primitives (a checkpoint's buffers replace these)
+        far_field = FarField(cfg.far_shells, cfg.far_shell_texels, cfg.far_shell_ratio)
+        far_field.place(torch.cat(centres))
     return DNMPRenderer(prims, field, background,
-                        RenderConfig(cfg.faces_per_pixel, cfg.coarse_faces_per_pixel, cfg.near, cfg.far))
+                        RenderConfig(cfg.faces_per_pixel, cfg.coarse_faces_per_pixel, cfg.near, cfg.far),
+                        far_field=far_field)
 
 
 def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
@@ -110,6 +115,9 @@ def renderer_from_checkpoint(ckpt: dict, device: torch.device | str | None = Non
     for p in decoder.parameters():
         p.requires_grad_(False)
     renderer = build_renderer(centres, cfg, decoder=decoder)
+    if ckpt.get("stage") == "geometry" and renderer.far_field is not None:
+        # the geometry stage never trains the far field: a fresh one, placed around the primitives
+        state = {**state, **{f"far_field.{k}": v for k, v in renderer.far_field.state_dict().items()}}
     try:
         renderer.load_state_dict(state)
     except RuntimeError as exc:
@@ -142,4 +150,9 @@ def describe_primitives(renderer: DNMPRenderer) -> str:
     for (a, b), k in zip(prims.scale_ranges(), renderer.faces_per_pixel_by_scale()):
         size = float(prims.voxel_sizes[a]) if b > a else float("nan")
         parts.append(f"{b - a} primitives of {size:g} m ({k} faces per pixel)")
-    return f"{' + '.join(parts)}, {prims.num_faces} faces"
+    line = f"{' + '.join(parts)}, {prims.num_faces} faces"
+    ff = renderer.far_field
+    if ff is not None:
+        radii = ", ".join(f"{r:.0f}" for r in ff.radii.tolist())
+        line += f"; far field: {ff.num_shells} shells of radius {radii} m"
+    return line

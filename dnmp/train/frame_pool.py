@@ -78,7 +78,8 @@ class _CachedFrame:
 
     def gather(self, local: torch.Tensor):
         """(pix_to_face int64 [n, K], bary float32 [n, K, 3], dirs float32 [n, 3],
-        rgb float32 [n, 3]) of flat pixel indices `local` (int64 [n])."""
+        rgb float32 [n, 3], origins float32 [n, 3]: the camera centre) of flat pixel
+        indices `local` (int64 [n])."""
         p2f = self.pix_to_face[local].long()
         b01 = self.bary2[local]
         b2 = torch.where(p2f >= 0, 1.0 - b01[..., 0] - b01[..., 1], torch.zeros_like(b01[..., 0]))
@@ -87,7 +88,8 @@ class _CachedFrame:
         rgb = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb
         dirs = pixel_rays(self.intrinsics, self.cam_to_world, local % self.width,
                           torch.div(local, self.width, rounding_mode="floor"))
-        return p2f, bary, dirs, rgb
+        origins = self.cam_to_world[:3, 3].to(dirs.dtype).expand_as(dirs)
+        return p2f, bary, dirs, rgb, origins
 
 
 class FramePool:
@@ -195,8 +197,8 @@ class FramePool:
         """Rays of pool pixel indices `idx` (int64 [B] in [0, len(self))).
 
         Returns (pix_to_face int64 [B, K], bary_coords float32 [B, K, 3], view_dirs
-        float32 [B, 3] world frame, rgb float32 [B, 3] in [0, 1]), as `DNMPRenderer.shade_rays`
-        takes them.
+        float32 [B, 3] world frame, rgb float32 [B, 3] in [0, 1], ray_origins float32 [B, 3]
+        camera centres, world frame), as `DNMPRenderer.shade_rays` takes them.
         """
         slot = torch.searchsorted(self._offsets, idx, right=True) - 1
         local = idx - self._offsets[slot]
@@ -210,12 +212,13 @@ class FramePool:
         bary = torch.empty(b, k, 3, device=idx.device)
         dirs = torch.empty(b, 3, device=idx.device)
         rgb = torch.empty(b, 3, device=idx.device)
+        origins = torch.empty(b, 3, device=idx.device)
         for s in torch.unique(slot).tolist():
             m = torch.nonzero(slot == s).squeeze(1)
             parts = self._cached[self._slots[s]].gather(local[m])
-            for dst, src in zip((p2f, bary, dirs, rgb), parts):
+            for dst, src in zip((p2f, bary, dirs, rgb, origins), parts):
                 dst[m] = src
-        return p2f, bary, dirs, rgb
+        return p2f, bary, dirs, rgb, origins
 
     def _batch_masked(self, slot: torch.Tensor, local: torch.Tensor):
         """`batch` without data-dependent shapes: every ray is gathered from every pool

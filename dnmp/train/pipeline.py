@@ -228,7 +228,8 @@ def train(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None = None,
             log(f"note: {geo_path} was made with other settings; its model settings are kept, "
                 f"the radiance loop's come from the given config")
             cfg = TrainConfig.from_dict({**ckpt["config"], **_run_settings(cfg)})
-        renderer = renderer_from_checkpoint(ckpt, resolve_device(cfg.device, "device"))
+        # the settings decided above (e.g. the far field, which the geometry stage does not train)
+        renderer = renderer_from_checkpoint({**ckpt, "config": cfg.to_dict()}, resolve_device(cfg.device, "device"))
         extra = dict(ckpt.get("extra_metrics", {}))
         log(f"starting from the geometry stage's model {geo_path}")
     else:
@@ -254,6 +255,7 @@ def _fmt(d: dict) -> str:
 def _run_settings(cfg: TrainConfig) -> dict:
     """Settings of the radiance loop that may differ from the geometry checkpoint's."""
     keys = ("steps", "batch_size", "lr_features", "lr_mlp", "lr_final_factor", "seed",
+            "far_shells", "far_shell_texels", "far_shell_ratio", "lr_far_field",
             "time_budget_minutes", "log_every", "checkpoint_every", "keep_checkpoints", "device")
     return {k: getattr(cfg, k) for k in keys}
 

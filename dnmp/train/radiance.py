@@ -43,7 +43,10 @@ def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
     feat_opt = torch.optim.SparseAdam([prims.features], lr=cfg.lr_features)
     mlp_params = list(renderer.field.parameters()) + list(renderer.background.parameters())
     mlp_opt = torch.optim.Adam(mlp_params, lr=cfg.lr_mlp)
-    return {"features": feat_opt, "mlp": mlp_opt}
+    opts = {"features": feat_opt, "mlp": mlp_opt}
+    if renderer.far_field is not None:  # texels: dense Adam at a texture's learning rate
+        opts["far_field"] = torch.optim.Adam([renderer.far_field.texels], lr=cfg.lr_far_field)
+    return opts
 
 
 def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
@@ -55,6 +58,9 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
         g["lr"] = cfg.lr_features * factor
     for g in opts["mlp"].param_groups:
         g["lr"] = cfg.lr_mlp * factor
+    if "far_field" in opts:
+        for g in opts["far_field"].param_groups:
+            g["lr"] = cfg.lr_far_field * factor
 
 
 def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict, batch_size: int,
@@ -78,8 +84,8 @@ def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
             idx = torch.randint(0, len(cache), (batch_size,), device=device)
         else:  # drawn on the CPU generator of (seed, rank, step): a resume needs no generator state
             idx = torch.randint(0, len(cache), (batch_size,), generator=generator).to(device)
-        p2f, bary, dirs, rgb = cache.batch(idx)
-    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+        p2f, bary, dirs, rgb, origins = cache.batch(idx)
+    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True, ray_origins=origins)["rgb"]
     with record_function("train.loss"):
         if total is None:
             loss = torch.mean((pred - rgb) ** 2)
@@ -228,7 +234,8 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     sync, share = None, None
     if dp:
         broadcast_parameters(renderer, dist)  # the same start on every rank, bit for bit
-        sync = GradientSync(opts["mlp"].param_groups[0]["params"], prims.features, dist)
+        dense = [p for name in ("mlp", "far_field") if name in opts for p in opts[name].param_groups[0]["params"]]
+        sync = GradientSync(dense, prims.features, dist)
         share = rank_batch_size(cfg.batch_size, dist.rank, dist.world_size)
         log(f"data-parallel over {dist.world_size} processes: {share} of {cfg.batch_size} rays "
             f"per step on this rank")

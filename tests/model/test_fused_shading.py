@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _renderer(feature_dim=6, hidden=16, seed=0, **cfg):
     torch.manual_seed(seed)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
+    cfg = {"far_shells": 0, **cfg}  # the primitives over the sky unless a test asks for a far field
     r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)],
                        TrainConfig(feature_dim=feature_dim, hidden=hidden, **cfg))
     with torch.no_grad():  # a spread of opacities and colours, like a trained model
@@ -70,6 +71,22 @@ def test_fused_equals_torch_reference_on_random_fragments(min_t):
         torch.testing.assert_close(out["rgb"], ref["rgb"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("min_t", [0.0, 1e-4])
+def test_fused_equals_torch_reference_with_a_far_field(min_t):
+    r = _renderer(far_shells=2, far_shell_texels=8)
+    with torch.no_grad():
+        r.far_field.texels.normal_(0.0, 2.0)
+    p2f, bary, zbuf, dirs = _random_fragments(r)
+    g = torch.Generator().manual_seed(5)
+    origins = r.far_field.centre + 0.5 * torch.randn(len(dirs), 3, generator=g)
+    ref = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=min_t, ray_origins=origins)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=min_t, ray_origins=origins)
+    _assert_agree(out, ref, atol=1e-5 + min_t)
+    sky = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=min_t,
+                                  ray_origins=origins + 1e6)  # outside every shell: the sky alone
+    assert (sky["rgb"] - ref["rgb"]).abs().max() > 1e-2  # the shells are seen
+
+
 @pytest.mark.parametrize("freqs", [(0, 0), (0, 3), (3, 0)])
 def test_fused_equals_torch_reference_without_encoding_frequencies(freqs):
     r = _renderer(feature_freqs=freqs[0], dir_freqs=freqs[1])
@@ -103,12 +120,13 @@ def test_render_fused_and_torch_agree_on_a_bundled_kitti_frame():
     from dnmp.data.scene import load_scene
 
     scene = load_scene(REPO / "scenes" / "kitti00")
-    cfg = TrainConfig()
+    cfg = TrainConfig(far_shells=4)  # the default model with a far field
     torch.manual_seed(0)
     r = build_renderer(scene_centres(scene, cfg), cfg)
     with torch.no_grad():
         torch.nn.init.normal_(r.field.opacity_head.bias, std=2.0)
         r.primitives.features.normal_(0.0, 1.0)
+        r.far_field.texels.normal_(0.0, 2.0)  # make the shells show
     frame = scene.frames_by_split("test")[0]
     cam = scene.camera_of(frame)
     s = 4  # a quarter-size frame keeps the test short; same primitives and layers

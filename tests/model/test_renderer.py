@@ -11,7 +11,7 @@ from dnmp.train.factory import build_renderer
 def _small_renderer():
     torch.manual_seed(0)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
-    cfg = TrainConfig(feature_dim=6, hidden=16)
+    cfg = TrainConfig(feature_dim=6, hidden=16, far_shells=0)  # primitives and sky (far field: test_far_field.py)
     return build_renderer([voxelize(pts, 0.5)], cfg)
 
 

@@ -124,14 +124,15 @@ def _sync_worker(rank: int, world: int, init: str, scene_dir: str, out: str) -> 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         scene = load_scene(scene_dir)
-        cfg = TrainConfig(hidden=16, feature_dim=8, seed=3)
+        cfg = TrainConfig(hidden=16, feature_dim=8, seed=3, far_shells=2, far_shell_texels=8)
         r = build_renderer(scene_centres(scene, cfg), cfg)
-        p2f, bary, dirs, rgb = torch.load(Path(out) / "batch.pt", weights_only=True)
+        p2f, bary, dirs, rgb, origins = torch.load(Path(out) / "batch.pt", weights_only=True)
         share = slice(rank * len(p2f) // world, (rank + 1) * len(p2f) // world)
-        pred = r.shade_rays(p2f[share], bary[share], dirs[share], sparse_features=True)["rgb"]
+        pred = r.shade_rays(p2f[share], bary[share], dirs[share], sparse_features=True,
+                            ray_origins=origins[share])["rgb"]
         loss = torch.sum((pred - rgb[share]) ** 2) / rgb.numel()  # as radiance.py
         loss.backward()
-        dense = list(r.field.parameters()) + list(r.background.parameters())
+        dense = list(r.field.parameters()) + list(r.background.parameters()) + list(r.far_field.parameters())
         total, flags = GradientSync(dense, r.primitives.features, DistContext(rank, world))(
             loss, [float(rank == 1), 0.0])
         torch.save({"loss": total, "flags": flags, "dense": [p.grad for p in dense],
@@ -145,7 +146,7 @@ def test_gradient_sync_equals_the_gradient_of_the_whole_batch(make_scene, tmp_pa
     """Two gloo processes, each shading half of a batch, end with the gradients (dense MLPs
     and sparse vertex features) and loss of one process shading all of it."""
     scene = load_scene(make_scene("wall", frames=3))
-    cfg = TrainConfig(hidden=16, feature_dim=8, seed=3)
+    cfg = TrainConfig(hidden=16, feature_dim=8, seed=3, far_shells=2, far_shell_texels=8)
     r = build_renderer(scene_centres(scene, cfg), cfg)
     f = scene.frames_by_split("train")[0]
     cam = scene.camera_of(f)
@@ -160,11 +161,12 @@ def test_gradient_sync_equals_the_gradient_of_the_whole_batch(make_scene, tmp_pa
                       pick % cam.width, pick // cam.width)
     rgb = torch.rand(len(pick), 3, generator=torch.Generator().manual_seed(1))
     assert (p2f >= 0).any() and (p2f < 0).all(-1).any()  # hits and background both present
-    torch.save((p2f, bary, dirs, rgb), tmp_path / "batch.pt")
-    pred = r.shade_rays(p2f, bary, dirs, sparse_features=True)["rgb"]
+    origins = torch.from_numpy(f.cam_to_world[:3, 3]).float().expand(len(pick), 3).contiguous()
+    torch.save((p2f, bary, dirs, rgb, origins), tmp_path / "batch.pt")
+    pred = r.shade_rays(p2f, bary, dirs, sparse_features=True, ray_origins=origins)["rgb"]
     loss = torch.mean((pred - rgb) ** 2)
     loss.backward()
-    dense = list(r.field.parameters()) + list(r.background.parameters())
+    dense = list(r.field.parameters()) + list(r.background.parameters()) + list(r.far_field.parameters())
     mp.spawn(_sync_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(scene.root), str(tmp_path)),
              nprocs=2, join=True)
     for rank in (0, 1):

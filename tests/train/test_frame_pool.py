@@ -10,12 +10,13 @@ from dnmp.train.config import TrainConfig
 from dnmp.train.frame_pool import FramePool
 from dnmp.train.factory import build_renderer, scene_centres
 
-CFG = dict(hidden=16, feature_dim=8)
+CFG = dict(hidden=16, feature_dim=8, far_shells=2, far_shell_texels=8)
 
 
 def full_cache(renderer, scene, frames):
-    """Every training pixel: pix_to_face, bary (3), dirs, rgb as float32, frames in order."""
-    p2f, bary, dirs, rgb = [], [], [], []
+    """Every training pixel: pix_to_face, bary (3), dirs, rgb as float32, ray origins (the
+    camera centre), frames in order."""
+    p2f, bary, dirs, rgb, origins = [], [], [], [], []
     for f in frames:
         cam = scene.camera_of(f)
         frags = renderer.rasterize(cam.intrinsics(as_tensor=True),
@@ -26,7 +27,8 @@ def full_cache(renderer, scene, frames):
         dirs.append(camera_rays(cam.intrinsics(as_tensor=True), torch.from_numpy(f.cam_to_world),
                                 cam.height, cam.width))
         rgb.append(torch.from_numpy(scene.load_image(f)).view(-1, 3))
-    return [torch.cat(t) for t in (p2f, bary, dirs, rgb)]
+        origins.append(torch.from_numpy(f.cam_to_world[:3, 3]).float().expand(cam.height * cam.width, 3))
+    return [torch.cat(t) for t in (p2f, bary, dirs, rgb, origins)]
 
 
 @pytest.fixture
@@ -52,11 +54,12 @@ def test_pool_holding_every_frame_matches_full_cache_and_loss(setup):
     torch.testing.assert_close(got[1], ref[1][idx], atol=1e-6, rtol=0)  # third bary recomputed
     assert torch.equal(got[2], ref[2][idx])
     assert torch.equal(got[3], ref[3][idx])
+    assert torch.equal(got[4], ref[4][idx])
     # the training loss from the pool equals the loss from the full cache, gradients too
     losses, grads = [], []
-    for p2f, bary, dirs, rgb in (got, [t[idx] for t in ref]):
+    for p2f, bary, dirs, rgb, origins in (got, [t[idx] for t in ref]):
         renderer.zero_grad()
-        loss = torch.mean((renderer.shade_rays(p2f, bary, dirs)["rgb"] - rgb) ** 2)
+        loss = torch.mean((renderer.shade_rays(p2f, bary, dirs, ray_origins=origins)["rgb"] - rgb) ** 2)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in renderer.field.parameters()]))
@@ -88,6 +91,7 @@ def test_rotating_pool_is_bounded_deterministic_and_visits_every_frame(setup):
         assert torch.equal(got[0], ref[0][want])
         assert torch.equal(got[2], ref[2][want])
         assert torch.equal(got[3], ref[3][want])
+        assert torch.equal(got[4], ref[4][want])
     assert seen == set(range(len(frames)))
     # each rotation rasterizes one frame, not the whole pool
     assert pool.rasterized == 2 + 3 * len(frames) // 3

@@ -99,3 +99,35 @@ def test_learning_rate_decay_follows_steps_only():
     assert lr() == pytest.approx((0.01, 0.005))
     with pytest.raises(TypeError):  # no clock input: the decay cannot depend on machine load
         _set_lr(opts, cfg, 10, time_fraction=1.0)
+
+
+def test_far_field_trains_saves_resumes_and_old_checkpoints_load_without_it(tiny_scene, tmp_path):
+    from dnmp.train.checkpoint import write_checkpoint_file
+    from dnmp.train.run import open_run
+
+    scene = load_scene(tiny_scene)
+    out = tmp_path / "far"
+    cfg = TrainConfig(steps=20, far_shells=2, far_shell_texels=8, **FAST)
+    train_radiance(scene, out, cfg, progress=False, log=lambda *a: None)
+    ckpt = load_checkpoint(out)
+    texels = ckpt["model"]["far_field.texels"]
+    assert texels.shape == (2 * 6 * 8 * 8, 4)
+    assert torch.isfinite(texels).all() and "far_field" in ckpt["optimizer"]
+    # (the wall fills every view: that the texels learn is checked in tests/model/test_far_field.py)
+    res = train_radiance(scene, out, None, resume=True, steps=25, progress=False, log=lambda *a: None)
+    assert res["step"] == 25 and load_checkpoint(out)["config"]["far_shells"] == 2
+    # a checkpoint written before the far field existed: no setting, no state, no optimizer
+    old = dict(load_checkpoint(out))
+    old["config"] = {k: v for k, v in old["config"].items() if not k.startswith(("far_", "lr_far"))}
+    old["model"] = {k: v for k, v in old["model"].items() if not k.startswith("far_field.")}
+    old["optimizer"] = {k: v for k, v in old["optimizer"].items() if k != "far_field"}
+    old.pop("path")
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    write_checkpoint_file(tmp_path / "old" / "checkpoints" / "step_0000025.pt", 25,
+                          {k: v for k, v in old.items() if k not in ("format", "version", "step")})
+    run = open_run(tmp_path / "old")
+    assert run.renderer.far_field is None  # renders with the sky alone, as it was trained
+    assert load_checkpoint(tmp_path / "old")["config"]["far_shells"] == 0
+    res = train_radiance(scene, tmp_path / "old", None, resume=True, steps=30, progress=False,
+                         log=lambda *a: None)
+    assert res["step"] == 30
