@@ -307,41 +307,40 @@ class DNMPRenderer(nn.Module):
         valid = pix_to_face >= 0
         faces = self.primitives.faces
         _, normals_all = self.geometry()
-        fid = pix_to_face[valid]
+        fid = pix_to_face[valid]  # [M] the covered fragments, row-major
+        m = fid.numel()
         out = {}
         with record_function("shade.feature_lookup"):
             features = self.primitives.features
             if sparse_features and self.sparse_lookup == "unique":
                 uf, inv_f = torch.unique(fid, return_inverse=True)
                 uv, inv_v = torch.unique(faces[uf], return_inverse=True)
-                local_faces = inv_v.view(-1, 3)
-                local_p2f = torch.full_like(pix_to_face, -1)
-                local_p2f[valid] = inv_f
+                local_faces, frag_face = inv_v.view(-1, 3), inv_f
             elif sparse_features:
                 # the same sorted vertex set, one local face per fragment in fragment order:
                 # interpolation and its backward sum the same terms in the same order
                 uv, inv_v = unique_inverse(faces[fid].reshape(-1), features.shape[0])
-                local_faces = inv_v.view(-1, 3)
-                local_p2f = torch.full_like(pix_to_face, -1)
-                local_p2f[valid] = torch.arange(fid.numel(), device=fid.device)
+                local_faces, frag_face = inv_v.view(-1, 3), torch.arange(m, device=fid.device)
             else:
-                attr, local_faces, local_p2f = features, faces, pix_to_face
+                attr, local_faces, frag_face = features, faces, fid
             if sparse_features == "rows":
                 attr = features.detach().index_select(0, uv).requires_grad_(features.requires_grad)
                 out["feature_rows"] = (uv, attr)
             elif sparse_features:
                 attr = F.embedding(uv, features, sparse=True)
-        frags = ops.Fragments(local_p2f.view(1, 1, n, k),
-                              torch.zeros(1, 1, n, k, device=bary_coords.device).expand(1, 1, n, k),
-                              bary_coords.reshape(1, 1, n, k, 3))
-        with record_function("shade.interpolate"):
-            feats = ops.interpolate(attr, local_faces, frags).view(n, k, -1)
 
-        dirs_nk = view_dirs.unsqueeze(1).expand(n, k, 3)
-        alpha = torch.zeros(n, k, dtype=feats.dtype, device=feats.device)
-        rgb = torch.zeros(n, k, 3, dtype=feats.dtype, device=feats.device)
-        if fid.numel() > 0:
-            a, c = self.field(feats[valid], dirs_nk[valid], normals_all[fid])
+        alpha = torch.zeros(n, k, dtype=features.dtype, device=pix_to_face.device)
+        rgb = torch.zeros(n, k, 3, dtype=features.dtype, device=pix_to_face.device)
+        if m > 0:
+            # only the covered fragments are interpolated and shaded (as M rays of one layer):
+            # per fragment the same sums as over all N x K, with no scatter back and forth
+            frags = ops.Fragments(frag_face.view(1, 1, m, 1),
+                                  torch.zeros(1, 1, m, 1, device=bary_coords.device),
+                                  bary_coords[valid].view(1, 1, m, 1, 3))
+            with record_function("shade.interpolate"):
+                feats = ops.interpolate(attr, local_faces, frags).view(m, -1)
+            dirs = view_dirs.unsqueeze(1).expand(n, k, 3)[valid]
+            a, c = self.field(feats, dirs, normals_all[fid])
             alpha = alpha.masked_scatter(valid, a)
             rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
         bg = self.background(view_dirs)
