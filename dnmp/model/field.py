@@ -73,7 +73,10 @@ class _PositionalEncoding(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, num_freqs: int) -> torch.Tensor:
         d = x.shape[-1]
         B, b = _encoding_map(x, num_freqs)
-        out = torch.addmm(b, x.reshape(-1, d), B)
+        # x's precision even under autocast, as the reference's elementwise ops (an
+        # addmm would run in bf16 there, and the arguments of sin need the bits)
+        with torch.autocast(x.device.type, enabled=False):
+            out = torch.addmm(b, x.reshape(-1, d), B)
         enc = out[:, d:]
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(torch.cos(enc), B)
@@ -85,8 +88,9 @@ class _PositionalEncoding(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         cos_arg, B = ctx.saved_tensors
         d = B.shape[0]
-        g = grad.reshape(-1, B.shape[1])
-        dx = torch.addmm(g[:, :d], g[:, d:] * cos_arg, B[:, d:].T)
+        g = grad.reshape(-1, B.shape[1]).to(B.dtype)
+        with torch.autocast(g.device.type, enabled=False):
+            dx = torch.addmm(g[:, :d], g[:, d:] * cos_arg, B[:, d:].T)
         return dx.view(*grad.shape[:-1], d), None
 
 

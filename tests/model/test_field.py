@@ -46,3 +46,18 @@ def test_positional_encoding_zero_frequencies_and_no_grad():
     torch.testing.assert_close(positional_encoding(x, 3), positional_encoding_reference(x, 3), rtol=0, atol=1e-6)
     assert not positional_encoding(x, 3).requires_grad
     assert positional_encoding(torch.zeros(0, 5), 2).shape == (0, 25)
+
+
+def test_positional_encoding_keeps_float32_under_autocast():
+    """Under CPU autocast (bf16) the reference's elementwise ops stay float32; so does the
+    GEMM of the fast encoding, forward and backward."""
+    x = (torch.randn(64, 8) * 0.5).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = positional_encoding(x, 2)
+        ref = positional_encoding_reference(x_ref, 2)
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
