@@ -17,14 +17,82 @@ from torch.profiler import record_function
 def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
     """NeRF-style encoding [x, sin(2^k pi x), cos(2^k pi x)], k < num_freqs.
 
-    x float [..., D] -> [..., D * (1 + 2 * num_freqs)].
+    Args:
+        x: float [..., D].
+        num_freqs: L >= 0 frequencies.
+    Returns:
+        [..., D * (1 + 2 L)]: x, then per input channel d the sin of its L frequencies
+        and then their cos. Differentiable.
+
+    Computed as one GEMM and one sin (`_PositionalEncoding`), not the reference's
+    broadcasts and concatenations over dimensions of size L (which run as millions of
+    2-element loops on the CPU). Equal to `positional_encoding_reference` up to float
+    rounding: cos t is taken as sin(t + pi/2) (the float32 rounding of that sum: about
+    1e-7 |t|), and the backward sums its terms in another order (tests/model/test_field.py).
     """
     if num_freqs == 0:
         return x
-    freqs = (2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)) * torch.pi
-    xf = x.unsqueeze(-1) * freqs  # [..., D, L]
+    return _PositionalEncoding.apply(x, num_freqs)
+
+
+def _frequencies(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    return (2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)) * torch.pi
+
+
+def positional_encoding_reference(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    """`positional_encoding` in plain torch ops (autograd's backward): the reference."""
+    if num_freqs == 0:
+        return x
+    xf = x.unsqueeze(-1) * _frequencies(x, num_freqs)  # [..., D, L]
     enc = torch.cat([torch.sin(xf), torch.cos(xf)], dim=-1).flatten(-2)
     return torch.cat([x, enc], dim=-1)
+
+
+def _encoding_map(x: torch.Tensor, num_freqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B float [D, D(1+2L)], b float [D(1+2L)]) with x @ B + b = [x, t, t + pi/2] per
+    channel, t = its L products x_d 2^k pi: each column of B has one non-zero entry, so
+    the GEMM rounds each product once, as the reference's x * freqs does."""
+    d = x.shape[-1]
+    f = _frequencies(x, num_freqs)
+    width = d * (1 + 2 * num_freqs)
+    B = torch.zeros(d, width, dtype=x.dtype, device=x.device)
+    B[:, :d] = torch.eye(d, dtype=x.dtype, device=x.device)
+    per = B[:, d:].view(d, d, 2 * num_freqs)
+    torch.diagonal(per, dim1=0, dim2=1).copy_(torch.cat([f, f]).unsqueeze(1).expand(-1, d))
+    phase = torch.cat([torch.zeros(num_freqs, dtype=x.dtype, device=x.device),
+                       torch.full((num_freqs,), torch.pi / 2, dtype=x.dtype, device=x.device)])
+    b = torch.cat([torch.zeros(d, dtype=x.dtype, device=x.device), phase.repeat(d)])
+    return B, b
+
+
+class _PositionalEncoding(torch.autograd.Function):
+    """out = x @ B + b, then sin on the encoded columns (in place); the backward is
+    d/dx = [g_x, g_enc * cos(arg)] @ B^T (cos of the encoded columns' arguments, kept
+    from the forward: [N, 2 L D] floats). Every op works on long contiguous rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_freqs: int) -> torch.Tensor:
+        d = x.shape[-1]
+        B, b = _encoding_map(x, num_freqs)
+        # x's precision even under autocast, as the reference's elementwise ops (an
+        # addmm would run in bf16 there, and the arguments of sin need the bits)
+        with torch.autocast(x.device.type, enabled=False):
+            out = torch.addmm(b, x.reshape(-1, d), B)
+        enc = out[:, d:]
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(torch.cos(enc), B)
+        enc.sin_()
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        cos_arg, B = ctx.saved_tensors
+        d = B.shape[0]
+        g = grad.reshape(-1, B.shape[1]).to(B.dtype)
+        with torch.autocast(g.device.type, enabled=False):
+            dx = torch.addmm(g[:, :d], g[:, d:] * cos_arg, B[:, d:].T)
+        return dx.view(*grad.shape[:-1], d), None
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:

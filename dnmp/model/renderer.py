@@ -295,7 +295,8 @@ class DNMPRenderer(nn.Module):
         return composite(alpha, rgb, sky)[0]
 
     def shade_rays(self, pix_to_face: torch.Tensor, bary_coords: torch.Tensor, view_dirs: torch.Tensor,
-                   sparse_features: bool = False, ray_origins: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   sparse_features: bool | str = False,
+                   ray_origins: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Colour of N rays from their cached fragments, differentiable (training): all
         K layers of every ray are shaded and composited at once.
 
@@ -303,52 +304,70 @@ class DNMPRenderer(nn.Module):
             pix_to_face: int64 [N, K] face indices (-1 empty), near to far.
             bary_coords: float32 [N, K, 3] perspective-correct barycentrics.
             view_dirs: float32 [N, 3] unit ray directions, world frame.
-            sparse_features: gather only the vertex features these rays touch, through
-                an embedding with sparse gradients (for `torch.optim.SparseAdam`), so a
-                training step costs O(batch), not O(scene).
+            sparse_features: False: the whole feature table takes part (a dense
+                gradient). True: gather only the vertex features these rays touch,
+                through an embedding with sparse COO gradients (for
+                `torch.optim.SparseAdam`), so a training step costs O(batch), not
+                O(scene). "rows": the same rows, gathered as a leaf tensor of their own
+                (out["feature_rows"]); the backward leaves `features.grad` alone and
+                fills the rows' dense gradient instead, which the caller hands on
+                (`train.row_adam.row_gradient`: no sparse sort; the radiance loop).
+            ray_origins: float32 [N, 3] camera centres, world frame, metres; needed by a
+                model with a far field (`background_colour`).
         Returns:
-            dict with rgb [N, 3], weights [N, K], background_transmittance [N].
+            dict with rgb float32 [N, 3], weights [N, K], background_transmittance [N];
+            with "rows" also feature_rows = (vertex ids int64 [U], sorted and unique;
+            their features float32 [U, C], a leaf that requires grad).
+        Raises:
+            ValueError: another `sparse_features`.
         """
+        if sparse_features not in (False, True, "rows"):
+            raise ValueError(f"shade_rays: sparse_features must be False, True or 'rows', "
+                             f"got {sparse_features!r}")
         n, k = pix_to_face.shape
         valid = pix_to_face >= 0
         faces = self.primitives.faces
         _, normals_all = self.geometry()
-        fid = pix_to_face[valid]
+        fid = pix_to_face[valid]  # [M] the covered fragments, row-major
+        m = fid.numel()
+        out = {}
         with record_function("shade.feature_lookup"):
+            features = self.primitives.features
             if sparse_features and self.sparse_lookup == "unique":
                 uf, inv_f = torch.unique(fid, return_inverse=True)
                 uv, inv_v = torch.unique(faces[uf], return_inverse=True)
-                attr = F.embedding(uv, self.primitives.features, sparse=True)
-                local_faces = inv_v.view(-1, 3)
-                local_p2f = torch.full_like(pix_to_face, -1)
-                local_p2f[valid] = inv_f
+                local_faces, frag_face = inv_v.view(-1, 3), inv_f
             elif sparse_features:
                 # the same sorted vertex set, one local face per fragment in fragment order:
                 # interpolation and its backward sum the same terms in the same order
-                uv, inv_v = unique_inverse(faces[fid].reshape(-1), self.primitives.features.shape[0])
-                attr = F.embedding(uv, self.primitives.features, sparse=True)
-                local_faces = inv_v.view(-1, 3)
-                local_p2f = torch.full_like(pix_to_face, -1)
-                local_p2f[valid] = torch.arange(fid.numel(), device=fid.device)
+                uv, inv_v = unique_inverse(faces[fid].reshape(-1), features.shape[0])
+                local_faces, frag_face = inv_v.view(-1, 3), torch.arange(m, device=fid.device)
             else:
-                attr, local_faces, local_p2f = self.primitives.features, faces, pix_to_face
-        frags = ops.Fragments(local_p2f.view(1, 1, n, k),
-                              torch.zeros(1, 1, n, k, device=bary_coords.device).expand(1, 1, n, k),
-                              bary_coords.reshape(1, 1, n, k, 3))
-        with record_function("shade.interpolate"):
-            feats = ops.interpolate(attr, local_faces, frags).view(n, k, -1)
+                attr, local_faces, frag_face = features, faces, fid
+            if sparse_features == "rows":
+                attr = features.detach().index_select(0, uv).requires_grad_(features.requires_grad)
+                out["feature_rows"] = (uv, attr)
+            elif sparse_features:
+                attr = F.embedding(uv, features, sparse=True)
 
-        dirs_nk = view_dirs.unsqueeze(1).expand(n, k, 3)
-        alpha = torch.zeros(n, k, dtype=feats.dtype, device=feats.device)
-        rgb = torch.zeros(n, k, 3, dtype=feats.dtype, device=feats.device)
-        if fid.numel() > 0:
-            a, c = self.field(feats[valid], dirs_nk[valid], normals_all[fid])
+        alpha = torch.zeros(n, k, dtype=features.dtype, device=pix_to_face.device)
+        rgb = torch.zeros(n, k, 3, dtype=features.dtype, device=pix_to_face.device)
+        if m > 0:
+            # only the covered fragments are interpolated and shaded (as M rays of one layer):
+            # per fragment the same sums as over all N x K, with no scatter back and forth
+            frags = ops.Fragments(frag_face.view(1, 1, m, 1),
+                                  torch.zeros(1, 1, m, 1, device=bary_coords.device),
+                                  bary_coords[valid].view(1, 1, m, 1, 3))
+            with record_function("shade.interpolate"):
+                feats = ops.interpolate(attr, local_faces, frags).view(m, -1)
+            dirs = view_dirs.unsqueeze(1).expand(n, k, 3)[valid]
+            a, c = self.field(feats, dirs, normals_all[fid])
             alpha = alpha.masked_scatter(valid, a)
             rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
         bg = self.background_colour(view_dirs, ray_origins)
         with record_function("shade.composite"):
             colour, weights, t_final = composite(alpha, rgb, bg)
-        return {"rgb": colour, "weights": weights, "background_transmittance": t_final}
+        return {"rgb": colour, "weights": weights, "background_transmittance": t_final, **out}
 
     @torch.no_grad()
     def render(self, intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,

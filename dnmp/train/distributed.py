@@ -17,8 +17,8 @@ beside it for small CPU objects). Two ways to use it, decided in `pipeline.train
   generator seeded by (seed, rank, step), and `GradientSync` sums the gradients so every
   rank takes the same optimizer step as one process with the whole batch: the dense MLP
   gradients (and the loss) in one all-reduce, the vertex features' sparse gradients
-  (rows touched by the batch, for SparseAdam) by all-gathering their (indices, values)
-  and coalescing. A dense all-reduce of the feature gradient would move the whole
+  (rows touched by the batch, for `row_adam.RowAdam`) by all-gathering their (indices,
+  values) and coalescing. A dense all-reduce of the feature gradient would move the whole
   feature table every step (O(scene) instead of O(batch); benchmarks/dist_grad_sync.py).
 
 Only rank 0 writes run files (checkpoints, config.json, metrics.json, renders) in the
@@ -167,7 +167,8 @@ class GradientSync:
 
     Args:
         dense: parameters with dense gradients (MLPs); all-reduced as one flat buffer.
-        sparse: the parameter with sparse COO gradients (vertex features, SparseAdam).
+        sparse: the parameter with sparse COO gradients (vertex features, `RowAdam`; the
+            radiance loop's gradient is already coalesced, so its coalesce here is free).
         ctx: the process group's context (active).
     """
 

@@ -4,8 +4,9 @@ The geometry does not change in this stage, so the fragments of the training
 frames are rasterized once and cached, a bounded pool of frames at a time
 (`frame_pool.FramePool`: memory grows with the pool, not with the drive); each step
 samples random pixels of the pool, shades them from their cached fragments and
-minimises the MSE to the image colours with Adam (SparseAdam for the vertex
-features, so a step costs O(batch), not O(scene)).
+minimises the MSE to the image colours with Adam (`row_adam.RowAdam` for the vertex
+features: only the rows a batch touches are updated, so a step costs O(batch), not
+O(scene)).
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ from .factory import (build_renderer, check_checkpoint_scene, describe_primitive
                       renderer_from_checkpoint, scene_centres)
 from .frame_pool import FramePool
 from .interrupt import Interrupted, handle_signals
+from .row_adam import RowAdam, row_gradient
 from .run import RunFolder, settle_config
 
 
-def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig):
+def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig, sparse_adam: bool = False):
+    """{"features": RowAdam (or, with `sparse_adam`, the reference torch.optim.SparseAdam:
+    the same update, slower; same state layout) on the vertex features, "mlp": Adam on
+    the radiance and background MLPs}; freezes the geometry."""
     prims = renderer.primitives
     for p in (prims.latents, prims.offsets, *prims.decoder.parameters()):
         p.requires_grad_(False)  # geometry is fixed in the radiance stage
-    feat_opt = torch.optim.SparseAdam([prims.features], lr=cfg.lr_features)
+    feat_opt = (torch.optim.SparseAdam if sparse_adam else RowAdam)([prims.features], lr=cfg.lr_features)
     mlp_params = list(renderer.field.parameters()) + list(renderer.background.parameters())
     mlp_opt = torch.optim.Adam(mlp_params, lr=cfg.lr_mlp)
     opts = {"features": feat_opt, "mlp": mlp_opt}
@@ -65,7 +70,7 @@ def _set_lr(opts: dict, cfg: TrainConfig, step: int) -> None:
 
 def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict, batch_size: int,
                            device: torch.device | None = None, generator: torch.Generator | None = None,
-                           total: int | None = None) -> torch.Tensor:
+                           total: int | None = None, feature_rows: bool = True) -> torch.Tensor:
     """The gradient half of one radiance step: sample `batch_size` pool pixels, shade them
     from their cached fragments, MSE to their colours, zero the gradients of `opts`'
     parameters and backpropagate. Returns the loss (a 0-d tensor on the model's device).
@@ -77,6 +82,12 @@ def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
     those of one process's batch. `radiance_step` and `dnmp profile --breakdown` both call
     this and `optimizer_step`, so the profile times the code that trains; the named
     ranges are its stages.
+
+    The vertex features' gradient is a sparse COO tensor of the rows the batch touches,
+    built from their dense gradient (`shade_rays(sparse_features="rows")`,
+    `row_adam.row_gradient`: already coalesced); `feature_rows=False` takes the
+    reference path instead (an embedding with a sparse gradient, coalesced by the
+    optimizer). Both give the same gradient; either optimizer takes either.
     """
     device = renderer.primitives.features.device if device is None else device
     with record_function("train.batch"):
@@ -85,7 +96,9 @@ def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
         else:  # drawn on the CPU generator of (seed, rank, step): a resume needs no generator state
             idx = torch.randint(0, len(cache), (batch_size,), generator=generator).to(device)
         p2f, bary, dirs, rgb, origins = cache.batch(idx)
-    pred = renderer.shade_rays(p2f, bary, dirs, sparse_features=True, ray_origins=origins)["rgb"]
+    shaded = renderer.shade_rays(p2f, bary, dirs, sparse_features="rows" if feature_rows else True,
+                                 ray_origins=origins)
+    pred = shaded["rgb"]
     with record_function("train.loss"):
         if total is None:
             loss = torch.mean((pred - rgb) ** 2)
@@ -95,11 +108,16 @@ def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
         o.zero_grad(set_to_none=True)
     with record_function("train.backward"):
         loss.backward()
+    if feature_rows:
+        features = renderer.primitives.features
+        rows, attr = shaded["feature_rows"]
+        if attr.grad is not None:
+            features.grad = row_gradient(features, rows, attr.grad)
     return loss
 
 
 def optimizer_step(opts: dict) -> None:
-    """The update half of one radiance step (SparseAdam on features, Adam on the MLPs)."""
+    """The update half of one radiance step (RowAdam on features, Adam on the MLPs)."""
     with record_function("train.optimizer"):
         for o in opts.values():
             o.step()
@@ -121,7 +139,7 @@ def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: Tra
     Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
     trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
     tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
-    (the faces hit, boolean masks, sparse gradients) in `shade_rays` and SparseAdam, and,
+    (the faces hit, boolean masks) in `shade_rays`, and,
     once every `cfg.cache_rotate_every` steps of a rotating pool, the rasterization of the
     frame that enters it.
     """

@@ -220,7 +220,8 @@ SYNC_OPS = {"aten._unique2.default", "aten.unique_dim.default", "aten.unique_con
             "aten.nonzero.default", "aten.masked_select.default", "aten._coalesce.default"}
 # where the step may keep such syncs (docstring of radiance_step): shade_rays' sparse
 # feature gather (unique faces and vertices) and boolean masks, their backward
-# (IndexBackward0 of a boolean index), and SparseAdam's coalesce
+# (IndexBackward0 of a boolean index), and torch.optim (Adam's step count; the coalesce of
+# SparseAdam, the reference optimizer of the features: RowAdam needs none)
 ALLOWED_SYNCS = ("dnmp/model/renderer.py", "torch/optim/", " in IndexBackward0")
 
 
