@@ -26,7 +26,7 @@ EST_PRIMITIVES_PER_METRE = 750
 EST_PRIMITIVES_AHEAD = {"stereo": 2_000, "lidar": 20_000}
 EST_RENDER_BYTES_PER_PIXEL = 890  # peak of rendering one frame (dnmp profile: 0.85 MiB per 1k px)
 EST_BLOCK_FRAMES, EST_BLOCK_OVERLAP = 80, 8  # TrainConfig.block_frames / block_overlap (instants)
-EST_RADIANCE_SECONDS = 4000 / 5.5  # TrainConfig.steps (4,000) at ~5.5 steps/s, per block
+EST_RADIANCE_SECONDS = 3000 / 4.3  # TrainConfig.steps (3,000) at ~4.3 steps/s (far field on), per block
 EST_GEOMETRY_SECONDS = 25.0  # geometry stage: 300 steps of 8 windows per scale (~75 ms each) ...
 EST_RASTER_SECONDS_PER_MPX = 0.7  # ... + 3 visibility refreshes of every training frame, and the
 #                                     caching of the training pixels (one rasterization each)

@@ -134,7 +134,7 @@ class TrainConfig:
     geometry_pool_frames: int = 16
     near: float = 0.05
     far: float = 1e4
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 8192
     cache_pixels: int = 6_000_000
     cache_rotate_every: int = 50

@@ -152,7 +152,7 @@ def test_signal_in_the_geometry_stage_exits_cleanly(make_scene, tmp_path, monkey
 
 def test_defaults_are_steps_not_wall_time():
     cfg = TrainConfig()
-    assert cfg.time_budget_minutes == 0 and cfg.steps == 4000
+    assert cfg.time_budget_minutes == 0 and cfg.steps == 3000
 
 
 def test_explicit_time_limit_is_reported_on_its_own_line_and_in_metrics(tiny_scene, tmp_path):
