@@ -169,7 +169,7 @@ def cube_map_texel(d: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
     axis = a.argmax(dim=1)
     major = a.gather(1, axis.unsqueeze(1)).squeeze(1)
     # the two in-face axes: axis 0 -> (1, 2), 1 -> (0, 2), 2 -> (0, 1)
-    other = torch.tensor([[1, 2], [0, 2], [0, 1]], device=d.device)[axis]
+    other = (axis.unsqueeze(1) <= torch.arange(2, device=d.device)).long() + torch.arange(2, device=d.device)
     uv = d.gather(1, other) / major.clamp_min(1e-12).unsqueeze(1)  # [-1, 1]
     neg = d.gather(1, axis.unsqueeze(1)).squeeze(1) < 0
     face = 2 * axis + neg.long()
@@ -193,7 +193,7 @@ class FarField(nn.Module):
     bilinear interpolation within a cube face (clamped at face edges).
     """
 
-    def __init__(self, num_shells: int = 4, size: int = 256, ratio: float = 2.0):
+    def __init__(self, num_shells: int = 4, size: int = 64, ratio: float = 2.0):
         super().__init__()
         if num_shells < 1 or size < 2 or ratio <= 1.0:
             raise ValueError(f"FarField: need num_shells >= 1, size >= 2, ratio > 1 "
