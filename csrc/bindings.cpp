@@ -23,6 +23,9 @@ TORCH_LIBRARY(dnmp, m) {
       "Tensor view_dirs, Tensor[] trunk_w, Tensor[] trunk_b, Tensor opacity_w, Tensor opacity_b, "
       "Tensor[] color_w, Tensor[] color_b, int feature_freqs, int dir_freqs, float min_transmittance, "
       "float surface_opacity) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "background_fwd(Tensor view_dirs, Tensor ray_origins, Tensor[] sky_w, Tensor[] sky_b, int sky_freqs, "
+      "Tensor texels, Tensor centre, Tensor radii) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
@@ -31,6 +34,7 @@ TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
   m.impl("interpolate_fwd", &dnmp::interpolate_fwd_cpu);
   m.impl("interpolate_bwd", &dnmp::interpolate_bwd_cpu);
   m.impl("shade_fwd", &dnmp::shade_fwd_cpu);
+  m.impl("background_fwd", &dnmp::background_fwd_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

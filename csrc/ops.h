@@ -57,4 +57,11 @@ void check_interpolate_args(const at::Tensor& attributes, const at::Tensor& face
 // grad_out of interpolate_bwd: shape pix_to_face.shape + [C], float, on attributes' device.
 void check_interpolate_grad(const at::Tensor& attributes, const at::Tensor& pix_to_face, const at::Tensor& grad_out);
 
+// Fused background of rendering (forward only): the sky MLP of the view directions (a
+// Linear/ReLU chain after their positional encoding, sigmoid) under the far field's
+// shells (none when radii is empty); see cpu/shade_cpu.cpp. rgb [N, 3].
+at::Tensor background_fwd_cpu(const at::Tensor& view_dirs, const at::Tensor& ray_origins, at::TensorList sky_w,
+                              at::TensorList sky_b, int64_t sky_freqs, const at::Tensor& texels,
+                              const at::Tensor& centre, const at::Tensor& radii);
+
 }  // namespace dnmp

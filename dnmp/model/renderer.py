@@ -491,9 +491,37 @@ class DNMPRenderer(nn.Module):
         see = torch.nonzero(trans > min_transmittance).squeeze(1)
         if see.numel() > 0:
             org = None if ray_origins is None else ray_origins[see]
-            rgb.index_add_(0, see, trans[see].unsqueeze(1) * self.background_colour(view_dirs[see], org))
+            rgb.index_add_(0, see, trans[see].unsqueeze(1) * self.background_colour_fused(view_dirs[see], org))
         return {"rgb": rgb, "depth": depth, "mean_depth": mean_depth,
                 "background_transmittance": trans}
+
+    @torch.no_grad()
+    def background_colour_fused(self, view_dirs: torch.Tensor,
+                                ray_origins: torch.Tensor | None = None) -> torch.Tensor:
+        """`background_colour` in one compiled op (`torch.ops.dnmp.background_fwd`,
+        csrc/cpu/shade_cpu.cpp; forward only, for rendering): the sky MLP over blocks of
+        256 rays and each ray's far-field shells composited over it, without the torch
+        version's [N, S, 4] temporaries. Args and returns as `background_colour`; agrees with
+        it to float32 rounding (tests/model/test_fused_shading.py). Falls back to
+        `background_colour` where the op is not built for the rays' device or the sky is
+        not a Linear/ReLU chain. Raises ValueError as `background_colour` (a far field and
+        no ray_origins), and ValueError / TypeError (from the op) for inputs of the wrong
+        shape or dtype."""
+        chain = _linear_chain(self.background.mlp) if isinstance(self.background, BackgroundField) else None
+        if (chain is None or view_dirs.device.type != "cpu" or not kernels_for(view_dirs.device)
+                or not hasattr(torch.ops.dnmp, "background_fwd")):
+            return self.background_colour(view_dirs, ray_origins)
+        ff = self.far_field
+        if ff is not None and ray_origins is None:
+            raise ValueError("this model has a far field (shells with parallax): pass ray_origins")
+        with record_function("shade.background_fused"):
+            if ff is None:
+                empty = view_dirs.new_empty(0, 3)
+                return torch.ops.dnmp.background_fwd(view_dirs, empty, *chain, self.background.dir_freqs,
+                                                     view_dirs.new_empty(0, 4), view_dirs.new_zeros(3),
+                                                     view_dirs.new_empty(0))
+            return torch.ops.dnmp.background_fwd(view_dirs, ray_origins, *chain, self.background.dir_freqs,
+                                                 ff.texels.detach(), ff.centre, ff.radii)
 
     @torch.no_grad()
     def shade_image(self, frags: ops.Fragments, intrinsics: torch.Tensor,

@@ -205,3 +205,71 @@ def test_op_float64_matches_float32_reference():
     assert out64[0].dtype == torch.float64
     torch.testing.assert_close(out64[0].float(), out32[0], atol=2e-5, rtol=0)
     torch.testing.assert_close(out64[3].float(), out32[3], atol=2e-5, rtol=0)
+
+
+def _background_rays(r, n=900, seed=7):
+    """Directions (random, plus axis-aligned and equal-component ones: the cube map's face
+    ties) and origins inside the inner shell, between shells and outside all of them."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    special = torch.tensor([[1.0, 0, 0], [0, -1, 0], [0, 0, 1], [1, 1, 0], [-1, 1, 1], [1, -1, -1]])
+    dirs[: len(special)] = torch.nn.functional.normalize(special, dim=1)
+    if r.far_field is None:
+        return dirs, None
+    ff = r.far_field
+    scale = torch.rand(n, 1, generator=g) * 1.5 * ff.radii[-1]  # up to 1.5x the outer radius
+    origins = ff.centre + scale * torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=1)
+    origins[: 2 * len(special)] = ff.centre  # from the centre: the shell points tie like the directions
+    return dirs, origins
+
+
+@pytest.mark.parametrize("shells", [0, 1, 3])
+def test_fused_background_equals_torch_background(shells):
+    r = _renderer(far_shells=shells, far_shell_texels=6)
+    if shells:
+        with torch.no_grad():
+            r.far_field.texels.normal_(0.0, 2.0)
+    dirs, origins = _background_rays(r)
+    ref = r.background_colour(dirs, origins)
+    out = r.background_colour_fused(dirs, origins)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    if shells:  # the shells are seen where a ray starts inside them, and skipped outside
+        sky = r.background(dirs)
+        outside = ((origins - r.far_field.centre).norm(dim=1) > r.far_field.radii[-1])
+        assert outside.sum() > 50 and (~outside).sum() > 50
+        torch.testing.assert_close(out[outside], sky[outside], atol=1e-5, rtol=0)
+        assert (out[~outside] - sky[~outside]).abs().max() > 0.05
+    assert r.background_colour_fused(dirs[:0], None if origins is None else origins[:0]).shape == (0, 3)
+    # float64: the same formulas term for term, so agreement is to float64 rounding
+    r64 = r.double()
+    o64 = None if origins is None else origins.double()
+    torch.testing.assert_close(r64.background_colour_fused(dirs.double(), o64),
+                               r64.background_colour(dirs.double(), o64), atol=1e-10, rtol=0)
+
+
+def test_fused_background_errors():
+    r = _renderer(far_shells=2, far_shell_texels=4)
+    dirs, origins = _background_rays(r, n=10)
+    with pytest.raises(ValueError, match="pass ray_origins"):
+        r.background_colour_fused(dirs)
+    ff, bg = r.far_field, r.background
+    from dnmp.model.renderer import _linear_chain
+
+    w, b = _linear_chain(bg.mlp)
+    good = [dirs, origins, w, b, bg.dir_freqs, ff.texels.detach(), ff.centre, ff.radii]
+    for index, bad, msg in [(0, dirs[:, :2], "view_dirs must have shape"),
+                            (1, origins[:-1], "ray_origins must have shape"),
+                            (5, ff.texels.detach()[:-1], "texels must"),
+                            (5, torch.zeros(2 * 6 * 5, 4), "texels must hold S \\* 6 square faces"),
+                            (4, bg.dir_freqs + 1, "sky MLP layer 0: weight must have shape")]:
+        args = list(good)
+        args[index] = bad
+        with pytest.raises(ValueError, match=msg):
+            torch.ops.dnmp.background_fwd(*args)
+
+
+def test_fused_background_refuses_weights_of_another_dtype():
+    r = _renderer()
+    dirs, _ = _background_rays(r, n=10)
+    with pytest.raises(TypeError, match="sky MLP: weights must have the view_dirs' dtype"):
+        r.background_colour_fused(dirs.double())
