@@ -75,7 +75,7 @@ def _peak_memory(device: torch.device, fn) -> float | None:
 # drift from what renders and trains. Top-level ranges only: none of these nests in another.
 RENDER_STAGES = ("render.rasterize.scale0", "render.rasterize.scale1", "shade.interpolate",
                  "shade.encoding", "shade.mlp_trunk", "shade.mlp_heads", "shade.composite",
-                 "shade.fused", "shade.background", "shade.far_field")
+                 "shade.fused", "shade.background_fused", "shade.background", "shade.far_field")
 TRAIN_STAGES = ("train.batch", "shade.feature_lookup", "shade.interpolate", "shade.encoding",
                 "shade.mlp_trunk", "shade.mlp_heads", "shade.background", "shade.far_field",
                 "shade.composite",
