@@ -19,6 +19,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <vector>
 
 #include "common/interp_math.h"
@@ -54,6 +55,18 @@ void sincos_block(const at::Tensor& x, const at::Tensor& freqs, at::Tensor& arg,
   at::mul_out(arg, x.unsqueeze(-1), freqs);
   at::sin_out(s, arg);
   at::cos_out(c, arg);
+}
+
+// Frequencies 2^k pi, k < L, in the options' dtype, as field.positional_encoding builds them.
+at::Tensor frequencies(int64_t L, const at::TensorOptions& opt) { return at::pow(2.0, at::arange(L, opt)) * M_PI; }
+
+// Weights of a Linear chain as addmm's right operands ([in, out] views: addmm(bias, x, w^T)
+// is nn.Linear); makes the biases contiguous in place.
+std::vector<at::Tensor> transposed(const std::vector<at::Tensor>& w, std::vector<at::Tensor>& b) {
+  std::vector<at::Tensor> wt;
+  for (const auto& x : w) wt.push_back(x.t());
+  for (auto& x : b) x = x.contiguous();
+  return wt;
 }
 
 // The first m rows of `in` through a Linear/ReLU chain (weights transposed: wt[i] is
@@ -116,21 +129,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   const auto dirs = view_dirs_.to(dt).contiguous();
   check_face_indices(faces, feats.size(0), "features");
   check_pix_to_face(p2f, faces.size(0));
-  // transposed views: addmm(bias, x [m, in], w^T [in, out]) is nn.Linear
-  std::vector<at::Tensor> twt, cwt;
-  for (auto& w : tw) twt.push_back(w.t());
-  for (auto& w : cw) cwt.push_back(w.t());
-  for (auto& b : tb) b = b.contiguous();
-  for (auto& b : cb) b = b.contiguous();
+  const std::vector<at::Tensor> twt = transposed(tw, tb), cwt = transposed(cw, cb);
   const auto ow = opacity_w_.contiguous();
   const auto ob = opacity_b_.contiguous();
   const int64_t Lf = feature_freqs, Ld = dir_freqs;
   // frequencies 2^k pi in the features' dtype, as field.positional_encoding builds them
-  const auto freqs_f = at::pow(2.0, at::arange(Lf, feats.options())) * M_PI;
+  const auto freqs_f = frequencies(Lf, feats.options());
   // the direction encoding (all but the final cosine term) is per ray, not per layer
   at::Tensor dir_enc = at::empty({N, d_dir - 1}, feats.options());
   if (N > 0) {
-    auto freqs_d = at::pow(2.0, at::arange(Ld, feats.options())) * M_PI;
+    auto freqs_d = frequencies(Ld, feats.options());
     auto arg = at::empty({N, 3, Ld}, feats.options()), sn = at::empty_like(arg), cs = at::empty_like(arg);
     sincos_block(dirs, freqs_d, arg, sn, cs);
     AT_DISPATCH_FLOATING_TYPES(dt, "shade_dir_encoding", [&] {
@@ -251,8 +259,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
   TORCH_CHECK_VALUE(texels_.dim() == 2 && texels_.size(1) == 4 && texels_.size(0) % (6 * std::max<int64_t>(S, 1)) == 0,
                     "texels must have shape [S * 6 * size * size, 4], got ", texels_.sizes());
   const int64_t per_face = S > 0 ? texels_.size(0) / (6 * S) : 0;
-  int64_t size = 0;
-  while ((size + 1) * (size + 1) <= per_face) ++size;
+  const int64_t size = std::llround(std::sqrt(double(per_face)));
   TORCH_CHECK_VALUE(S == 0 || (size >= 1 && size * size == per_face), "texels must hold S * 6 square faces, got ",
                     texels_.size(0), " rows for ", S, " shells");
   TORCH_CHECK_VALUE(centre_.numel() == 3, "centre must have 3 values, got ", centre_.sizes());
@@ -267,11 +274,9 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
   const auto tex = texels_.to(dt).contiguous();
   const auto cen = centre_.to(dt).contiguous().view({3});
   const auto rad = radii_.to(dt).contiguous();
-  std::vector<at::Tensor> swt;
-  for (auto& w : sw) swt.push_back(w.t());
-  for (auto& b : sb) b = b.contiguous();
+  const std::vector<at::Tensor> swt = transposed(sw, sb);
   const int64_t L = sky_freqs;
-  const auto freqs = at::pow(2.0, at::arange(L, dirs.options())) * M_PI;
+  const auto freqs = frequencies(L, dirs.options());
   auto rgb = at::empty({N, 3}, dirs.options());
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
 
