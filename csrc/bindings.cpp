@@ -22,10 +22,10 @@ TORCH_LIBRARY(dnmp, m) {
       "shade_fwd(Tensor features, Tensor faces, Tensor normals, Tensor pix_to_face, Tensor bary, Tensor zbuf, "
       "Tensor view_dirs, Tensor[] trunk_w, Tensor[] trunk_b, Tensor opacity_w, Tensor opacity_b, "
       "Tensor[] color_w, Tensor[] color_b, int feature_freqs, int dir_freqs, float min_transmittance, "
-      "float surface_opacity) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float surface_opacity, bool bf16_matmul=False) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "background_fwd(Tensor view_dirs, Tensor ray_origins, Tensor[] sky_w, Tensor[] sky_b, int sky_freqs, "
-      "Tensor texels, Tensor centre, Tensor radii) -> Tensor");
+      "Tensor texels, Tensor centre, Tensor radii, bool bf16_matmul=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
@@ -44,6 +44,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def("bf16_matmul_available", &dnmp::bf16_matmul_available,
+        "True when this CPU has bf16 brgemm kernels (the shading ops' bf16_matmul)");
 #ifdef DNMP_SOURCE_HASH
   // setup.py passes the sha256 of csrc/; the loader reads this stamp from the
   // binary (without loading it) to refuse a build older than its sources.

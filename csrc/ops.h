@@ -41,7 +41,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     const at::Tensor& bary, const at::Tensor& zbuf, const at::Tensor& view_dirs, at::TensorList trunk_w,
     at::TensorList trunk_b, const at::Tensor& opacity_w, const at::Tensor& opacity_b, at::TensorList color_w,
     at::TensorList color_b, int64_t feature_freqs, int64_t dir_freqs, double min_transmittance,
-    double surface_opacity);
+    double surface_opacity, bool bf16_matmul);
+// Whether this CPU has bf16 brgemm kernels (the ops' bf16_matmul; AMX or AVX512-BF16).
+bool bf16_matmul_available();
 
 // Input checks shared by every device (readable TypeError/ValueError messages).
 void check_rasterize_args(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& intrinsics,
@@ -62,6 +64,6 @@ void check_interpolate_grad(const at::Tensor& attributes, const at::Tensor& pix_
 // shells (none when radii is empty); see cpu/shade_cpu.cpp. rgb [N, 3].
 at::Tensor background_fwd_cpu(const at::Tensor& view_dirs, const at::Tensor& ray_origins, at::TensorList sky_w,
                               at::TensorList sky_b, int64_t sky_freqs, const at::Tensor& texels,
-                              const at::Tensor& centre, const at::Tensor& radii);
+                              const at::Tensor& centre, const at::Tensor& radii, bool bf16_matmul);
 
 }  // namespace dnmp

@@ -124,7 +124,8 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
         render_reference_ms_per_kpx: the same render with the torch reference shading
             (`shade_rays_early_exit`), timed interleaved with the fused one (None when the
             fused op is unavailable); fused_vs_reference_psnr_db: PSNR of the fused image
-            against the reference image.
+            against the reference image; bf16_matmul: whether the fused ops ran their MLPs
+            with bfloat16 operands (`RenderConfig.bf16_matmul`).
         peak_memory_mb_per_kpx: peak torch memory allocated during one full render,
             MiB per 1000 pixels (None if unmeasurable).
         With `breakdown`: render_breakdown_ms (and render_reference_breakdown_ms), ms of one
@@ -175,6 +176,7 @@ def profile_renderer(renderer: DNMPRenderer, intrinsics: torch.Tensor, cam_to_wo
             extra["render_reference_breakdown_ms"] = stage_times(lambda: full(False), RENDER_STAGES)
     return {**extra,
         "shading": "fused" if fused else "torch", "device": str(device),
+        "bf16_matmul": fused and renderer.bf16_matmul(device),
         "render_reference_ms_per_kpx": None if ref is None else ref[0] / kpx,
         "render_reference_ms_runs": None if ref is None else [round(x, 2) for x in ref[1]],
         "fused_vs_reference_psnr_db": None if ref is None else ref_psnr,

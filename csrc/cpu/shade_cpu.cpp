@@ -11,6 +11,13 @@
 // shared math of common/shade_math.h.
 // Each block is independent, so the output does not depend on the thread count.
 //
+// bf16_matmul (float32 inputs only): the MLP layers take bfloat16 operands (inputs and
+// weights rounded to nearest even) and accumulate in float32, through ATen's brgemm
+// micro-kernel (oneDNN; AMX tiles on CPUs that have them, 5-7x the float32 GEMM rate on
+// these blocks). Everything else (interpolation, encoding arguments, sines, heads of
+// width 1, compositing) stays float32. Its torch twin rounds the same operands
+// (tests/model/test_fused_shading.py).
+//
 // background_fwd: what a ray sees through all its layers, for rendering (forward only):
 // the sky MLP (positional encoding of the direction, GEMMs over blocks of kBlock rays,
 // sigmoid) and the far field's shells composited over it per ray (common/shade_math.h,
@@ -18,8 +25,11 @@
 // ~20 small ops over N x S x 4 temporaries, about a third of a render.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "common/interp_math.h"
@@ -50,11 +60,61 @@ void check_mlp(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& 
   }
 }
 
-// sin and cos of x * f_k, f_k = 2^k pi (rounded to x's dtype, as torch does): [m, D, L] each.
+// bf16 operands need float32 inputs and a CPU with bf16 brgemm kernels.
+void check_bf16(bool bf16_matmul, const at::Tensor& ref, const char* name) {
+  if (!bf16_matmul) return;
+  TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat, "bf16_matmul needs float32 ", name, ", got ", ref.scalar_type());
+  TORCH_CHECK_VALUE(at::native::cpublas::could_pack(at::kBFloat16),
+                    "bf16_matmul: this CPU has no bf16 matrix kernels (brgemm); pass bf16_matmul=False");
+}
+
+// sin and cos of x * f_k, f_k = 2^k pi (rounded to x's dtype, as torch does): [m, D, L] each,
+// x a contiguous [m, D]. The products in a plain loop (a broadcasting at::mul costs as much
+// as the sines on these small blocks); sin and cos vectorised by ATen.
 void sincos_block(const at::Tensor& x, const at::Tensor& freqs, at::Tensor& arg, at::Tensor& s, at::Tensor& c) {
-  at::mul_out(arg, x.unsqueeze(-1), freqs);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sincos_block", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* f = freqs.data_ptr<scalar_t>();
+    scalar_t* a = arg.data_ptr<scalar_t>();
+    const int64_t n = x.numel(), L = freqs.numel();
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < L; ++k) a[i * L + k] = xp[i] * f[k];
+  });
   at::sin_out(s, arg);
   at::cos_out(c, arg);
+}
+
+// Columns of the planar encoding [x (D) | sin f_0 x .. sin f_{L-1} x (D each) | cos f_0 x ..
+// cos f_{L-1} x] in field.positional_encoding's layout (per d: L sines, then L cosines):
+// planar column i is column cols[i] there (a Bf16Chain's first_cols).
+std::vector<int64_t> planar_columns(int64_t D, int64_t L) {
+  std::vector<int64_t> cols(D * (1 + 2 * L));
+  for (int64_t d = 0; d < D; ++d) cols[d] = d;
+  for (int64_t k = 0; k < L; ++k)
+    for (int64_t d = 0; d < D; ++d) {
+      cols[D + k * D + d] = D + d * 2 * L + k;
+      cols[D + (L + k) * D + d] = D + d * 2 * L + L + k;
+    }
+  return cols;
+}
+
+// The planar encoding of the first m rows of e (float32, row stride ld) in place: x is in
+// columns [0, D); writes the arguments x * f_k to both halves, then one vectorised sin and
+// one cos over each half (as strided [m, L D] views).
+void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs) {
+  const int64_t L = freqs.numel();
+  if (L == 0 || m == 0) return;
+  float* p = e.data_ptr<float>();
+  const float* f = freqs.data_ptr<float>();
+  const int64_t ld = e.size(1);
+  for (int64_t j = 0; j < m; ++j) {
+    float* row = p + j * ld;
+    for (int64_t k = 0; k < L; ++k)
+      for (int64_t d = 0; d < D; ++d) row[D + k * D + d] = row[D + (L + k) * D + d] = row[d] * f[k];
+  }
+  auto rows = e.narrow(0, 0, m);
+  rows.narrow(1, D, L * D).sin_();
+  rows.narrow(1, D + L * D, L * D).cos_();
 }
 
 // Frequencies 2^k pi, k < L, in the options' dtype, as field.positional_encoding builds them.
@@ -83,14 +143,106 @@ at::Tensor run_mlp(const at::Tensor& in, std::vector<at::Tensor>& outs, const st
   return cur;
 }
 
+
+constexpr int64_t kPad = 16;   // widths of the bf16 matrices, padded with zero weights
+constexpr int64_t kRows = 32;  // brgemm row counts are rounded up to this (few kernel shapes)
+constexpr int64_t kCols = 64;  // brgemm packs B in column blocks of at most this width
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// A Linear/ReLU chain (no ReLU after the last layer) with bfloat16 operands and float32
+// accumulation, through ATen's brgemm micro-kernel. Widths are padded to kPad with zero
+// weights and biases, so padded columns stay 0 through every ReLU. Read-only once built:
+// shared by the threads; each thread brings its own Work.
+struct Bf16Chain {
+  std::vector<std::vector<at::Tensor>> packed;  // per layer, per column block: bf16 [kp_i, <= kCols], packed
+  std::vector<at::Tensor> bias;                 // float32 [np_i]
+  std::vector<int64_t> kp, np;
+
+  struct Work {
+    at::Tensor in, acc, act;  // bf16 [kBlock, kp_0]; float32 / bf16 [kBlock, max np]
+  };
+
+  // w, b: the chain's float32 weights [out, in] and biases. first_cols: where the first
+  // layer's input columns come from (input column i of this chain is column first_cols[i]
+  // of w[0]); empty: the same order.
+  Bf16Chain(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& b,
+            const std::vector<int64_t>& first_cols = {}) {
+    int64_t k_in = round_up(w[0].size(1), kPad);
+    for (size_t i = 0; i < w.size(); ++i) {
+      const int64_t K = w[i].size(1), N = w[i].size(0), n_p = round_up(N, kPad);
+      auto wi = w[i];
+      if (i == 0 && !first_cols.empty())
+        wi = wi.index_select(1, at::tensor(first_cols, wi.options().dtype(at::kLong)));
+      auto wt = at::zeros({k_in, n_p}, w[i].options());
+      wt.narrow(0, 0, K).narrow(1, 0, N).copy_(wi.t());
+      std::vector<at::Tensor> blocks;
+      for (int64_t c0 = 0; c0 < n_p; c0 += kCols) {
+        const int64_t nb = std::min(kCols, n_p - c0);
+        auto wb = wt.narrow(1, c0, nb).to(at::kBFloat16).contiguous();
+        auto pk = at::empty_like(wb);
+        at::native::cpublas::pack(k_in, nb, nb, nb, at::kBFloat16, at::kBFloat16, wb.data_ptr(), pk.data_ptr());
+        blocks.push_back(pk);
+      }
+      auto bi = at::zeros({n_p}, b[i].options());
+      bi.narrow(0, 0, N).copy_(b[i]);
+      packed.push_back(blocks);
+      bias.push_back(bi.contiguous());
+      kp.push_back(k_in);
+      np.push_back(n_p);
+      k_in = n_p;
+    }
+  }
+  int64_t in_width() const { return kp.front(); }
+  int64_t out_width() const { return np.back(); }
+  Work work() const {
+    const int64_t w = *std::max_element(np.begin(), np.end());
+    const auto f = bias[0].options().dtype(at::kFloat), h = f.dtype(at::kBFloat16);
+    return {at::zeros({kBlock, kp.front()}, h), at::zeros({kBlock, w}, f), at::zeros({kBlock, w}, h)};
+  }
+  // A float32 [kBlock, in_width()] input buffer (zeros: padded columns must stay 0).
+  at::Tensor input_buffer() const { return at::zeros({kBlock, kp.front()}, bias[0].options()); }
+  // The first m (<= kBlock) rows of `in` (an input_buffer; rows up to round_up(m, kRows)
+  // finite) through the chain: float32 [m, out_width()] in ws.acc, biases added, no ReLU
+  // after the last layer. Operands are rounded to bf16 by ATen's vectorised copy.
+  const float* run(const at::Tensor& in, int64_t m, Work& ws) const {
+    const int64_t mr = std::min(round_up(m, kRows), kBlock);
+    ws.in.narrow(0, 0, mr).copy_(in.narrow(0, 0, mr));
+    const at::BFloat16* cur = ws.in.data_ptr<at::BFloat16>();
+    float* acc = ws.acc.data_ptr<float>();
+    at::BFloat16* act = ws.act.data_ptr<at::BFloat16>();
+    for (size_t i = 0; i < packed.size(); ++i) {
+      const int64_t n = np[i];
+      for (size_t blk = 0; blk < packed[i].size(); ++blk) {
+        const int64_t c0 = int64_t(blk) * kCols, nb = packed[i][blk].size(1);
+        at::native::cpublas::brgemm(mr, nb, kp[i], kp[i], nb, n, false, cur,
+                                    packed[i][blk].data_ptr<at::BFloat16>(), acc + c0, true);
+      }
+      const float* bi = bias[i].data_ptr<float>();
+      const bool last = i + 1 == packed.size();
+      for (int64_t j = 0; j < (last ? m : mr); ++j) {
+        float* row = acc + j * n;
+        if (last)
+          for (int64_t c = 0; c < n; ++c) row[c] += bi[c];
+        else  // ReLU between layers
+          for (int64_t c = 0; c < n; ++c) row[c] = std::max(row[c] + bi[c], 0.f);
+      }
+      if (!last) ws.act.view(-1).narrow(0, 0, mr * n).copy_(ws.acc.view(-1).narrow(0, 0, mr * n));
+      cur = act;
+    }
+    return acc;
+  }
+};
+
 }  // namespace
+
+bool bf16_matmul_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     const at::Tensor& features_, const at::Tensor& faces_, const at::Tensor& normals_, const at::Tensor& pix_to_face_,
     const at::Tensor& bary_, const at::Tensor& zbuf_, const at::Tensor& view_dirs_, at::TensorList trunk_w_,
     at::TensorList trunk_b_, const at::Tensor& opacity_w_, const at::Tensor& opacity_b_, at::TensorList color_w_,
     at::TensorList color_b_, int64_t feature_freqs, int64_t dir_freqs, double min_transmittance,
-    double surface_opacity) {
+    double surface_opacity, bool bf16_matmul) {
   // argument checks (shapes, dtypes, index ranges): the op never reads out of bounds
   TORCH_CHECK_TYPE(features_.scalar_type() == at::kFloat || features_.scalar_type() == at::kDouble,
                    "features must be float32 or float64, got ", features_.scalar_type());
@@ -118,6 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   TORCH_CHECK_VALUE(opacity_w_.size(0) == 1, "opacity head must have 1 output, got ", opacity_w_.size(0));
   check_mlp(cw, cb, H + d_dir, features_, "colour head");
   TORCH_CHECK_VALUE(cw.back().size(0) == 3, "colour head must have 3 outputs, got ", cw.back().size(0));
+  check_bf16(bf16_matmul, features_, "features");
 
   const auto dt = features_.scalar_type();
   const auto feats = features_.contiguous();
@@ -145,6 +298,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
       encode_layout(dirs.data_ptr<scalar_t>(), sn.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(), N, 3, Ld,
                     dir_enc.data_ptr<scalar_t>(), d_dir - 1);
     });
+  }
+
+  std::unique_ptr<Bf16Chain> trunk_bf, color_bf;
+  if (bf16_matmul) {
+    trunk_bf = std::make_unique<Bf16Chain>(tw, tb, planar_columns(C, Lf));
+    color_bf = std::make_unique<Bf16Chain>(cw, cb);
   }
 
   auto rgb = at::empty({N, 3}, feats.options());
@@ -185,6 +344,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
       std::vector<int64_t> alive(kBlock);
       std::vector<T> alpha(kBlock);
       std::vector<RayState<T>> st(kBlock);
+      // bf16 mode: float32 inputs of the two chains (zeros: padded columns stay 0)
+      at::Tensor e32, c32;
+      Bf16Chain::Work tws, cws;
+      if (bf16_matmul) {
+        e32 = trunk_bf->input_buffer();
+        c32 = color_bf->input_buffer();
+        tws = trunk_bf->work();
+        cws = color_bf->work();
+      }
 
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t r0 = blk * kBlock, n = std::min(kBlock, N - r0);
@@ -194,37 +362,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           for (int64_t i = 0; i < n; ++i)
             if (pf[(r0 + i) * K + l] >= 0 && st[i].trans > min_t) alive[m++] = i;
           if (m == 0) continue;  // not break: a coarse layer may follow an empty fine one
-          T* fp = f_in.data_ptr<T>();
+          // interpolated features [m, C] at row stride ldf (bf16 mode: straight into the
+          // trunk's input, whose first C columns they are in the planar encoding)
+          T* fp = bf16_matmul ? reinterpret_cast<T*>(e32.data_ptr<float>()) : f_in.data_ptr<T>();
+          const int64_t ldf = bf16_matmul ? trunk_bf->in_width() : C;
           for (int64_t j = 0; j < m; ++j) {
             const int64_t r = r0 + alive[j], f = pf[r * K + l];
             const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
-            interp_fragment(fa, C, v, bc + 3 * (r * K + l), fp + j * C);
+            interp_fragment(fa, C, v, bc + 3 * (r * K + l), fp + j * ldf);
           }
-          if (Lf > 0) {
-            at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);
-            sincos_block(f_in.narrow(0, 0, m), freqs_f, a, s, c);
+          // trunk: h [m, H] (row stride ldh), no ReLU after its last layer
+          const T* hp;
+          int64_t ldh = H;
+          if (bf16_matmul) {  // T is float here (check_bf16)
+            encode_planar(e32, m, C, freqs_f);
+            hp = reinterpret_cast<const T*>(trunk_bf->run(e32, m, tws));
+            ldh = trunk_bf->out_width();
+          } else {
+            if (Lf > 0) {
+              at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);
+              sincos_block(f_in.narrow(0, 0, m), freqs_f, a, s, c);
+            }
+            encode_layout(fp, sn.data_ptr<T>(), cs.data_ptr<T>(), m, C, Lf, x_in.data_ptr<T>(), d_feat);
+            hp = run_mlp(x_in, t_out, twt, tb, m).data_ptr<T>();
           }
-          encode_layout(fp, sn.data_ptr<T>(), cs.data_ptr<T>(), m, C, Lf, x_in.data_ptr<T>(), d_feat);
-          at::Tensor h = run_mlp(x_in, t_out, twt, tb, m);  // [m, H], no ReLU after the last
-          const T* hp = h.data_ptr<T>();
-          T* cp = c_in.data_ptr<T>();
+          // opacity head, and the colour head's input [relu(h), direction encoding, |cos|]
+          at::Tensor& cin = bf16_matmul ? c32 : c_in;
+          const int64_t ldc = cin.size(1);
+          T* cp = reinterpret_cast<T*>(cin.data_ptr());
           for (int64_t j = 0; j < m; ++j) {
             const int64_t r = r0 + alive[j], f = pf[r * K + l];
-            const T* hj = hp + j * H;
+            const T* hj = hp + j * ldh;
             T s = T(0);
             for (int64_t c = 0; c < H; ++c) s += owp[c] * hj[c];
             alpha[j] = sigmoid(s + ob0);
-            T* row = cp + j * (H + d_dir);
-            for (int64_t c = 0; c < H; ++c) row[c] = hj[c] > T(0) ? hj[c] : T(0);
-            for (int64_t c = 0; c < d_dir - 1; ++c) row[H + c] = de[r * (d_dir - 1) + c];
             const T cosv = dr[3 * r] * nm[3 * f] + dr[3 * r + 1] * nm[3 * f + 1] + dr[3 * r + 2] * nm[3 * f + 2];
+            const T* dej = de + r * (d_dir - 1);
+            T* row = cp + j * ldc;
+            for (int64_t c = 0; c < H; ++c) row[c] = hj[c] > T(0) ? hj[c] : T(0);
+            for (int64_t c = 0; c < d_dir - 1; ++c) row[H + c] = dej[c];
             row[H + d_dir - 1] = cosv < T(0) ? -cosv : cosv;
           }
-          at::Tensor c = run_mlp(c_in, c_out, cwt, cb, m);  // [m, 3] logits
-          const T* cl = c.data_ptr<T>();
+          const T* cl;  // [m, 3] colour logits, row stride ldl
+          int64_t ldl = 3;
+          if (bf16_matmul) {
+            cl = reinterpret_cast<const T*>(color_bf->run(c32, m, cws));
+            ldl = color_bf->out_width();
+          } else {
+            cl = run_mlp(c_in, c_out, cwt, cb, m).data_ptr<T>();
+          }
           for (int64_t j = 0; j < m; ++j) {
             const int64_t r = r0 + alive[j];
-            const T col[3] = {sigmoid(cl[3 * j]), sigmoid(cl[3 * j + 1]), sigmoid(cl[3 * j + 2])};
+            const T col[3] = {sigmoid(cl[ldl * j]), sigmoid(cl[ldl * j + 1]), sigmoid(cl[ldl * j + 2])};
             ray_composite(st[alive[j]], alpha[j], col, zb[r * K + l], surface_level);
           }
         }
@@ -235,6 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           o_trans[r] = st[i].trans;
         }
       }
+      if (bf16_matmul) at::native::cpublas::brgemm_release(true);
     });
   });
   return {rgb, depth, mean_depth, trans};
@@ -242,7 +432,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
 
 at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ray_origins_, at::TensorList sky_w_,
                               at::TensorList sky_b_, int64_t sky_freqs, const at::Tensor& texels_,
-                              const at::Tensor& centre_, const at::Tensor& radii_) {
+                              const at::Tensor& centre_, const at::Tensor& radii_, bool bf16_matmul) {
   TORCH_CHECK_TYPE(view_dirs_.scalar_type() == at::kFloat || view_dirs_.scalar_type() == at::kDouble,
                    "view_dirs must be float32 or float64, got ", view_dirs_.scalar_type());
   TORCH_CHECK_VALUE(view_dirs_.dim() == 2 && view_dirs_.size(1) == 3, "view_dirs must have shape [N, 3], got ",
@@ -254,6 +444,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
   const int64_t d_in = 3 * (1 + 2 * sky_freqs);
   check_mlp(sw, sb, d_in, view_dirs_, "sky MLP", "view_dirs");
   TORCH_CHECK_VALUE(sw.back().size(0) == 3, "sky MLP must have 3 outputs, got ", sw.back().size(0));
+  check_bf16(bf16_matmul, view_dirs_, "view_dirs");
   TORCH_CHECK_VALUE(radii_.dim() == 1, "radii must have shape [S], got ", radii_.sizes());
   const int64_t S = radii_.size(0);
   TORCH_CHECK_VALUE(texels_.dim() == 2 && texels_.size(1) == 4 && texels_.size(0) % (6 * std::max<int64_t>(S, 1)) == 0,
@@ -279,6 +470,8 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
   const auto freqs = frequencies(L, dirs.options());
   auto rgb = at::empty({N, 3}, dirs.options());
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
+  std::unique_ptr<Bf16Chain> sky_bf;
+  if (bf16_matmul) sky_bf = std::make_unique<Bf16Chain>(sw, sb, planar_columns(3, L));
 
   AT_DISPATCH_FLOATING_TYPES(dt, "background_fwd_cpu", [&] {
     using T = scalar_t;
@@ -295,17 +488,35 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
       at::Tensor arg = at::empty({kBlock, 3, L}, opt), sn = at::empty_like(arg), cs = at::empty_like(arg);
       std::vector<at::Tensor> outs;
       for (auto& w : sw) outs.push_back(at::empty({kBlock, w.size(0)}, opt));
+      at::Tensor e32;
+      Bf16Chain::Work ws;
+      if (bf16_matmul) {
+        e32 = sky_bf->input_buffer();
+        ws = sky_bf->work();
+      }
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t r0 = blk * kBlock, m = std::min(kBlock, N - r0);
-        if (L > 0) {
-          at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);
-          sincos_block(dirs.narrow(0, r0, m), freqs, a, s, c);
+        const T* logit;  // [m, 3], row stride ld
+        int64_t ld = 3;
+        if (bf16_matmul) {  // T is float here (check_bf16)
+          float* e = e32.data_ptr<float>();
+          const int64_t le = e32.size(1);
+          for (int64_t j = 0; j < m; ++j)
+            for (int c = 0; c < 3; ++c) e[j * le + c] = float(dr[3 * (r0 + j) + c]);
+          encode_planar(e32, m, 3, freqs);
+          logit = reinterpret_cast<const T*>(sky_bf->run(e32, m, ws));
+          ld = sky_bf->out_width();
+        } else {
+          if (L > 0) {
+            at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);
+            sincos_block(dirs.narrow(0, r0, m), freqs, a, s, c);
+          }
+          encode_layout(dr + 3 * r0, sn.data_ptr<T>(), cs.data_ptr<T>(), m, 3, L, x_in.data_ptr<T>(), d_in);
+          logit = run_mlp(x_in, outs, swt, sb, m).data_ptr<T>();
         }
-        encode_layout(dr + 3 * r0, sn.data_ptr<T>(), cs.data_ptr<T>(), m, 3, L, x_in.data_ptr<T>(), d_in);
-        const T* logit = run_mlp(x_in, outs, swt, sb, m).data_ptr<T>();
         for (int64_t j = 0; j < m; ++j) {
           const int64_t r = r0 + j;
-          const T sky[3] = {sigmoid(logit[3 * j]), sigmoid(logit[3 * j + 1]), sigmoid(logit[3 * j + 2])};
+          const T sky[3] = {sigmoid(logit[ld * j]), sigmoid(logit[ld * j + 1]), sigmoid(logit[ld * j + 2])};
           if (S == 0) {
             for (int c = 0; c < 3; ++c) out[3 * r + c] = sky[c];
           } else {
@@ -313,6 +524,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
           }
         }
       }
+      if (bf16_matmul) at::native::cpublas::brgemm_release(true);
     });
   });
   return rgb;

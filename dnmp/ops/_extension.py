@@ -160,6 +160,14 @@ def backend() -> str:
     return _state["backend"]
 
 
+def bf16_matmul_available() -> bool:
+    """True when the compiled kernels are built and this CPU has bfloat16 matrix kernels
+    (ATen's brgemm through oneDNN: AMX or AVX512-BF16), which the shading ops use for their
+    MLP layers when asked (`bf16_matmul`)."""
+    mod = load_extension()
+    return mod is not None and bool(getattr(mod, "bf16_matmul_available", lambda: False)())
+
+
 def kernels_for(device: torch.device) -> bool:
     """True when compiled kernels can run on `device` (CPU always when built; CUDA
     only when the extension was built with CUDA). Otherwise the reference is used,

@@ -83,12 +83,13 @@ torch.library.register_autograd("dnmp::interpolate_fwd", _interpolate_backward, 
 @torch.library.register_fake("dnmp::shade_fwd")
 def _shade_fwd_fake(features, faces, normals, pix_to_face, bary, zbuf, view_dirs, trunk_w, trunk_b,
                     opacity_w, opacity_b, color_w, color_b, feature_freqs, dir_freqs,
-                    min_transmittance, surface_opacity):
+                    min_transmittance, surface_opacity, bf16_matmul=False):
     n = pix_to_face.shape[0]
     return (features.new_empty((n, 3)), features.new_empty((n,)), features.new_empty((n,)),
             features.new_empty((n,)))
 
 
 @torch.library.register_fake("dnmp::background_fwd")
-def _background_fwd_fake(view_dirs, ray_origins, sky_w, sky_b, sky_freqs, texels, centre, radii):
+def _background_fwd_fake(view_dirs, ray_origins, sky_w, sky_b, sky_freqs, texels, centre, radii,
+                         bf16_matmul=False):
     return view_dirs.new_empty((view_dirs.shape[0], 3))

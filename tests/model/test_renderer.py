@@ -12,7 +12,9 @@ def _small_renderer():
     torch.manual_seed(0)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
     cfg = TrainConfig(feature_dim=6, hidden=16, far_shells=0)  # primitives and sky (far field: test_far_field.py)
-    return build_renderer([voxelize(pts, 0.5)], cfg)
+    r = build_renderer([voxelize(pts, 0.5)], cfg)
+    r.config.bf16_matmul = False  # renders in float32: compared with shade_rays to 2e-4
+    return r
 
 
 def _frags(r, h=16, w=20):
