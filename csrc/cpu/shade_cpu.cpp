@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -98,23 +99,73 @@ std::vector<int64_t> planar_columns(int64_t D, int64_t L) {
   return cols;
 }
 
+// The element loops of the bf16 path, also compiled for AVX-512 and AVX2 (GCC/Clang pick
+// the clone for the CPU at load time; the build targets x86-64-v2).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DNMP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DNMP_CLONES
+#endif
+
+// float32 -> bfloat16 bits, rounded to nearest even (as c10::BFloat16 and torch's
+// .bfloat16()); NaN stays a (quiet) NaN.
+inline uint16_t bf16_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t rne = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? (u >> 16) | 0x40u : rne);
+}
+
+DNMP_CLONES void to_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+}
+
+// rows x n: out = bf16(relu(acc + b)) (a hidden layer, rounded for the next GEMM; NaN stays
+// NaN, as torch's ReLU keeps it).
+DNMP_CLONES void bias_relu_bf16(const float* acc, const float* b, int64_t rows, int64_t n, uint16_t* out) {
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t c = 0; c < n; ++c) {
+      const float v = acc[j * n + c] + b[c];
+      out[j * n + c] = bf16_bits(v < 0.f ? 0.f : v);
+    }
+}
+
+// The higher frequencies from the lowest by the double-angle formulas, per row of e:
+// sin 2t = 2 sin t cos t, cos 2t = (cos t - sin t)(cos t + sin t). Within a few float32 ulps
+// of sin / cos of the doubled argument (the k-th frequency: ~2^k ulps), far below bf16's.
+DNMP_CLONES void double_angles(float* p, int64_t m, int64_t ld, int64_t D, int64_t L) {
+  for (int64_t j = 0; j < m; ++j) {
+    float* sn = p + j * ld + D;
+    float* cs = sn + L * D;
+    for (int64_t k = 1; k < L; ++k)
+      for (int64_t d = 0; d < D; ++d) {
+        const float s = sn[(k - 1) * D + d], c = cs[(k - 1) * D + d];
+        sn[k * D + d] = 2.f * s * c;
+        cs[k * D + d] = (c - s) * (c + s);
+      }
+  }
+}
+
 // The planar encoding of the first m rows of e (float32, row stride ld) in place: x is in
 // columns [0, D); writes the arguments x * f_k to both halves, then one vectorised sin and
 // one cos over each half (as strided [m, L D] views).
-void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs) {
+// With `doubling`, only the lowest frequency goes through sin and cos, the others follow by
+// double_angles (for few frequencies: the error grows as 2^k ulps).
+void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs, bool doubling) {
   const int64_t L = freqs.numel();
   if (L == 0 || m == 0) return;
   float* p = e.data_ptr<float>();
   const float* f = freqs.data_ptr<float>();
-  const int64_t ld = e.size(1);
+  const int64_t ld = e.size(1), Lt = doubling ? 1 : L;  // frequencies through sin / cos
   for (int64_t j = 0; j < m; ++j) {
     float* row = p + j * ld;
-    for (int64_t k = 0; k < L; ++k)
+    for (int64_t k = 0; k < Lt; ++k)
       for (int64_t d = 0; d < D; ++d) row[D + k * D + d] = row[D + (L + k) * D + d] = row[d] * f[k];
   }
   auto rows = e.narrow(0, 0, m);
-  rows.narrow(1, D, L * D).sin_();
-  rows.narrow(1, D + L * D, L * D).cos_();
+  rows.narrow(1, D, Lt * D).sin_();
+  rows.narrow(1, D + L * D, Lt * D).cos_();
+  if (doubling) double_angles(p, m, ld, D, L);
 }
 
 // Frequencies 2^k pi, k < L, in the options' dtype, as field.positional_encoding builds them.
@@ -206,7 +257,7 @@ struct Bf16Chain {
   // after the last layer. Operands are rounded to bf16 by ATen's vectorised copy.
   const float* run(const at::Tensor& in, int64_t m, Work& ws) const {
     const int64_t mr = std::min(round_up(m, kRows), kBlock);
-    ws.in.narrow(0, 0, mr).copy_(in.narrow(0, 0, mr));
+    to_bf16(in.data_ptr<float>(), reinterpret_cast<uint16_t*>(ws.in.data_ptr<at::BFloat16>()), mr * kp.front());
     const at::BFloat16* cur = ws.in.data_ptr<at::BFloat16>();
     float* acc = ws.acc.data_ptr<float>();
     at::BFloat16* act = ws.act.data_ptr<at::BFloat16>();
@@ -218,15 +269,12 @@ struct Bf16Chain {
                                     packed[i][blk].data_ptr<at::BFloat16>(), acc + c0, true);
       }
       const float* bi = bias[i].data_ptr<float>();
-      const bool last = i + 1 == packed.size();
-      for (int64_t j = 0; j < (last ? m : mr); ++j) {
-        float* row = acc + j * n;
-        if (last)
-          for (int64_t c = 0; c < n; ++c) row[c] += bi[c];
-        else  // ReLU between layers
-          for (int64_t c = 0; c < n; ++c) row[c] = std::max(row[c] + bi[c], 0.f);
+      if (i + 1 == packed.size()) {
+        for (int64_t j = 0; j < m; ++j)
+          for (int64_t c = 0; c < n; ++c) acc[j * n + c] += bi[c];
+      } else {  // ReLU between layers
+        bias_relu_bf16(acc, bi, mr, n, reinterpret_cast<uint16_t*>(act));
       }
-      if (!last) ws.act.view(-1).narrow(0, 0, mr * n).copy_(ws.acc.view(-1).narrow(0, 0, mr * n));
       cur = act;
     }
     return acc;
@@ -375,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           const T* hp;
           int64_t ldh = H;
           if (bf16_matmul) {  // T is float here (check_bf16)
-            encode_planar(e32, m, C, freqs_f);
+            encode_planar(e32, m, C, freqs_f, Lf <= 4);
             hp = reinterpret_cast<const T*>(trunk_bf->run(e32, m, tws));
             ldh = trunk_bf->out_width();
           } else {
@@ -503,7 +551,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
           const int64_t le = e32.size(1);
           for (int64_t j = 0; j < m; ++j)
             for (int c = 0; c < 3; ++c) e[j * le + c] = float(dr[3 * (r0 + j) + c]);
-          encode_planar(e32, m, 3, freqs);
+          encode_planar(e32, m, 3, freqs, false);  // up to 2^9 pi: direct sines
           logit = reinterpret_cast<const T*>(sky_bf->run(e32, m, ws));
           ld = sky_bf->out_width();
         } else {

@@ -49,6 +49,8 @@ class RenderConfig:
 SURFACE_OPACITY = 0.05
 # rays whose transmittance fell below this skip the remaining layers (renders only)
 MIN_TRANSMITTANCE = 1e-4
+# pixels per call of the fused shading ops in `shade_image` (at least RenderConfig.chunk)
+FUSED_CHUNK = 1 << 21
 
 
 def _linear_chain(seq: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
@@ -549,9 +551,9 @@ class DNMPRenderer(nn.Module):
                         cam_to_world: torch.Tensor, height: int, width: int,
                         fused: bool | None = None) -> dict[str, torch.Tensor]:
         """Colour, depth and coverage images from the fragments of one whole camera image
-        (batch size 1), shaded in chunks of `config.chunk` pixels with `shade_rays_fused`
-        when `fused` (default: when `fused_shading_available()`), else with its torch
-        reference `shade_rays_early_exit`; see `render` for the outputs."""
+        (batch size 1), shaded with `shade_rays_fused` in chunks of FUSED_CHUNK pixels when
+        `fused` (default: when `fused_shading_available()`), else with its torch reference
+        `shade_rays_early_exit` in chunks of `config.chunk`; see `render` for the outputs."""
         if fused is None:
             fused = self.fused_shading_available(frags.pix_to_face.device)
         shade = self.shade_rays_fused if fused else self.shade_rays_early_exit
@@ -563,8 +565,11 @@ class DNMPRenderer(nn.Module):
         dirs = camera_rays(intrinsics, cam_to_world, height, width)
         origins = cam_to_world[:3, 3].to(dirs.dtype).expand_as(dirs)
         rgb, depth, mean_depth, cov = [], [], [], []
-        for s in range(0, p2f.shape[0], self.config.chunk):
-            sl = slice(s, s + self.config.chunk)
+        # the fused ops keep no per-fragment temporaries (O(rays) memory): one call per image
+        # of up to FUSED_CHUNK pixels, so their checks over all faces run once
+        chunk = max(self.config.chunk, FUSED_CHUNK) if fused else self.config.chunk
+        for s in range(0, p2f.shape[0], chunk):
+            sl = slice(s, s + chunk)
             out = shade(p2f[sl], bary[sl], zbuf[sl], dirs[sl], ray_origins=origins[sl])
             rgb.append(out["rgb"])
             depth.append(out["depth"])
