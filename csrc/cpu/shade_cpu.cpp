@@ -130,42 +130,81 @@ DNMP_CLONES void bias_relu_bf16(const float* acc, const float* b, int64_t rows, 
     }
 }
 
-// The higher frequencies from the lowest by the double-angle formulas, per row of e:
-// sin 2t = 2 sin t cos t, cos 2t = (cos t - sin t)(cos t + sin t). Within a few float32 ulps
-// of sin / cos of the doubled argument (the k-th frequency: ~2^k ulps), far below bf16's.
-DNMP_CLONES void double_angles(float* p, int64_t m, int64_t ld, int64_t D, int64_t L) {
+// sin(pi x) and cos(pi x) in float32 (within a few ulps) for finite |x| < 2^21: x = n / 2 + r
+// exactly, |r| <= 1/4, Taylor polynomials in t = pi r (truncation < 3e-8), the quadrant from
+// n mod 4. Branch-free, so a loop of it vectorises.
+inline void sincospi(float x, float& s, float& c) {
+  const float magic = 12582912.f;           // 1.5 * 2^23: adding and subtracting rounds to an integer
+  const float h = (2.f * x + magic) - magic;  // round(2 x)
+  const float t = (x - 0.5f * h) * float(M_PI), t2 = t * t;
+  const int n = int(h);
+  const float sp = t * (1.f + t2 * (-1.f / 6 + t2 * (1.f / 120 + t2 * (-1.f / 5040 + t2 * (1.f / 362880)))));
+  const float cp = 1.f + t2 * (-0.5f + t2 * (1.f / 24 + t2 * (-1.f / 720 + t2 * (1.f / 40320))));
+  const float ss = (n & 1) ? cp : sp, cc = (n & 1) ? sp : cp;
+  s = (n & 2) ? -ss : ss;
+  c = ((n + 1) & 2) ? -cc : cc;
+}
+
+// The planar encoding (see encode_planar) of m rows of D values x (float32, row stride ldx)
+// with frequencies 2^k pi, k < L, rounded to bf16 bits into `out` (row stride ldo): sincospi
+// for k = 0, double angles (sin 2t = 2 sin t cos t, cos 2t = (cos t - sin t)(cos t + sin t))
+// for the others: ~2^k float32 ulps, far below bf16's 2^-8. Values with |x| >= 2^21 or
+// not finite take std::sin / std::cos of the float32 products x * f_k, as torch computes
+// them. `scratch`: 2 D floats.
+DNMP_CLONES void encode_pi_bf16(const float* x, int64_t m, int64_t ldx, int64_t D, int64_t L, const float* freqs,
+                                float* scratch, uint16_t* out, int64_t ldo) {
+  float* sn = scratch;
+  float* cs = scratch + D;
   for (int64_t j = 0; j < m; ++j) {
-    float* sn = p + j * ld + D;
-    float* cs = sn + L * D;
-    for (int64_t k = 1; k < L; ++k)
+    const float* xj = x + j * ldx;
+    uint16_t* o = out + j * ldo;
+    bool odd = false;
+    for (int64_t d = 0; d < D; ++d) {
+      o[d] = bf16_bits(xj[d]);
+      odd |= !(std::fabs(xj[d]) < 2097152.f);  // also NaN
+    }
+    if (L == 0) continue;
+    for (int64_t d = 0; d < D; ++d) sincospi(xj[d], sn[d], cs[d]);
+    for (int64_t k = 0; k < L; ++k) {
+      if (k > 0)
+        for (int64_t d = 0; d < D; ++d) {
+          const float s1 = sn[d], c1 = cs[d];
+          sn[d] = 2.f * s1 * c1;
+          cs[d] = (c1 - s1) * (c1 + s1);
+        }
       for (int64_t d = 0; d < D; ++d) {
-        const float s = sn[(k - 1) * D + d], c = cs[(k - 1) * D + d];
-        sn[k * D + d] = 2.f * s * c;
-        cs[k * D + d] = (c - s) * (c + s);
+        o[D + k * D + d] = bf16_bits(sn[d]);
+        o[D + (L + k) * D + d] = bf16_bits(cs[d]);
       }
+    }
+    if (odd)
+      for (int64_t d = 0; d < D; ++d)
+        if (!(std::fabs(xj[d]) < 2097152.f))
+          for (int64_t k = 0; k < L; ++k) {
+            const float a = xj[d] * freqs[k];
+            o[D + k * D + d] = bf16_bits(std::sin(a));
+            o[D + (L + k) * D + d] = bf16_bits(std::cos(a));
+          }
   }
 }
 
 // The planar encoding of the first m rows of e (float32, row stride ld) in place: x is in
 // columns [0, D); writes the arguments x * f_k to both halves, then one vectorised sin and
 // one cos over each half (as strided [m, L D] views).
-// With `doubling`, only the lowest frequency goes through sin and cos, the others follow by
-// double_angles (for few frequencies: the error grows as 2^k ulps).
-void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs, bool doubling) {
+void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs) {
   const int64_t L = freqs.numel();
   if (L == 0 || m == 0) return;
   float* p = e.data_ptr<float>();
   const float* f = freqs.data_ptr<float>();
-  const int64_t ld = e.size(1), Lt = doubling ? 1 : L;  // frequencies through sin / cos
+  const int64_t ld = e.size(1);
   for (int64_t j = 0; j < m; ++j) {
     float* row = p + j * ld;
-    for (int64_t k = 0; k < Lt; ++k)
+    for (int64_t k = 0; k < L; ++k)
       for (int64_t d = 0; d < D; ++d) row[D + k * D + d] = row[D + (L + k) * D + d] = row[d] * f[k];
   }
   auto rows = e.narrow(0, 0, m);
-  rows.narrow(1, D, Lt * D).sin_();
-  rows.narrow(1, D + L * D, Lt * D).cos_();
-  if (doubling) double_angles(p, m, ld, D, L);
+  rows.narrow(1, D, L * D).sin_();
+  rows.narrow(1, D + L * D, L * D).cos_();
 }
 
 // Frequencies 2^k pi, k < L, in the options' dtype, as field.positional_encoding builds them.
@@ -258,7 +297,12 @@ struct Bf16Chain {
   const float* run(const at::Tensor& in, int64_t m, Work& ws) const {
     const int64_t mr = std::min(round_up(m, kRows), kBlock);
     to_bf16(in.data_ptr<float>(), reinterpret_cast<uint16_t*>(ws.in.data_ptr<at::BFloat16>()), mr * kp.front());
-    const at::BFloat16* cur = ws.in.data_ptr<at::BFloat16>();
+    return run(ws.in.data_ptr<at::BFloat16>(), m, ws);
+  }
+  // The same from bf16 rows (row stride in_width(), rows up to round_up(m, kRows) finite).
+  const float* run(const at::BFloat16* in, int64_t m, Work& ws) const {
+    const int64_t mr = std::min(round_up(m, kRows), kBlock);
+    const at::BFloat16* cur = in;
     float* acc = ws.acc.data_ptr<float>();
     at::BFloat16* act = ws.act.data_ptr<at::BFloat16>();
     for (size_t i = 0; i < packed.size(); ++i) {
@@ -393,10 +437,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
       std::vector<T> alpha(kBlock);
       std::vector<RayState<T>> st(kBlock);
       // bf16 mode: float32 inputs of the two chains (zeros: padded columns stay 0)
-      at::Tensor e32, c32;
+      at::Tensor x16, c32;
+      std::vector<float> scratch(2 * C);
       Bf16Chain::Work tws, cws;
       if (bf16_matmul) {
-        e32 = trunk_bf->input_buffer();
+        x16 = at::zeros({kBlock, trunk_bf->in_width()}, opt.dtype(at::kBFloat16));
         c32 = color_bf->input_buffer();
         tws = trunk_bf->work();
         cws = color_bf->work();
@@ -410,21 +455,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           for (int64_t i = 0; i < n; ++i)
             if (pf[(r0 + i) * K + l] >= 0 && st[i].trans > min_t) alive[m++] = i;
           if (m == 0) continue;  // not break: a coarse layer may follow an empty fine one
-          // interpolated features [m, C] at row stride ldf (bf16 mode: straight into the
-          // trunk's input, whose first C columns they are in the planar encoding)
-          T* fp = bf16_matmul ? reinterpret_cast<T*>(e32.data_ptr<float>()) : f_in.data_ptr<T>();
-          const int64_t ldf = bf16_matmul ? trunk_bf->in_width() : C;
+          // interpolated features [m, C]
+          T* fp = f_in.data_ptr<T>();
           for (int64_t j = 0; j < m; ++j) {
             const int64_t r = r0 + alive[j], f = pf[r * K + l];
             const int64_t v[3] = {fc[3 * f], fc[3 * f + 1], fc[3 * f + 2]};
-            interp_fragment(fa, C, v, bc + 3 * (r * K + l), fp + j * ldf);
+            interp_fragment(fa, C, v, bc + 3 * (r * K + l), fp + j * C);
           }
           // trunk: h [m, H] (row stride ldh), no ReLU after its last layer
           const T* hp;
           int64_t ldh = H;
           if (bf16_matmul) {  // T is float here (check_bf16)
-            encode_planar(e32, m, C, freqs_f, Lf <= 4);
-            hp = reinterpret_cast<const T*>(trunk_bf->run(e32, m, tws));
+            const int64_t lx = trunk_bf->in_width();
+            encode_pi_bf16(reinterpret_cast<const float*>(fp), m, C, C, Lf, freqs_f.data_ptr<float>(), scratch.data(),
+                           reinterpret_cast<uint16_t*>(x16.data_ptr<at::BFloat16>()), lx);
+            hp = reinterpret_cast<const T*>(trunk_bf->run(x16.data_ptr<at::BFloat16>(), m, tws));
             ldh = trunk_bf->out_width();
           } else {
             if (Lf > 0) {
@@ -551,7 +596,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
           const int64_t le = e32.size(1);
           for (int64_t j = 0; j < m; ++j)
             for (int c = 0; c < 3; ++c) e[j * le + c] = float(dr[3 * (r0 + j) + c]);
-          encode_planar(e32, m, 3, freqs, false);  // up to 2^9 pi: direct sines
+          encode_planar(e32, m, 3, freqs);
           logit = reinterpret_cast<const T*>(sky_bf->run(e32, m, ws));
           ld = sky_bf->out_width();
         } else {

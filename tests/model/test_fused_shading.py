@@ -384,3 +384,31 @@ def test_bf16_choice_and_errors():
         torch.ops.dnmp.shade_fwd(*args64)
     with pytest.raises(TypeError, match="bf16_matmul needs float32 view_dirs"):
         r.double().background_colour_fused(dirs.double())
+
+
+@needs_bf16
+def test_bf16_encoding_of_large_and_odd_features():
+    """The bf16 path's own sin(pi x) (exact reduction, polynomials) and its fallback to
+    float32 sin / cos of x * f_k beyond |x| = 2^21 agree with the twin's torch sines; NaN
+    features give NaN colours in both paths."""
+    r = _renderer(bf16=True)
+    with torch.no_grad():
+        f = r.primitives.features
+        f.mul_(300.0)  # arguments up to ~1e4: the reduction matters
+        f[::7, 0] = 3.0e6  # the fallback
+        f[::11, 1] = -0.25  # quadrant boundaries
+        f[::13, 2] = 0.5
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=600)
+    with _bf16_operands(r.field.trunk, r.field.color_head, r.background.mlp):
+        twin = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    e = (out["rgb"] - twin["rgb"]).abs().amax(1)
+    assert torch.isfinite(out["rgb"]).all()
+    # large arguments: the two paths' sines differ by ~1e-4 there (torch rounds x * f_k first),
+    # so more operands round to the other bf16 neighbour than in the ordinary case
+    assert e.median() < 1e-4 and (e > 1e-2).float().mean() < 0.05, (e.median(), e.max())
+    with torch.no_grad():
+        r.primitives.features[:] = float("nan")
+    nan = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    hit = (p2f >= 0).any(1)
+    assert torch.isnan(nan["rgb"][hit]).all()
