@@ -12,6 +12,16 @@
 
 namespace dnmp {
 
+// On the host an unqualified exp / sqrt / floor / sin / cos of a float is the C library's
+// double function (a conversion and a slower double evaluation); these make it T's overload.
+#if !defined(__CUDA_ARCH__)
+using std::cos;
+using std::exp;
+using std::floor;
+using std::sin;
+using std::sqrt;
+#endif
+
 // NeRF positional encoding of D values with L frequencies, in the layout of
 // field.positional_encoding: out[0:D] = x, then for each d: sin(f_0 x_d) .. sin(f_{L-1} x_d),
 // cos(f_0 x_d) .. cos(f_{L-1} x_d), with f_k = 2^k * pi rounded to T (as torch computes
