@@ -428,9 +428,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   const int64_t Lf = feature_freqs, Ld = dir_freqs;
   // frequencies 2^k pi in the features' dtype, as field.positional_encoding builds them
   const auto freqs_f = frequencies(Lf, feats.options());
-  // the direction encoding (all but the final cosine term) is per ray, not per layer
+  // the direction encoding (all but the final cosine term) is per ray, not per layer; with
+  // bf16 operands planar (encode_pi_row, the colour head's columns permuted to match)
   at::Tensor dir_enc = at::empty({N, d_dir - 1}, feats.options());
-  if (N > 0) {
+  if (N > 0 && bf16_matmul) {
+    auto freqs_d = frequencies(Ld, feats.options());
+    const float* dp = dirs.data_ptr<float>();
+    float* ep = dir_enc.data_ptr<float>();
+    at::parallel_for(0, N, 4096, [&](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) encode_pi_row(dp + 3 * r, 3, Ld, freqs_d.data_ptr<float>(), ep + r * (d_dir - 1));
+    });
+  } else if (N > 0) {
     auto freqs_d = frequencies(Ld, feats.options());
     auto arg = at::empty({N, 3, Ld}, feats.options()), sn = at::empty_like(arg), cs = at::empty_like(arg);
     sincos_block(dirs, freqs_d, arg, sn, cs);
@@ -443,7 +451,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   std::unique_ptr<Bf16Chain> trunk_bf, color_bf;
   if (bf16_matmul) {
     trunk_bf = std::make_unique<Bf16Chain>(tw, tb, planar_columns(C, Lf));
-    color_bf = std::make_unique<Bf16Chain>(cw, cb);
+    std::vector<int64_t> cols(H + d_dir);  // [h | planar direction encoding | cos]
+    const auto dir_cols = planar_columns(3, Ld);
+    for (int64_t i = 0; i < H; ++i) cols[i] = i;
+    for (size_t i = 0; i < dir_cols.size(); ++i) cols[H + i] = H + dir_cols[i];
+    cols[H + d_dir - 1] = H + d_dir - 1;
+    color_bf = std::make_unique<Bf16Chain>(cw, cb, cols);
   }
 
   auto rgb = at::empty({N, 3}, feats.options());

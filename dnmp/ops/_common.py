@@ -137,7 +137,9 @@ def check_rasterize_inputs(
         # data-dependent checks would break the graph; the kernels still check indices
         # and never cover with non-finite vertices, only the warning is skipped.
         warn_non_finite = False
-    if warn_non_finite and V > 0 and not bool(torch.isfinite(verts.detach()).all()):
+    # a finite sum (one pass) means every vertex is finite; otherwise count them (a
+    # non-finite sum of finite values is an overflow: the count is then 0)
+    if warn_non_finite and V > 0 and not bool(torch.isfinite(verts.detach().sum())):
         bad = int((~torch.isfinite(verts.detach())).any(dim=1).sum())
         if bad:
             warnings.warn(
