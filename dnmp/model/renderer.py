@@ -49,6 +49,9 @@ class RenderConfig:
 SURFACE_OPACITY = 0.05
 # rays whose transmittance fell below this skip the remaining layers (renders only)
 MIN_TRANSMITTANCE = 1e-4
+# frustum culling gathers the visible primitives' faces only when at most this share of a
+# scale is visible (otherwise the whole scale is rasterized: the same fragments)
+CULL_MIN_SHARE = 0.9
 # pixels per call of the fused shading ops in `shade_image` (at least RenderConfig.chunk)
 FUSED_CHUNK = 1 << 21
 
@@ -269,7 +272,9 @@ class DNMPRenderer(nn.Module):
         centres, radii = self.bounds()
         seen = a + torch.nonzero(visible_primitives(centres[a:b], radii[a:b], intrinsics, world_to_cam,
                                                     image_size, self.config.near, self.config.far)).squeeze(1)
-        if seen.numel() == b - a:  # all in view: a slice, no copy of the faces
+        # (nearly) all in view: the scale's slice of the faces, no gathers; the few faces out of
+        # view cost the rasterizer's culling less than gathering the others and their ids
+        if seen.numel() >= CULL_MIN_SHARE * (b - a):
             faces, global_face = prims.faces[a * per_face: b * per_face], None
         else:
             global_face = (seen.unsqueeze(1) * per_face
