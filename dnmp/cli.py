@@ -110,7 +110,7 @@ def cmd_profile(args) -> int:
     print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
           "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
     print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms), "
-          f"{res['shading']} shading")
+          f"{res['shading']} shading" + (", MLPs on bf16 operands" if res.get("bf16_matmul") else ""))
     if res["render_reference_ms_per_kpx"] is not None:
         print(f"  torch shading : {res['render_reference_ms_per_kpx']:.3f} ms / 1k px (reference path, "
               f"timed interleaved); fused vs reference image {res['fused_vs_reference_psnr_db']:.1f} dB PSNR")
@@ -197,6 +197,9 @@ faster on an idle machine, many times slower on a busy one); the output names th
   num_primitives, num_faces  scene size (all scales)
   render_reference_ms_per_kpx  the same render with the torch reference shading, timed
                           interleaved (fused_vs_reference_psnr_db: the two images' PSNR)
+  bf16_matmul             the fused ops ran their MLPs on bf16 operands (float32
+                          accumulation; RenderConfig.bf16_matmul, default: on CPUs with
+                          bf16 matrix kernels)
 With --breakdown, also ms per stage of one render and of one training step (named
 record_function ranges in the code that runs them: rasterize per scale, interpolate,
 encoding, MLP trunk / heads, composite, fused shading, background, pool lookup, loss,
