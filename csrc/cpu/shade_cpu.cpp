@@ -195,12 +195,12 @@ inline void sincospi(float x, float& s, float& c) {
   c = ((n + 1) & 2) ? -cc : cc;
 }
 
-// The planar encoding (see encode_planar) of m rows of D values x (float32, row stride ldx)
-// with frequencies 2^k pi, k < L, rounded to bf16 bits into `out` (row stride ldo): sincospi
+// The planar encoding [x (D) | sin f_0 x .. sin f_{L-1} x (D each) | cos f_0 x .. cos f_{L-1} x]
+// of one row of D values x (float32), f_k = 2^k pi, into `row` (D (1 + 2 L) floats): sincospi
 // for k = 0, double angles (sin 2t = 2 sin t cos t, cos 2t = (cos t - sin t)(cos t + sin t))
-// for the others: ~2^k float32 ulps, far below bf16's 2^-8. Values with |x| >= 2^21 or
-// not finite take std::sin / std::cos of the float32 products x * f_k, as torch computes
-// them. `scratch`: D (1 + 2 L) floats (one encoded row before rounding).
+// for the others: ~2^k float32 ulps, far below bf16's 2^-8 for the few frequencies of the
+// radiance field (2) and view directions (4). Values with |x| >= 2^21 or not finite take
+// std::sin / std::cos of the float32 products x * f_k, as torch computes them.
 DNMP_CLONES void encode_pi_row(const float* x, int64_t D, int64_t L, const float* freqs, float* row) {
   float* sn = row + D;
   float* cs = sn + L * D;
@@ -227,6 +227,8 @@ DNMP_CLONES void encode_pi_row(const float* x, int64_t D, int64_t L, const float
         }
 }
 
+// encode_pi_row of m rows of x (row stride ldx), rounded to bf16 bits into `out` (row
+// stride ldo); scratch: D (1 + 2 L) floats.
 void encode_pi_bf16(const float* x, int64_t m, int64_t ldx, int64_t D, int64_t L, const float* freqs,
                     float* scratch, uint16_t* out, int64_t ldo) {
   const int64_t w = D * (1 + 2 * L);
@@ -236,8 +238,9 @@ void encode_pi_bf16(const float* x, int64_t m, int64_t ldx, int64_t D, int64_t L
   }
 }
 
-// The planar encoding of the first m rows of e (float32, row stride ld) in place: x is in
-// columns [0, D); writes the arguments x * f_k to both halves, then one vectorised sin and
+// encode_pi_row's layout for the first m rows of e (float32, row stride ld) in place, with
+// torch's sines of the rounded products (the sky's 10 frequencies, where the products' rounding
+// matters at bf16 resolution): x is in columns [0, D); writes the arguments x * f_k to both halves, then one vectorised sin and
 // one cos over each half (as strided [m, L D] views).
 void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs) {
   const int64_t L = freqs.numel();
@@ -280,7 +283,6 @@ at::Tensor run_mlp(const at::Tensor& in, std::vector<at::Tensor>& outs, const st
   }
   return cur;
 }
-
 
 constexpr int64_t kPad = 16;   // widths of the bf16 matrices, padded with zero weights
 constexpr int64_t kRows = 32;  // brgemm row counts are rounded up to this (few kernel shapes)
@@ -341,7 +343,7 @@ struct Bf16Chain {
   at::Tensor input_buffer() const { return at::zeros({kBlock, kp.front()}, bias[0].options()); }
   // The first m (<= kBlock) rows of `in` (an input_buffer; rows up to round_up(m, kRows)
   // finite) through the chain: float32 [m, out_width()] in ws.acc, biases added, no ReLU
-  // after the last layer. Operands are rounded to bf16 by ATen's vectorised copy.
+  // after the last layer. The input is rounded to bf16 (to_bf16) into ws.in first.
   const float* run(const at::Tensor& in, int64_t m, Work& ws) const {
     const int64_t mr = std::min(round_up(m, kRows), kBlock);
     to_bf16(in.data_ptr<float>(), reinterpret_cast<uint16_t*>(ws.in.data_ptr<at::BFloat16>()), mr * kp.front());
@@ -497,7 +499,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
       std::vector<int64_t> alive(kBlock);
       std::vector<T> alpha(kBlock);
       std::vector<RayState<T>> st(kBlock);
-      // bf16 mode: float32 inputs of the two chains (zeros: padded columns stay 0)
+      // bf16 mode: the trunk's bf16 input and the colour head's float32 one (zeros: padded
+      // columns stay 0)
       at::Tensor x16, c32;
       std::vector<float> scratch(d_feat);
       Bf16Chain::Work tws, cws;
