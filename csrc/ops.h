@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     at::TensorList trunk_b, const at::Tensor& opacity_w, const at::Tensor& opacity_b, at::TensorList color_w,
     at::TensorList color_b, int64_t feature_freqs, int64_t dir_freqs, double min_transmittance,
     double surface_opacity, bool bf16_matmul);
-// Whether this CPU has bf16 brgemm kernels (the ops' bf16_matmul; AMX or AVX512-BF16).
+// Whether oneDNN has bf16 brgemm kernels on this CPU (the ops' bf16_matmul; AMX-class CPUs).
 bool bf16_matmul_available();
 
 // Input checks shared by every device (readable TypeError/ValueError messages).

@@ -198,8 +198,9 @@ faster on an idle machine, many times slower on a busy one); the output names th
   render_reference_ms_per_kpx  the same render with the torch reference shading, timed
                           interleaved (fused_vs_reference_psnr_db: the two images' PSNR)
   bf16_matmul             the fused ops ran their MLPs on bf16 operands (float32
-                          accumulation; RenderConfig.bf16_matmul, default: on CPUs with
-                          bf16 matrix kernels)
+                          accumulation; RenderConfig.bf16_matmul, default: float32 models
+                          on CPUs with oneDNN bf16 brgemm kernels, i.e. AMX; dnmp eval
+                          records it as render_bf16_matmul in its metrics)
 With --breakdown, also ms per stage of one render and of one training step (named
 record_function ranges in the code that runs them: rasterize per scale, interpolate,
 encoding, MLP trunk / heads, composite, fused shading, background, pool lookup, loss,

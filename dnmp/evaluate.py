@@ -57,7 +57,8 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     unavailable, with `lpips_note` giving the reason), `num_{split}_frames`, `per_frame`,
     `ssim_note` (which implementation and data range), and the PSNR of the pixels the
     primitives cover and of the rest (the background field's): `{split}_psnr_covered`,
-    `{split}_psnr_uncovered`, `{split}_covered_fraction` (see `covered_note`).
+    `{split}_psnr_uncovered`, `{split}_covered_fraction` (see `covered_note`), and
+    `render_bf16_matmul` (the renders' MLPs ran on bf16 operands, `RenderConfig.bf16_matmul`).
     """
     frames = scene.frames_by_split(split)
     if not frames:
@@ -106,10 +107,19 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
                         f"transmittance) is >= {COVERED_OPACITY}; PSNR of covered / uncovered pixels "
                         f"pooled over all frames (one MSE over those pixels), None when there are none",
         "per_frame": per_frame,
+        # renders of a CPU with bf16 matrix kernels run their MLPs on bf16 operands
+        # (RenderConfig.bf16_matmul; ~0.001 dB): say which, so figures compare honestly
+        "render_bf16_matmul": _bf16_renders(renderer),
     }
     if lpips_note:
         result["lpips_note"] = lpips_note
     return result
+
+
+def _bf16_renders(renderer: DNMPRenderer) -> bool:
+    """Whether `render_frame`'s renders run the fused ops with bf16 operands."""
+    dev = renderer.primitives.features.device
+    return renderer.fused_shading_available(dev) and renderer.bf16_matmul(dev)
 
 
 @torch.no_grad()

@@ -307,7 +307,7 @@ struct Bf16Chain {
   // of w[0]); empty: the same order.
   Bf16Chain(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& b,
             const std::vector<int64_t>& first_cols = {}) {
-    int64_t k_in = round_up(w[0].size(1), kPad);
+    int64_t k_in = round_up(std::max<int64_t>(w[0].size(1), 1), kPad);  // >= kPad: brgemm packs no empty B
     for (size_t i = 0; i < w.size(); ++i) {
       const int64_t K = w[i].size(1), N = w[i].size(0), n_p = round_up(N, kPad);
       auto wi = w[i];
@@ -402,6 +402,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
                     "view_dirs must have shape [N, 3] = [", N, ", 3], got ", view_dirs_.sizes());
   TORCH_CHECK_VALUE(feature_freqs >= 0 && dir_freqs >= 0, "feature_freqs and dir_freqs must be >= 0");
   TORCH_CHECK_VALUE(surface_opacity >= 0.0 && surface_opacity <= 1.0, "surface_opacity must be in [0, 1]");
+  TORCH_CHECK_VALUE(min_transmittance >= 0.0 && min_transmittance < 1.0, "min_transmittance must be in [0, 1), got ",
+                    min_transmittance);
   const int64_t C = features_.size(1);
   const int64_t d_feat = C * (1 + 2 * feature_freqs), d_dir = 3 * (1 + 2 * dir_freqs) + 1;
   std::vector<at::Tensor> tw(trunk_w_.begin(), trunk_w_.end()), tb(trunk_b_.begin(), trunk_b_.end());

@@ -395,3 +395,24 @@ def test_bf16_encoding_of_large_and_odd_features():
     nan = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
     hit = (p2f >= 0).any(1)
     assert torch.isnan(nan["rgb"][hit]).all()
+
+
+def test_op_edge_arguments():
+    """min_transmittance outside [0, 1) is refused; with bf16 operands, features of no
+    channels (an empty first layer) shade as in float32."""
+    r = _renderer()
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=50)
+    args = _op_args(r, p2f, bary, zbuf, dirs)
+    for bad in (float("nan"), -0.1, 1.0):
+        a = list(args)
+        a[15] = bad
+        with pytest.raises(ValueError, match="min_transmittance must be in"):
+            torch.ops.dnmp.shade_fwd(*a)
+    if not bf16_matmul_available():
+        return
+    empty = list(args)
+    empty[0] = args[0][:, :0].contiguous()
+    empty[7] = [args[7][0][:, :0].contiguous()] + list(args[7][1:])
+    f32 = torch.ops.dnmp.shade_fwd(*empty, False)
+    b16 = torch.ops.dnmp.shade_fwd(*empty, True)
+    assert (b16[0] - f32[0]).abs().max() < 1e-2
