@@ -116,10 +116,17 @@ def evaluate(renderer: DNMPRenderer, scene: Scene, split: str = "test",
     return result
 
 
-def _bf16_renders(renderer: DNMPRenderer) -> bool:
-    """Whether `render_frame`'s renders run the fused ops with bf16 operands."""
-    dev = renderer.primitives.features.device
-    return renderer.fused_shading_available(dev) and renderer.bf16_matmul(dev)
+def _bf16_renders(renderer) -> bool:
+    """Whether `render_frame`'s renders run the fused ops with bf16 operands: a model's own
+    choice; for a block run (`BlockRenderer`, models loaded per frame with the default
+    RenderConfig) the default's, on the device the blocks are placed on."""
+    if isinstance(renderer, DNMPRenderer):
+        dev = renderer.primitives.features.device
+        return renderer.fused_shading_available(dev) and renderer.bf16_matmul(dev)
+    from .ops._extension import bf16_matmul_available
+
+    dev = getattr(renderer, "device", None)
+    return (dev is None or torch.device(dev).type == "cpu") and bf16_matmul_available()
 
 
 @torch.no_grad()
