@@ -123,10 +123,9 @@ def _bf16_renders(renderer) -> bool:
     if isinstance(renderer, DNMPRenderer):
         dev = renderer.primitives.features.device
         return renderer.fused_shading_available(dev) and renderer.bf16_matmul(dev)
-    from .ops._extension import bf16_matmul_available
+    from .model.renderer import default_bf16_matmul
 
-    dev = getattr(renderer, "device", None)
-    return (dev is None or torch.device(dev).type == "cpu") and bf16_matmul_available()
+    return default_bf16_matmul(getattr(renderer, "device", None) or "cpu")
 
 
 @torch.no_grad()

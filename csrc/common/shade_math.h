@@ -42,18 +42,17 @@ DNMP_HD void positional_encode(const T* x, int64_t D, int64_t L, T* out) {
 }
 
 // The same layout from precomputed sines and cosines (row-major [m, D, L] each) of m
-// rows of D values: row j of `out` (row stride `ld`) = [x_j, per d: sin_j[d, :], cos_j[d, :]],
-// each value converted to O (the matrix operand type: T, or bfloat16 for the bf16 GEMMs).
-template <typename T, typename O = T>
-DNMP_HD void encode_layout(const T* x, const T* sn, const T* cs, int64_t m, int64_t D, int64_t L, O* out,
+// rows of D values: row j of `out` (row stride `ld`) = [x_j, per d: sin_j[d, :], cos_j[d, :]].
+template <typename T>
+DNMP_HD void encode_layout(const T* x, const T* sn, const T* cs, int64_t m, int64_t D, int64_t L, T* out,
                            int64_t ld) {
   for (int64_t j = 0; j < m; ++j) {
-    O* o = out + j * ld;
-    for (int64_t d = 0; d < D; ++d) o[d] = O(x[j * D + d]);
+    T* o = out + j * ld;
+    for (int64_t d = 0; d < D; ++d) o[d] = x[j * D + d];
     for (int64_t d = 0; d < D; ++d)
       for (int64_t k = 0; k < L; ++k) {
-        o[D + d * 2 * L + k] = O(sn[(j * D + d) * L + k]);
-        o[D + d * 2 * L + L + k] = O(cs[(j * D + d) * L + k]);
+        o[D + d * 2 * L + k] = sn[(j * D + d) * L + k];
+        o[D + d * 2 * L + L + k] = cs[(j * D + d) * L + k];
       }
   }
 }

@@ -57,6 +57,12 @@ CULL_MIN_SHARE = 0.9
 FUSED_CHUNK = 1 << 21
 
 
+def default_bf16_matmul(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """`RenderConfig.bf16_matmul`'s default (None): bf16 operands for a float32 model on a CPU
+    with bf16 matrix kernels (`bf16_matmul_available`)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and bf16_matmul_available()
+
+
 def _linear_chain(seq: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """(weights, biases) of an `nn.Sequential` Linear, ReLU, Linear, ..., Linear (ReLU between
     layers, none after the last), else None (then the fused shading does not apply)."""
@@ -466,11 +472,10 @@ class DNMPRenderer(nn.Module):
 
     def bf16_matmul(self, device: torch.device) -> bool:
         """Whether the fused ops on `device` take bf16 operands (`RenderConfig.bf16_matmul`;
-        None: on a CPU with bf16 matrix kernels, for a float32 model)."""
+        None: `default_bf16_matmul`)."""
         want = self.config.bf16_matmul
         if want is None:
-            return (device.type == "cpu" and self.primitives.features.dtype == torch.float32
-                    and bf16_matmul_available())
+            return default_bf16_matmul(device, self.primitives.features.dtype)
         return bool(want)
 
     def fused_shading_available(self, device: torch.device | None = None) -> bool:
