@@ -480,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     # 1.8x faster on an idle machine). An explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE" if getattr(args, "spin", False) else "PASSIVE")
     from .data import SceneError
+    from .device import keep_freed_memory
     from .train.checkpoint import CheckpointError
     from .train.interrupt import Interrupted, handle_signals
+
+    keep_freed_memory()  # large tensors reuse freed memory instead of being page-faulted anew
 
     try:
         with handle_signals():  # SIGTERM ends a command like Ctrl-C (the radiance loop saves first)

@@ -1,8 +1,9 @@
-// CPU rasterizer: per-vertex projection, per-face setup and culling, binning of
-// faces into screen tiles (counting sort, exact sizes, no capacity limit), and
-// per-tile K-nearest insertion. Work scales with the pixels each face covers.
+// CPU rasterizer: per-vertex projection, per-face setup and culling, one sort of the
+// faces by depth lower bound, binning into screen tiles in that order (counting sort,
+// exact sizes, no capacity limit), and per-tile K-nearest insertion nearest-first.
+// Work scales with the pixels each face covers.
 //
-// Determinism: each tile's face list is in increasing face order whatever the
+// Determinism: each tile's face list is in (depth key, face index) order whatever the
 // thread count, and each pixel is written by one tile, so the forward output
 // does not depend on scheduling. The backward computes per-fragment vertex
 // gradients in parallel into a buffer, then adds them up serially in fragment
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <atomic>
 #include <cmath>
 #include <limits>
@@ -28,6 +30,7 @@ namespace {
 
 constexpr int kTile = 16;              // tile edge in pixels
 constexpr int64_t kFaceChunk = 8192;  // min faces per binning chunk (result does not depend on it)
+constexpr int kPrefetch = 4;          // tile-list entries read ahead (timing only)
 
 // Run fn(i) for i in [0, n) on all threads, items taken from a shared counter:
 // a thread slowed down by other load on its core does not hold the others back
@@ -40,6 +43,77 @@ void dynamic_for(int64_t n, const Fn& fn) {
   at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
     for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
   });
+}
+
+// Sort keys of depth lower bounds: the bits of the largest float <= z with the low
+// kKeyDropBits of its mantissa cleared, so that the key, read back as a float
+// (key_depth), is still a lower bound of the face's depths (relative precision 2^-13,
+// only rejections become a little less eager) and the keys sort in two radix passes.
+constexpr int kKeyDropBits = 10;
+
+inline float float_lower_bound(float z) { return z; }
+inline float float_lower_bound(double z) {
+  float f = float(z);
+  if (double(f) > z) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// z > 0 (z > near >= 0 for every kept face): its bits order as unsigned integers.
+inline uint32_t depth_key(float z) {
+  uint32_t b;
+  std::memcpy(&b, &z, sizeof b);
+  return b >> kKeyDropBits;
+}
+
+template <typename T>
+inline T key_depth(uint32_t key) {
+  const uint32_t b = key << kKeyDropBits;
+  float z;
+  std::memcpy(&z, &b, sizeof z);
+  return T(z);
+}
+
+// Stable LSD radix sort of (key, payload) by the key's 32 - kKeyDropBits bits, 11 per
+// pass, on all threads (each sorts its block's share of every bucket into place, so the
+// result does not depend on the thread count); key2 / ord2 are scratch of the same size.
+void radix_sort_stable(std::vector<uint32_t>& key, std::vector<int32_t>& ord, std::vector<uint32_t>& key2,
+                       std::vector<int32_t>& ord2) {
+  const int64_t n = int64_t(key.size());
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 65536 + 1));
+  const int64_t per = (n + nb - 1) / nb;
+  std::vector<int64_t> hist(size_t(nb) * kBuckets);
+  for (int shift = 0; shift < 32 - kKeyDropBits; shift += kBits) {
+    std::fill(hist.begin(), hist.end(), int64_t(0));
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t* h = hist.data() + b * kBuckets;
+        for (int64_t i = b * per, e = std::min(n, (b + 1) * per); i < e; ++i) ++h[(key[i] >> shift) & (kBuckets - 1)];
+      }
+    });
+    int64_t sum = 0;  // bucket-major, block-minor offsets: stable
+    bool one_bucket = false;
+    for (int d = 0; d < kBuckets; ++d)
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t c = hist[b * kBuckets + d];
+        if (c == n) one_bucket = true;
+        hist[b * kBuckets + d] = sum;
+        sum += c;
+      }
+    if (one_bucket) continue;  // one digit value: order unchanged
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t* h = hist.data() + b * kBuckets;
+        for (int64_t i = b * per, e = std::min(n, (b + 1) * per); i < e; ++i) {
+          const int64_t o = h[(key[i] >> shift) & (kBuckets - 1)]++;
+          key2[o] = key[i];
+          ord2[o] = ord[i];
+        }
+      }
+    });
+    key.swap(key2);
+    ord.swap(ord2);
+  }
 }
 
 template <typename T>
@@ -73,7 +147,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   });
 
   lap("project");
-  // 2. per-face setup + culling -> tile counts per chunk of faces
+  // 2. per-face setup + culling: tile box and depth lower bound of every face
   const int TX = (W + kTile - 1) / kTile, TY = (H + kTile - 1) / kTile;
   const int64_t NT = int64_t(TX) * TY;
   // chunks of faces, taken dynamically; at most 64 and at most ~4M counters
@@ -81,60 +155,104 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       1, std::min<int64_t>({(F + kFaceChunk - 1) / kFaceChunk, int64_t(64), std::max<int64_t>(1, (int64_t(1) << 22) / NT)}));
   const int64_t per_chunk = (F + NC - 1) / NC;
   std::unique_ptr<int32_t[]> box(new int32_t[4 * F]);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
-  std::unique_ptr<T[]> zlow(new T[F]);  // depth_lower_bound per face
-  std::vector<int64_t> counts(NC * NT, 0);
+  std::unique_ptr<float[]> zkey(new float[F]);          // depth lower bound per face: a float below it, as its sort key reads
+  std::vector<int64_t> binned(NC + 1, 0);               // faces kept per chunk
+  // vertex index range per chunk: the index check rides on this pass (no pass of its own)
+  std::vector<int64_t> idx_lo(NC, std::numeric_limits<int64_t>::max()), idx_hi(NC, -1);
   dynamic_for(NC, [&](int64_t c) {
-    {
-      int64_t* cnt = counts.data() + c * NT;
-      int64_t fe = std::min(F, (c + 1) * per_chunk);
-      for (int64_t f = c * per_chunk; f < fe; ++f) {
-        T fb[4], zmin;
-        int x0, x1, y0, y1;
-        int32_t* bx = box.get() + 4 * f;
-        if (!cull_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fb, zmin) ||
-            !pixel_box(fb[0], fb[1], fb[2], fb[3], H, W, x0, x1, y0, y1)) {
-          bx[0] = -1;
-          continue;
-        }
-        zlow[f] = depth_lower_bound(zmin);
-        bx[0] = x0 / kTile;
-        bx[1] = x1 / kTile;
-        bx[2] = y0 / kTile;
-        bx[3] = y1 / kTile;
-        for (int ty = bx[2]; ty <= bx[3]; ++ty)
-          for (int tx = bx[0]; tx <= bx[1]; ++tx) ++cnt[int64_t(ty) * TX + tx];
+    int64_t kept = 0, lo = idx_lo[c], hi = idx_hi[c];
+    const int64_t fe = std::min(F, (c + 1) * per_chunk);
+    for (int64_t f = c * per_chunk; f < fe; ++f) {
+      T fb[4], zmin;
+      int x0, x1, y0, y1;
+      int32_t* bx = box.get() + 4 * f;
+      const int64_t* fv = faces + 3 * f;
+      lo = std::min({lo, fv[0], fv[1], fv[2]});
+      hi = std::max({hi, fv[0], fv[1], fv[2]});
+      if (std::min({fv[0], fv[1], fv[2]}) < 0 || std::max({fv[0], fv[1], fv[2]}) >= V) {
+        bx[0] = -1;  // never read out of bounds; reported below
+        continue;
       }
+      if (!cull_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fb, zmin) ||
+          !pixel_box(fb[0], fb[1], fb[2], fb[3], H, W, x0, x1, y0, y1)) {
+        bx[0] = -1;
+        continue;
+      }
+      zkey[f] = key_depth<float>(depth_key(float_lower_bound(depth_lower_bound(zmin))));
+      bx[0] = x0 / kTile;
+      bx[1] = x1 / kTile;
+      bx[2] = y0 / kTile;
+      bx[3] = y1 / kTile;
+      ++kept;
     }
+    binned[c + 1] = kept;
+    idx_lo[c] = lo;
+    idx_hi[c] = hi;
   });
+  if (F > 0) {
+    const int64_t lo = *std::min_element(idx_lo.begin(), idx_lo.end());
+    const int64_t hi = *std::max_element(idx_hi.begin(), idx_hi.end());
+    TORCH_CHECK_VALUE(lo >= 0 && hi < V, "faces index vertices in [", lo, ", ", hi, "] but verts has only ", V,
+                      " rows");
+  }
+  for (int64_t c = 0; c < NC; ++c) binned[c + 1] += binned[c];
 
   lap("setup");
-  // 3. exclusive prefix sum in (tile, chunk) order -> every tile list is sorted by face index
+  // 3. the kept faces sorted by (depth lower bound, face): a stable radix sort of the
+  //    float keys of the faces in index order. Binning in this order gives every tile
+  //    a list that is already front to back.
+  const int64_t NK = binned[NC];
+  std::vector<uint32_t> key(NK), key2(NK);
+  std::vector<int32_t> ord(NK), ord2(NK);
+  dynamic_for(NC, [&](int64_t c) {
+    int64_t o = binned[c];
+    const int64_t fe = std::min(F, (c + 1) * per_chunk);
+    for (int64_t f = c * per_chunk; f < fe; ++f) {
+      if (box[4 * f] < 0) continue;
+      key[o] = depth_key(zkey[f]);
+      ord[o++] = int32_t(f);
+    }
+  });
+  radix_sort_stable(key, ord, key2, ord2);
+
+  lap("sort");
+  if (prof) std::fprintf(stderr, "  kept=%lld of %lld\n", (long long)NK, (long long)F);
+  // 4. tile counts per chunk of the sorted order, exclusive prefix sum in (tile, chunk)
+  //    order, then fill the lists: each tile's list is in sorted order
+  const int64_t NS = std::max<int64_t>(1, std::min<int64_t>(NC, (NK + kFaceChunk - 1) / kFaceChunk));
+  const int64_t per_sorted = (NK + NS - 1) / NS;
+  std::vector<int64_t> counts(NS * NT, 0);
+  dynamic_for(NS, [&](int64_t c) {
+    int64_t* cnt = counts.data() + c * NT;
+    const int64_t e = std::min(NK, (c + 1) * per_sorted);
+    for (int64_t i = c * per_sorted; i < e; ++i) {
+      const int32_t* bx = box.get() + 4 * int64_t(ord[i]);
+      for (int ty = bx[2]; ty <= bx[3]; ++ty)
+        for (int tx = bx[0]; tx <= bx[1]; ++tx) ++cnt[int64_t(ty) * TX + tx];
+    }
+  });
   std::vector<int64_t> tile_begin(NT + 1);
   int64_t total = 0;
   for (int64_t t = 0; t < NT; ++t) {
     tile_begin[t] = total;
-    for (int64_t c = 0; c < NC; ++c) {
+    for (int64_t c = 0; c < NS; ++c) {
       int64_t n = counts[c * NT + t];
       counts[c * NT + t] = total;
       total += n;
     }
   }
   tile_begin[NT] = total;
-
-  lap("prefix");
-  // 4. fill the lists
-  // entries (depth lower bound, face): the tile loop pops them nearest first
+  // entries (depth lower bound, face), front to back within a tile
   std::vector<std::pair<T, int32_t>> list(total);
-  dynamic_for(NC, [&](int64_t c) {
-    {
-      int64_t* off = counts.data() + c * NT;
-      int64_t fe = std::min(F, (c + 1) * per_chunk);
-      for (int64_t f = c * per_chunk; f < fe; ++f) {
-        const int32_t* bx = box.get() + 4 * f;
-        if (bx[0] < 0) continue;
-        for (int ty = bx[2]; ty <= bx[3]; ++ty)
-          for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = {zlow[f], int32_t(f)};
-      }
+  dynamic_for(NS, [&](int64_t c) {
+    int64_t* off = counts.data() + c * NT;
+    const int64_t e = std::min(NK, (c + 1) * per_sorted);
+    for (int64_t i = c * per_sorted; i < e; ++i) {
+      const int32_t f = ord[i];
+      const int32_t* bx = box.get() + 4 * int64_t(f);
+      const std::pair<T, int32_t> entry{T(zkey[f]), f};
+      for (int ty = bx[2]; ty <= bx[3]; ++ty)
+        for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = entry;
     }
   });
 
@@ -154,32 +272,33 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       const int px0 = tx * kTile, py0 = ty * kTile;
       const int px1 = std::min(W, px0 + kTile) - 1, py1 = std::min(H, py0 + kTile) - 1;
       std::fill(cnt.begin(), cnt.end(), 0);
-      // Front to back by depth lower bound: lists fill with near fragments first,
-      // so farther faces are rejected cheaply, and once a face's bound is behind
-      // every pixel's K-th depth, all remaining faces are too. A binary min-heap
-      // (in place, O(n) to build) yields the order lazily: most faces of a tile
-      // are never popped. The result does not depend on the order (insertion
-      // uses the strict (z, face) order).
-      auto* heap_begin = list.data() + tile_begin[t];
-      auto* heap_end = list.data() + tile_begin[t + 1];
-      const auto later = [](const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& y) { return y < x; };
-      std::make_heap(heap_begin, heap_end, later);
+      // Front to back by depth lower bound (the list's order): lists fill with near
+      // fragments first, so farther faces are rejected cheaply, and once a face's bound
+      // is behind every pixel's K-th depth, all remaining faces are too. The result does
+      // not depend on the order (insertion uses the strict (z, face) order).
+      const int npix = (px1 - px0 + 1) * (py1 - py0 + 1);
+      int nfull = 0;  // pixels whose list holds K fragments
       T tile_far = std::numeric_limits<T>::infinity();  // max over the tile's pixels of the K-th depth
       bool dirty = false;  // lists changed since tile_far was computed
-      for (size_t i = 0; heap_end != heap_begin; ++i) {
-        std::pop_heap(heap_begin, heap_end, later);
-        --heap_end;
-        const T zl = heap_end->first;
-        const int64_t f = heap_end->second;
-        if (dirty && (i & 7) == 0) {
+      const auto* it = list.data() + tile_begin[t];
+      const auto* it_end = list.data() + tile_begin[t + 1];
+      for (size_t i = 0; it != it_end; ++i, ++it) {
+        const T zl = it->first;
+        // the list says which faces come next: fetch their indices, then their vertices
+        if (it + 2 * kPrefetch < it_end) __builtin_prefetch(faces + 3 * int64_t(it[2 * kPrefetch].second));
+        if (it + kPrefetch < it_end) {
+          const int64_t* fv = faces + 3 * int64_t(it[kPrefetch].second);
+          __builtin_prefetch(&pv[fv[0]]);
+          __builtin_prefetch(&pv[fv[1]]);
+          __builtin_prefetch(&pv[fv[2]]);
+        }
+        const int64_t f = it->second;
+        if (dirty && nfull == npix && (i & 7) == 0) {
           dirty = false;
           tile_far = T(0);
-          for (int y = py0; y <= py1 && tile_far != std::numeric_limits<T>::infinity(); ++y)
-            for (int x = px0; x <= px1; ++x) {
-              const int l = (y - py0) * kTile + (x - px0);
-              const T zk = cnt[l] < K ? std::numeric_limits<T>::infinity() : buf[size_t(l) * K + K - 1].z;
-              tile_far = std::max(tile_far, zk);
-            }
+          for (int y = py0; y <= py1; ++y)
+            for (int x = px0; x <= px1; ++x)
+              tile_far = std::max(tile_far, buf[size_t((y - py0) * kTile + (x - px0)) * K + K - 1].z);
         }
         if (zl > tile_far) break;  // this and all later faces are behind every full list
         if (prof) c_faces++;
@@ -194,8 +313,12 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
             Frag<T>* lst = buf.data() + size_t(l) * K;
+            const bool was_full = cnt[l] == K;
             const Offer r = offer_face(fs, zl, f, T(x), T(y), far, lst, cnt[l], K);
-            if (r == kOfferInserted) dirty = true;
+            if (r == kOfferInserted) {
+              dirty = true;
+              nfull += !was_full && cnt[l] == K;
+            }
             if (prof) {
               c_tests++;
               if (r == kOfferDepthRejected) c_zrej++;
@@ -292,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(const at::Tenso
   auto p2f = at::empty({B, H, W, K}, verts.options().dtype(at::kLong));
   auto zbuf = at::empty({B, H, W, K}, verts.options());
   auto bary = at::empty({B, H, W, K, 3}, verts.options());
-  check_face_indices(faces, verts.size(0), "verts");
+  // face indices are checked by rasterize_view's setup pass, before any vertex is read
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
     for (int64_t b = 0; b < B; ++b) {
       const Camera<scalar_t> cam = camera_from<scalar_t>(K3[b], M4[b]);

@@ -292,6 +292,8 @@ class DNMPRenderer(nn.Module):
         frags = ops.rasterize(verts, faces, intrinsics, world_to_cam, image_size, faces_per_pixel=k,
                               near=self.config.near, far=self.config.far)
         p2f = frags.pix_to_face
+        if global_face is None and a == 0:  # the first scale's local indices are global
+            return frags
         if global_face is None:
             glob = p2f + a * per_face
         elif global_face.numel() == 0:  # nothing in view: every pix_to_face is already -1

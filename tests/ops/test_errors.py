@@ -91,3 +91,12 @@ def test_direct_op_errors(cpp):
         torch.ops.dnmp.rasterize_fwd(V.half(), F, K[None], M[None], 8, 8, 1, 0.05, 1e4)
     with pytest.raises(ValueError, match="faces index vert"):
         torch.ops.dnmp.rasterize_fwd(V, F + 100, K[None], M[None], 8, 8, 1, 0.05, 1e4)
+    # the CPU kernel checks indices in its face pass: the whole range is reported, and
+    # a face whose vertex is out of range is never read (no crash, one line)
+    bad = F.clone()
+    bad[-1, 1] = -3
+    with pytest.raises(ValueError, match=rf"faces index vertices in \[-3, {int(F.max())}\] but verts has only"):
+        torch.ops.dnmp.rasterize_fwd(V, bad, K[None], M[None], 8, 8, 1, 0.05, 1e4)
+    bad[-1, 1] = V.shape[0]
+    with pytest.raises(ValueError, match=rf"\[0, {V.shape[0]}\]"):
+        torch.ops.dnmp.rasterize_fwd(V, bad, K[None], M[None], 8, 8, 1, 0.05, 1e4)

@@ -14,6 +14,7 @@ The round-trip check needs no GPU: the step runs under
 
 from __future__ import annotations
 
+import ctypes
 import json
 import traceback
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnmp.cli import main
 from dnmp.data import load_scene
-from dnmp.device import check_device_spec, resolve_device
+from dnmp.device import check_device_spec, keep_freed_memory, resolve_device
 from dnmp.train import load_checkpoint
 from dnmp.train.config import TrainConfig
 from dnmp.train.factory import build_renderer, renderer_from_checkpoint, scene_centres
@@ -381,3 +382,30 @@ def test_a_nan_loss_is_caught_before_a_save(tiny_scene, tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"loss became nan at a step in 1\.\.8"):
         train_radiance(scene, tmp_path / "run", cfg, progress=False, log=lambda *a: None)
     assert not list((tmp_path / "run" / "checkpoints").glob("step_*.pt"))  # nothing saved after it
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+
+def test_keep_freed_memory(monkeypatch):
+    """The command line's allocator setting: off with DNMP_SYSTEM_MALLOC; on glibc a large
+    tensor then comes from the heap (no new mmap'd block) and its memory stays for reuse."""
+    monkeypatch.setenv("DNMP_SYSTEM_MALLOC", "1")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("DNMP_SYSTEM_MALLOC")
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc >= 2.33")
+    libc.mallinfo2.restype = _Mallinfo2
+    assert keep_freed_memory() is True
+    before = libc.mallinfo2()
+    t = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MiB: glibc would mmap it by default
+    during = libc.mallinfo2()
+    assert during.hblks == before.hblks  # no mmap'd block
+    assert during.uordblks >= before.uordblks + (64 << 20)  # taken from the heap
+    del t
+    after = libc.mallinfo2()
+    assert after.arena >= during.arena  # the heap's top was not trimmed
