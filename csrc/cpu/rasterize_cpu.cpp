@@ -76,9 +76,8 @@ inline T key_depth(uint32_t key) {
 // Stable LSD radix sort of (key, payload) by the key's 32 - kKeyDropBits bits, 11 per
 // pass, on all threads (each sorts its block's share of every bucket into place, so the
 // result does not depend on the thread count); key2 / ord2 are scratch of the same size.
-void radix_sort_stable(std::vector<uint32_t>& key, std::vector<int32_t>& ord, std::vector<uint32_t>& key2,
-                       std::vector<int32_t>& ord2) {
-  const int64_t n = int64_t(key.size());
+void radix_sort_stable(int64_t n, std::unique_ptr<uint32_t[]>& key, std::unique_ptr<int32_t[]>& ord,
+                       std::unique_ptr<uint32_t[]>& key2, std::unique_ptr<int32_t[]>& ord2) {
   constexpr int kBits = 11, kBuckets = 1 << kBits;
   const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 65536 + 1));
   const int64_t per = (n + nb - 1) / nb;
@@ -116,14 +115,23 @@ void radix_sort_stable(std::vector<uint32_t>& key, std::vector<int32_t>& ord, st
   }
 }
 
+// One face of a tile's list: its depth lower bound (as the sort key reads) and index.
 template <typename T>
-bool face_pixel_box(const FaceSetup<T>& fs, int H, int W, int& x0, int& x1, int& y0, int& y1) {
-  return pixel_box(fs.umin, fs.umax, fs.vmin, fs.vmax, H, W, x0, x1, y0, y1);
-}
+struct TileEntry {
+  T zl;
+  int32_t face;
+};
 
+// True when every pixel (x, y) of the tile-local box [x0, x1] x [y0, y1] holds K
+// fragments all nearer than zl: offer_face would reject the face there by depth.
 template <typename T>
-bool face_setup(const std::vector<ProjVert<T>>& pv, const int64_t* faces, int64_t f, FaceSetup<T>& fs) {
-  return setup_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fs);
+bool behind_all(const Frag<T>* buf, const int* cnt, int K, T zl, int x0, int x1, int y0, int y1) {
+  for (int y = y0; y <= y1; ++y)
+    for (int x = x0; x <= x1; ++x) {
+      const int l = y * kTile + x;
+      if (cnt[l] < K || !(zl > buf[size_t(l) * K + K - 1].z)) return false;
+    }
+  return true;
 }
 
 template <typename T>
@@ -155,7 +163,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       1, std::min<int64_t>({(F + kFaceChunk - 1) / kFaceChunk, int64_t(64), std::max<int64_t>(1, (int64_t(1) << 22) / NT)}));
   const int64_t per_chunk = (F + NC - 1) / NC;
   std::unique_ptr<int32_t[]> box(new int32_t[4 * F]);  // x0, x1, y0, y1 in tiles; x0 = -1 when culled
-  std::unique_ptr<float[]> zkey(new float[F]);          // depth lower bound per face: a float below it, as its sort key reads
+  std::unique_ptr<uint32_t[]> fkey(new uint32_t[F]);    // sort key per face (depth_key of its lower bound)
   std::vector<int64_t> binned(NC + 1, 0);               // faces kept per chunk
   // vertex index range per chunk: the index check rides on this pass (no pass of its own)
   std::vector<int64_t> idx_lo(NC, std::numeric_limits<int64_t>::max()), idx_hi(NC, -1);
@@ -178,7 +186,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         bx[0] = -1;
         continue;
       }
-      zkey[f] = key_depth<float>(depth_key(float_lower_bound(depth_lower_bound(zmin))));
+      fkey[f] = depth_key(float_lower_bound(depth_lower_bound(zmin)));
       bx[0] = x0 / kTile;
       bx[1] = x1 / kTile;
       bx[2] = y0 / kTile;
@@ -202,18 +210,19 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   //    float keys of the faces in index order. Binning in this order gives every tile
   //    a list that is already front to back.
   const int64_t NK = binned[NC];
-  std::vector<uint32_t> key(NK), key2(NK);
-  std::vector<int32_t> ord(NK), ord2(NK);
+  // (not value-initialised: every element is written before it is read)
+  std::unique_ptr<uint32_t[]> key(new uint32_t[NK]), key2(new uint32_t[NK]);
+  std::unique_ptr<int32_t[]> ord(new int32_t[NK]), ord2(new int32_t[NK]);
   dynamic_for(NC, [&](int64_t c) {
     int64_t o = binned[c];
     const int64_t fe = std::min(F, (c + 1) * per_chunk);
     for (int64_t f = c * per_chunk; f < fe; ++f) {
       if (box[4 * f] < 0) continue;
-      key[o] = depth_key(zkey[f]);
+      key[o] = fkey[f];
       ord[o++] = int32_t(f);
     }
   });
-  radix_sort_stable(key, ord, key2, ord2);
+  radix_sort_stable(NK, key, ord, key2, ord2);
 
   lap("sort");
   if (prof) std::fprintf(stderr, "  kept=%lld of %lld\n", (long long)NK, (long long)F);
@@ -231,6 +240,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         for (int tx = bx[0]; tx <= bx[1]; ++tx) ++cnt[int64_t(ty) * TX + tx];
     }
   });
+  lap("count");
   std::vector<int64_t> tile_begin(NT + 1);
   int64_t total = 0;
   for (int64_t t = 0; t < NT; ++t) {
@@ -242,15 +252,16 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     }
   }
   tile_begin[NT] = total;
+  lap("prefix");
   // entries (depth lower bound, face), front to back within a tile
-  std::vector<std::pair<T, int32_t>> list(total);
+  std::unique_ptr<TileEntry<T>[]> list(new TileEntry<T>[total]);
   dynamic_for(NS, [&](int64_t c) {
     int64_t* off = counts.data() + c * NT;
     const int64_t e = std::min(NK, (c + 1) * per_sorted);
     for (int64_t i = c * per_sorted; i < e; ++i) {
       const int32_t f = ord[i];
       const int32_t* bx = box.get() + 4 * int64_t(f);
-      const std::pair<T, int32_t> entry{T(zkey[f]), f};
+      const TileEntry<T> entry{key_depth<T>(key[i]), f};
       for (int ty = bx[2]; ty <= bx[3]; ++ty)
         for (int tx = bx[0]; tx <= bx[1]; ++tx) list[off[int64_t(ty) * TX + tx]++] = entry;
     }
@@ -260,11 +271,12 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   // 5. rasterize tiles; threads take the next tile from a shared counter (load
   //    balance). Output per pixel depends only on its tile's list: deterministic.
   std::atomic<int64_t> next_tile{0};
-  std::atomic<int64_t> c_faces{0}, c_tests{0}, c_zrej{0}, c_cov{0}, c_ins{0};
+  std::atomic<int64_t> c_faces{0}, c_skip{0}, c_tests{0}, c_zrej{0}, c_cov{0}, c_ins{0};
   const int64_t nthreads = at::get_num_threads();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<Frag<T>> buf(size_t(kTile) * kTile * K);
     std::vector<int> cnt(kTile * kTile);
+    int64_t n_faces = 0, n_skip = 0, n_tests = 0, n_zrej = 0, n_cov = 0, n_ins = 0;  // DNMP_PROFILE counts
     for (;;) {
       int64_t t = next_tile.fetch_add(1);
       if (t >= NT) break;
@@ -280,19 +292,19 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       int nfull = 0;  // pixels whose list holds K fragments
       T tile_far = std::numeric_limits<T>::infinity();  // max over the tile's pixels of the K-th depth
       bool dirty = false;  // lists changed since tile_far was computed
-      const auto* it = list.data() + tile_begin[t];
-      const auto* it_end = list.data() + tile_begin[t + 1];
+      const TileEntry<T>* it = list.get() + tile_begin[t];
+      const TileEntry<T>* it_end = list.get() + tile_begin[t + 1];
       for (size_t i = 0; it != it_end; ++i, ++it) {
-        const T zl = it->first;
+        const T zl = it->zl;
         // the list says which faces come next: fetch their indices, then their vertices
-        if (it + 2 * kPrefetch < it_end) __builtin_prefetch(faces + 3 * int64_t(it[2 * kPrefetch].second));
+        if (it + 2 * kPrefetch < it_end) __builtin_prefetch(faces + 3 * int64_t(it[2 * kPrefetch].face));
         if (it + kPrefetch < it_end) {
-          const int64_t* fv = faces + 3 * int64_t(it[kPrefetch].second);
+          const int64_t* fv = faces + 3 * int64_t(it[kPrefetch].face);
           __builtin_prefetch(&pv[fv[0]]);
           __builtin_prefetch(&pv[fv[1]]);
           __builtin_prefetch(&pv[fv[2]]);
         }
-        const int64_t f = it->second;
+        const int64_t f = it->face;
         if (dirty && nfull == npix && (i & 7) == 0) {
           dirty = false;
           tile_far = T(0);
@@ -301,14 +313,27 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
               tile_far = std::max(tile_far, buf[size_t((y - py0) * kTile + (x - px0)) * K + K - 1].z);
         }
         if (zl > tile_far) break;  // this and all later faces are behind every full list
-        if (prof) c_faces++;
-        FaceSetup<T> fs;
-        int x0, x1, y0, y1;
-        if (!face_setup(pv, faces, f, fs) || !face_pixel_box(fs, H, W, x0, x1, y0, y1)) continue;  // never: binned
+        if (prof) n_faces++;
+        const int64_t* fv = faces + 3 * f;
+        const ProjVert<T>& p0 = pv[fv[0]];
+        const ProjVert<T>& p1 = pv[fv[1]];
+        const ProjVert<T>& p2 = pv[fv[2]];
+        int x0, x1, y0, y1;  // setup_face's box (same min3 / max3), so the same pixels
+        if (!pixel_box(min3(p0.u, p1.u, p2.u), max3(p0.u, p1.u, p2.u), min3(p0.v, p1.v, p2.v),
+                       max3(p0.v, p1.v, p2.v), H, W, x0, x1, y0, y1))
+          continue;  // never: binned
         x0 = std::max(x0, px0);
         x1 = std::min(x1, px1);
         y0 = std::max(y0, py0);
         y1 = std::min(y1, py1);
+        // A face that every pixel of its box in this tile rejects by depth (offer_face's
+        // first test) needs no setup: the same outcome, without the edge setup.
+        if (nfull > 0 && behind_all(buf.data(), cnt.data(), K, zl, x0 - px0, x1 - px0, y0 - py0, y1 - py0)) {
+          if (prof) n_skip++;
+          continue;
+        }
+        FaceSetup<T> fs;
+        if (!setup_face(p0, p1, p2, fs)) continue;  // never: binned
         for (int y = y0; y <= y1; ++y) {
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
@@ -320,10 +345,10 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
               nfull += !was_full && cnt[l] == K;
             }
             if (prof) {
-              c_tests++;
-              if (r == kOfferDepthRejected) c_zrej++;
-              if (r >= kOfferBehind) c_cov++;
-              if (r == kOfferInserted) c_ins++;
+              n_tests++;
+              n_zrej += r == kOfferDepthRejected;
+              n_cov += r >= kOfferBehind;
+              n_ins += r == kOfferInserted;
             }
           }
         }
@@ -347,9 +372,17 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         }
       }
     }
+    if (prof) {
+      c_faces += n_faces;
+      c_skip += n_skip;
+      c_tests += n_tests;
+      c_zrej += n_zrej;
+      c_cov += n_cov;
+      c_ins += n_ins;
+    }
   });
   lap("raster");
-  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld faces=%lld tests=%lld zrej=%lld cov=%lld ins=%lld\n", (long long)total, (long long)NT, (long long)c_faces, (long long)c_tests, (long long)c_zrej, (long long)c_cov, (long long)c_ins);
+  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld faces=%lld skipped=%lld tests=%lld zrej=%lld cov=%lld ins=%lld\n", (long long)total, (long long)NT, (long long)c_faces, (long long)c_skip, (long long)c_tests, (long long)c_zrej, (long long)c_cov, (long long)c_ins);
 }
 
 constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block

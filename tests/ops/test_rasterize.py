@@ -264,6 +264,31 @@ def test_forward_deterministic_across_threads(cpp):
         assert torch.equal(x, y)
 
 
+def test_more_faces_than_one_sort_block(cpp):
+    """Over 65,536 kept faces the CPU kernel's depth sort splits its passes into blocks,
+    one per thread. A grid of one-pixel cells at random depths: every pixel must be
+    covered once, by a face of its own cell (a face lost or doubled by the sort shows),
+    with any thread count."""
+    H, W = 160, 256  # 2 * H * W = 81,920 faces
+    verts, faces = grid_mesh(W, H, x0=-0.5, y0=-0.5, step=1.0, z=1.0, diagonal_mix=False)
+    z = 1.0 + 2.0 * torch.rand(verts.shape[0], generator=torch.Generator().manual_seed(5))
+    verts = torch.stack([verts[:, 0] * z, verts[:, 1] * z, z], 1)  # same pixels, f = 1, c = 0
+    intr = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]])
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = rasterize(verts, faces, intr, torch.eye(4), (H, W), 2)
+        torch.set_num_threads(1)
+        b = rasterize(verts, faces, intr, torch.eye(4), (H, W), 2)
+    finally:
+        torch.set_num_threads(n)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    cell = torch.arange(H * W).view(H, W)
+    assert torch.equal(a.pix_to_face[0, ..., 0] // 2, cell)
+    assert torch.all(a.pix_to_face[..., 1] == -1)
+
+
 def test_top_left_rule_single_triangle(cpp):
     # vertices on pixel centres (1,1), (3,1), (1,3): the top edge, the left edge
     # and the top-left vertex are inside; the hypotenuse (bottom-right) is not
