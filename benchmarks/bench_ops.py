@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="compare the fragments with the CPU kernels'")
     ap.add_argument("--raster-only", action="store_true", help="time rasterize only")
     args = ap.parse_args()
+    from dnmp.device import keep_freed_memory
+
+    malloc = "kept" if keep_freed_memory() else "system"  # as the command line runs
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -94,7 +97,7 @@ def main() -> None:
     w2c = torch.eye(4)
     kpx = H * W / 1000.0
     print(f"backend={ops.backend()} device={dev} threads={torch.get_num_threads()} prims={args.prims} "
-          f"verts={verts.shape[0]} faces={faces.shape[0]} image={W}x{H} K={K} C={args.channels}")
+          f"verts={verts.shape[0]} faces={faces.shape[0]} image={W}x{H} K={K} C={args.channels} malloc={malloc}")
     cpu_args = (verts, faces, intr, w2c)
     verts, faces, intr, w2c = (t.to(dev) for t in cpu_args)
 

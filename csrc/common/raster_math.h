@@ -183,14 +183,25 @@ DNMP_HD T depth_lower_bound(T zmin) {
 // Test the pixel centre (qx, qy). On coverage returns true with the depth z and
 // the unnormalised perspective weights a[i] (bary[i] = a[i] / ssum); z > far
 // is not covered.
+// Sets `outside` when an edge test fails (the pixel centre is outside the face); false
+// with `outside` unset means inside but rejected (degenerate weights, beyond far).
+//
+// Each edge test is monotone in qx along a row: fl(qx - au) is non-decreasing in qx,
+// and multiplying by a constant, subtracting from a constant and the sign flip are
+// monotone too (rounding to nearest is monotone; no FMA contraction). So the pixels of
+// a row that pass all three tests form one run, as in exact arithmetic.
 template <typename T>
-DNMP_HD bool cover_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T a[3], T& ssum) {
+DNMP_HD bool cover_pixel(const FaceSetup<T>& fs, T qx, T qy, T far, T& z, T a[3], T& ssum, bool& outside) {
   T e[3];
+  outside = false;
   for (int i = 0; i < 3; ++i) {
     T lhs = fs.du[i] * (qy - fs.av[i]);
     T rhs = fs.dv[i] * (qx - fs.au[i]);
     e[i] = fs.s[i] * (lhs - rhs);
-    if (!(e[i] > T(0) || (e[i] == T(0) && fs.tie_ok[i]))) return false;
+    if (!(e[i] > T(0) || (e[i] == T(0) && fs.tie_ok[i]))) {
+      outside = true;
+      return false;
+    }
   }
   a[0] = e[0] / fs.z[0];
   a[1] = e[1] / fs.z[1];
@@ -241,7 +252,13 @@ DNMP_HD void insert_k(Frag<T>* list, int& count, int K, T z, int64_t face, const
 }
 
 // Outcome of offering a face to one pixel's K-nearest list.
-enum Offer : int { kOfferDepthRejected = 0, kOfferNotCovered = 1, kOfferBehind = 2, kOfferInserted = 3 };
+enum Offer : int {
+  kOfferOutside = -1,        // the pixel centre is outside the face (an edge test failed)
+  kOfferDepthRejected = 0,   // not tested: the list is full and nearer than the face's bound
+  kOfferNotCovered = 1,      // inside, but degenerate weights or beyond far
+  kOfferBehind = 2,          // covered, behind the list's K-th fragment
+  kOfferInserted = 3
+};
 
 // Offer face f (setup fs, depth lower bound zl) to the pixel centre (qx, qy)
 // whose list holds `count` entries: the per-pixel step of both rasterizers
@@ -253,7 +270,8 @@ DNMP_HD Offer offer_face(const FaceSetup<T>& fs, T zl, int64_t f, T qx, T qy, T 
                          int K) {
   if (count == K && zl > list[K - 1].z) return kOfferDepthRejected;  // exact: no depth below zl
   T z, a[3], ssum, b[3];
-  if (!cover_pixel(fs, qx, qy, far, z, a, ssum)) return kOfferNotCovered;
+  bool outside;
+  if (!cover_pixel(fs, qx, qy, far, z, a, ssum, outside)) return outside ? kOfferOutside : kOfferNotCovered;
   if (count == K && !frag_less(z, f, list[K - 1])) return kOfferBehind;
   finish_bary(a, ssum, b);
   insert_k(list, count, K, z, f, b);

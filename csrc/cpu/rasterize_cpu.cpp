@@ -271,12 +271,12 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
   // 5. rasterize tiles; threads take the next tile from a shared counter (load
   //    balance). Output per pixel depends only on its tile's list: deterministic.
   std::atomic<int64_t> next_tile{0};
-  std::atomic<int64_t> c_faces{0}, c_skip{0}, c_tests{0}, c_zrej{0}, c_cov{0}, c_ins{0};
+  std::atomic<int64_t> c_faces{0}, c_skip{0}, c_out{0}, c_tests{0}, c_zrej{0}, c_cov{0}, c_ins{0};
   const int64_t nthreads = at::get_num_threads();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<Frag<T>> buf(size_t(kTile) * kTile * K);
     std::vector<int> cnt(kTile * kTile);
-    int64_t n_faces = 0, n_skip = 0, n_tests = 0, n_zrej = 0, n_cov = 0, n_ins = 0;  // DNMP_PROFILE counts
+    int64_t n_faces = 0, n_skip = 0, n_out = 0, n_tests = 0, n_zrej = 0, n_cov = 0, n_ins = 0;  // DNMP_PROFILE counts
     for (;;) {
       int64_t t = next_tile.fetch_add(1);
       if (t >= NT) break;
@@ -335,11 +335,17 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
         FaceSetup<T> fs;
         if (!setup_face(p0, p1, p2, fs)) continue;  // never: binned
         for (int y = y0; y <= y1; ++y) {
+          bool entered = false;  // a pixel of this row was inside the face
           for (int x = x0; x <= x1; ++x) {
             const int l = (y - py0) * kTile + (x - px0);
             Frag<T>* lst = buf.data() + size_t(l) * K;
             const bool was_full = cnt[l] == K;
             const Offer r = offer_face(fs, zl, f, T(x), T(y), far, lst, cnt[l], K);
+            if (r == kOfferOutside) {
+              if (entered) break;  // the row's inside pixels are one run (cover_pixel): it ended
+            } else if (r != kOfferDepthRejected) {
+              entered = true;
+            }
             if (r == kOfferInserted) {
               dirty = true;
               nfull += !was_full && cnt[l] == K;
@@ -348,6 +354,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
               n_tests++;
               n_zrej += r == kOfferDepthRejected;
               n_cov += r >= kOfferBehind;
+              n_out += r == kOfferOutside;
               n_ins += r == kOfferInserted;
             }
           }
@@ -375,6 +382,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     if (prof) {
       c_faces += n_faces;
       c_skip += n_skip;
+      c_out += n_out;
       c_tests += n_tests;
       c_zrej += n_zrej;
       c_cov += n_cov;
@@ -382,7 +390,7 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
     }
   });
   lap("raster");
-  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld faces=%lld skipped=%lld tests=%lld zrej=%lld cov=%lld ins=%lld\n", (long long)total, (long long)NT, (long long)c_faces, (long long)c_skip, (long long)c_tests, (long long)c_zrej, (long long)c_cov, (long long)c_ins);
+  if (prof) std::fprintf(stderr, "  pairs=%lld tiles=%lld faces=%lld skipped=%lld tests=%lld outside=%lld zrej=%lld cov=%lld ins=%lld\n", (long long)total, (long long)NT, (long long)c_faces, (long long)c_skip, (long long)c_tests, (long long)c_out, (long long)c_zrej, (long long)c_cov, (long long)c_ins);
 }
 
 constexpr int64_t kBwdBlock = 1 << 16;  // fragments per backward block
