@@ -360,12 +360,12 @@ class DNMPRenderer(nn.Module):
             features = self.primitives.features
             if sparse_features and self.sparse_lookup == "unique":
                 uf, inv_f = torch.unique(fid, return_inverse=True)
-                uv, inv_v = torch.unique(faces[uf], return_inverse=True)
+                uv, inv_v = torch.unique(faces.index_select(0, uf), return_inverse=True)
                 local_faces, frag_face = inv_v.view(-1, 3), inv_f
             elif sparse_features:
                 # the same sorted vertex set, one local face per fragment in fragment order:
                 # interpolation and its backward sum the same terms in the same order
-                uv, inv_v = unique_inverse(faces[fid].reshape(-1), features.shape[0])
+                uv, inv_v = unique_inverse(faces.index_select(0, fid).reshape(-1), features.shape[0])
                 local_faces, frag_face = inv_v.view(-1, 3), torch.arange(m, device=fid.device)
             else:
                 attr, local_faces, frag_face = features, faces, fid
@@ -386,7 +386,7 @@ class DNMPRenderer(nn.Module):
             with record_function("shade.interpolate"):
                 feats = ops.interpolate(attr, local_faces, frags).view(m, -1)
             dirs = view_dirs.unsqueeze(1).expand(n, k, 3)[valid]
-            a, c = self.field(feats, dirs, normals_all[fid])
+            a, c = self.field(feats, dirs, normals_all.index_select(0, fid))
             alpha = alpha.masked_scatter(valid, a)
             rgb = rgb.masked_scatter(valid.unsqueeze(-1).expand(n, k, 3), c)
         bg = self.background_colour(view_dirs, ray_origins)
@@ -455,7 +455,7 @@ class DNMPRenderer(nn.Module):
                                   bary_coords[idx, layer].reshape(1, 1, m, 1, 3))
             with record_function("shade.interpolate"):
                 feats = ops.interpolate(feats_all, faces, frags).view(m, -1)
-            a, c = self.field(feats, view_dirs[idx], normals_all[fid])
+            a, c = self.field(feats, view_dirs[idx], normals_all.index_select(0, fid))
             with record_function("shade.composite"):
                 w = trans[idx] * a
                 colour.index_add_(0, idx, w.unsqueeze(1) * c)
