@@ -106,7 +106,8 @@ def cmd_profile(args) -> int:
     print(f"scene {res['scene']}: {res['num_primitives']} primitives, {res['num_faces']} faces; "
           f"frame {res['frame']} {res['width']}x{res['height']}, faces_per_pixel "
           f"{res['faces_per_pixel']} (fine scale), {res['threads']} threads "
-          f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), backend {res['backend']}, device {res['device']}")
+          f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), malloc {res['malloc']}, backend {res['backend']}, "
+          f"device {res['device']}")
     print(f"  rasterization : {res['raster_ms_per_kpx']:.3f} ms / 1k px ({res['raster_ms']:.1f} ms); "
           "by scale " + ", ".join(f"{x:.3f}" for x in res["raster_ms_per_kpx_by_scale"]))
     print(f"  full render   : {res['render_ms_per_kpx']:.3f} ms / 1k px ({res['render_ms']:.1f} ms), "
@@ -186,7 +187,9 @@ def cmd_train_autoencoder(args) -> int:
 PROFILE_HELP = """Figures (each the median of --repeats runs after one warm-up run, wall clock, at
 the resolution of the scene's first test frame, all primitives of the scene; OpenMP
 threads wait passively as in every command, or spin with --spin (OMP_WAIT_POLICY=ACTIVE:
-faster on an idle machine, many times slower on a busy one); the output names the policy):
+faster on an idle machine, many times slower on a busy one); the output names the policy,
+and malloc: "kept" when freed memory is kept for reuse, as every command does (glibc; no
+page faults for each large tensor anew), "system" with DNMP_SYSTEM_MALLOC=1):
   raster_ms_per_kpx       dnmp.ops.rasterize alone (all scales, each with its own
                           faces_per_pixel), ms per 1000 pixels; raster_ms_per_kpx_by_scale:
                           each scale alone

@@ -87,6 +87,9 @@ def synchronize(device: torch.device) -> None:
 __all__ = ["DEVICE_HELP", "check_device_spec", "resolve_device", "module_device", "synchronize"]
 
 
+_FREED_MEMORY_KEPT = False
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory in the process for reuse: no mmap per large
     allocation (`M_MMAP_MAX` = 0) and no trimming of the heap's top below 2 GiB
@@ -111,5 +114,13 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    global _FREED_MEMORY_KEPT
     m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    _FREED_MEMORY_KEPT = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return _FREED_MEMORY_KEPT
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory` has applied its settings in this process (what `dnmp
+    profile` reports as malloc "kept" or "system")."""
+    return _FREED_MEMORY_KEPT

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .device import resolve_device
+from .device import freed_memory_kept, resolve_device
 
 from .model import DNMPRenderer
 
@@ -295,7 +295,8 @@ def profile_run(checkpoint: str | None, scene: str | None, config: str | None = 
             None: the CPU).
     Returns:
         the figures of both functions plus scene, frame, width, height, model (what was
-        timed), backend (`dnmp.ops.backend()`) and omp_wait_policy.
+        timed), backend (`dnmp.ops.backend()`), omp_wait_policy and malloc ("kept" when
+        `dnmp.device.keep_freed_memory` is in effect, as in every command; else "system").
     Raises: as `open_run`, `load_scene`, `load_config`.
     """
     from .data.scene import load_scene
@@ -326,7 +327,8 @@ def profile_run(checkpoint: str | None, scene: str | None, config: str | None = 
     res = profile_renderer(renderer, cam.intrinsics(as_tensor=True), torch.from_numpy(frame.cam_to_world),
                            cam.height, cam.width, repeats=repeats, memory=memory, breakdown=breakdown)
     res.update({"scene": scene_obj.name, "frame": frame.name, "model": source, "backend": backend(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                "malloc": "kept" if freed_memory_kept() else "system"})
     if geometry:
         res.update(profile_geometry(renderer, scene_obj, cfg, repeats=repeats, memory=memory))
     if breakdown:

@@ -1,5 +1,6 @@
 """The `dnmp` command line end to end, and its one-line errors for bad input."""
 
+import ctypes
 import json
 import os
 import subprocess
@@ -94,6 +95,9 @@ def test_end_to_end_convert_train_render_eval_profile(tmp_path):
     assert prof["raster_ms_per_kpx"] < prof["render_ms_per_kpx"]
     assert len(prof["raster_ms_per_kpx_by_scale"]) == 2 and min(prof["raster_ms_per_kpx_by_scale"]) > 0
     assert prof["num_faces"] == 80 * prof["num_primitives"] and len(prof["raster_ms_runs"]) == 5
+    # every command keeps freed memory for reuse where the C library is glibc
+    glibc = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert prof["malloc"] == ("kept" if glibc else "system")
 
     # a checkpoint from another scene is refused, naming the checkpoint
     other = tmp_path / "other"
