@@ -100,13 +100,14 @@ def keep_freed_memory() -> bool:
     The price is that the resident size stays at its high-water mark after a peak.
 
     The command line calls it once at start (process-wide, like OMP_WAIT_POLICY); the
-    library never does. DNMP_SYSTEM_MALLOC=1 leaves malloc as it is.
+    library never does. DNMP_SYSTEM_MALLOC=1 leaves malloc as it is (0, false, no or empty
+    do not).
 
     Returns:
         True when the settings were applied; False on a C library without glibc's
-        mallopt or with DNMP_SYSTEM_MALLOC set.
+        mallopt or with DNMP_SYSTEM_MALLOC=1.
     """
-    if os.environ.get("DNMP_SYSTEM_MALLOC"):
+    if os.environ.get("DNMP_SYSTEM_MALLOC", "").strip().lower() not in ("", "0", "false", "no"):
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -132,7 +132,8 @@ def check_rasterize_inputs(
     if check_indices and faces64.numel() > 0 and not torch.compiler.is_compiling():
         lo, hi = (int(x) for x in torch.aminmax(faces64))
         if lo < 0 or hi >= V:
-            raise ValueError(f"faces index vertices in [{lo}, {hi}] but there are only {V} vertices")
+            # the kernels' wording (csrc/cpu/rasterize_cpu.cpp): one message on every path
+            raise ValueError(f"faces index vertices in [{lo}, {hi}] but verts has only {V} rows")
     if torch.compiler.is_compiling():
         # data-dependent checks would break the graph; the kernels still check indices
         # and never cover with non-finite vertices, only the warning is skipped.

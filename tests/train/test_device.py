@@ -391,11 +391,12 @@ class _Mallinfo2(ctypes.Structure):
 
 
 def test_keep_freed_memory(monkeypatch):
-    """The command line's allocator setting: off with DNMP_SYSTEM_MALLOC; on glibc a large
-    tensor then comes from the heap (no new mmap'd block) and its memory stays for reuse."""
+    """The command line's allocator setting: off with DNMP_SYSTEM_MALLOC=1; on glibc a large
+    tensor then comes from the heap (no new mmap'd block) and its memory stays for reuse.
+    (The setting stays for the rest of this pytest process, as it does in a command.)"""
     monkeypatch.setenv("DNMP_SYSTEM_MALLOC", "1")
     assert keep_freed_memory() is False
-    monkeypatch.delenv("DNMP_SYSTEM_MALLOC")
+    monkeypatch.setenv("DNMP_SYSTEM_MALLOC", "0")  # "0" asks for the setting, as unset does
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "mallinfo2"):
         pytest.skip("not glibc >= 2.33")
