@@ -79,7 +79,7 @@ class _PositionalEncoding(torch.autograd.Function):
         x2 = x.reshape(-1, d)
         with torch.autocast(x.device.type, enabled=False):
             # the encoded columns as a contiguous tensor of their own: sin / cos of a column
-            # slice of `out` take ATen's scalar strided loop on the CPU (about 7x slower)
+            # slice of `out` take ATen's scalar strided loop on the CPU (~9x slower on [44k, 128])
             enc = torch.addmm(b[d:], x2, B[:, d:])
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(torch.cos(enc), B)
