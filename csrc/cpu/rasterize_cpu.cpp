@@ -175,13 +175,14 @@ void rasterize_view(const T* verts, int64_t V, const int64_t* faces, int64_t F, 
       int x0, x1, y0, y1;
       int32_t* bx = box.get() + 4 * f;
       const int64_t* fv = faces + 3 * f;
-      lo = std::min({lo, fv[0], fv[1], fv[2]});
-      hi = std::max({hi, fv[0], fv[1], fv[2]});
-      if (std::min({fv[0], fv[1], fv[2]}) < 0 || std::max({fv[0], fv[1], fv[2]}) >= V) {
+      const int64_t vmin = std::min({fv[0], fv[1], fv[2]}), vmax = std::max({fv[0], fv[1], fv[2]});
+      lo = std::min(lo, vmin);
+      hi = std::max(hi, vmax);
+      if (vmin < 0 || vmax >= V) {
         bx[0] = -1;  // never read out of bounds; reported below
         continue;
       }
-      if (!cull_face(pv[faces[3 * f]], pv[faces[3 * f + 1]], pv[faces[3 * f + 2]], fb, zmin) ||
+      if (!cull_face(pv[fv[0]], pv[fv[1]], pv[fv[2]], fb, zmin) ||
           !pixel_box(fb[0], fb[1], fb[2], fb[3], H, W, x0, x1, y0, y1)) {
         bx[0] = -1;
         continue;

@@ -31,22 +31,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.scene import Scene
+from ..device import release_freed_memory
 from ..model import DNMPRenderer, pixel_rays
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc `malloc_trim`; a no-op elsewhere).
-
-    A frame's fragments are tens of MB; glibc serves such blocks from its heap once
-    it has raised its mmap threshold, and replacing pool frames then fragments the heap:
-    the resident size crept up by ~5 MB per rotation without this.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class _CachedFrame:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .._io import write_json_atomic
 from ..data.scene import Scene
 from ..data.subset import SceneSubset
-from ..device import resolve_device
+from ..device import release_freed_memory, resolve_device
 from ..evaluate import depth_errors
 from .checkpoint import (GEOMETRY_NAME, CheckpointError, load_checkpoint, save_geometry_checkpoint,
                          scene_info)
@@ -21,7 +21,6 @@ from .config import TrainConfig
 from .distributed import SINGLE, DistContext, process_group
 from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
                       renderer_from_checkpoint, scene_centres)
-from .frame_pool import release_freed_memory
 from .geometry import train_geometry
 from .radiance import train_radiance
 from .run import RunFolder, refuse_config_on_resume, settle_config
