@@ -13,7 +13,9 @@ Variants (`--variants A B`, the first is the baseline of the ratio):
   "unique": as "reference", with the reference sparse lookup (two torch.unique sorts
       instead of `renderer.unique_inverse`);
   "rows": the features' rows gathered as a leaf, their gradient handed to RowAdam
-      (`train.row_adam`), and the GEMM positional encoding: the default;
+      (`train.row_adam`), the GEMM positional encoding and the MLPs' bf16 products where
+      the CPU has bf16 matrix kernels (`TrainConfig.bf16_matmul`): the default;
+  "rows-fp32": "rows" with float32 products (`bf16_matmul = false`: the step before them);
   "rows-refenc": "rows" with the reference positional encoding (the encoding's share);
   "remap": alias of "rows" (the name of the default before issue 12).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import sys
 import time
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="rays per step (default: the config's)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", nargs=2, default=["reference", "rows"],
-                    choices=["reference", "unique", "rows", "rows-refenc", "remap"])
+                    choices=["reference", "unique", "rows", "rows-refenc", "rows-fp32", "remap"])
     ap.add_argument("--against", metavar="DIR", help="time the checkout DIR against this one")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -159,8 +162,9 @@ def main(argv=None) -> int:
         model = copy.deepcopy(base)
         model.refresh_geometry()
         model.sparse_lookup = "unique" if name == "unique" else "remap"
-        rows = name in ("rows", "remap", "rows-refenc")
-        variants[name] = (model, _make_optimizers(model, cfg, sparse_adam=not rows), rows, [])
+        rows = name in ("rows", "remap", "rows-refenc", "rows-fp32")
+        cfg_v = dataclasses.replace(cfg, bf16_matmul=name in ("rows", "remap"))
+        variants[name] = (model, _make_optimizers(model, cfg_v, sparse_adam=not rows), rows, [])
     fast_encoding = field.positional_encoding
     for i in range(3 + args.steps):
         for name, (model, opts, rows, times) in variants.items():

@@ -11,7 +11,7 @@ LICENSE_TMP="$(mktemp)"
 if [ -f scenes/kitti00/LICENSE.md ]; then cp scenes/kitti00/LICENSE.md "$LICENSE_TMP"; fi
 python -m dnmp.cli convert kitti-odometry "$DATA" --out scenes/kitti00 \
     --sequence 00 --first 0 --last 9 --cameras image_2,image_3 --poses auto \
-    --downscale 1 --max-depth 80 --stereo-max-depth 25 --voxel 0.05 \
+    --downscale 1 --max-depth 80 --stereo-max-depth 40 --voxel 0.05 \
     --name kitti00 --overwrite
 # The licence note is kept in git; restore it after the folder was rewritten.
 if [ -s "$LICENSE_TMP" ]; then cp "$LICENSE_TMP" scenes/kitti00/LICENSE.md; fi

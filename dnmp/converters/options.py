@@ -29,7 +29,8 @@ def add_output_options(p: argparse.ArgumentParser, lidar: bool = True, stereo: b
         p.add_argument("--min-range", type=float, default=2.5,
                        help="drop LiDAR returns closer than this to the sensor (the ego vehicle), metres (2.5)")
     if stereo:
-        p.add_argument("--stereo-max-depth", type=float, default=25.0, help="stereo points range, metres (25)")
+        p.add_argument("--stereo-max-depth", type=float, default=40.0,
+                       help="stereo points range, metres (40: beyond it SGBM depth is too coarse to add detail)")
     p.add_argument("--voxel", type=float, default=voxel, help=f"point voxel size, metres ({voxel:g}; 0 = off)")
     p.add_argument("--outlier-neighbors", type=int, default=20,
                    help="statistical outlier removal neighbours, 0 = off (20)")

@@ -128,6 +128,9 @@ def write_stereo_depth(root, frame: Frame, xyz_world: np.ndarray, cam: Camera, s
 # source frames before and after it (about 10 m at KITTI's 10 Hz and 36 km/h: surfaces seen from
 # both within SGBM's 25 m), whatever the --stride: skipped frames are matched for the check only.
 STEREO_CHECK_OFFSETS = (-10, -8, -6, -4, -2, 2, 4, 6, 8, 10)
+# ... and compares depths up to this range even when the points reach further (--stereo-max-depth
+# 40 by default): beyond it SGBM's depth steps (~1 m at 25 m on KITTI) blur the agreement
+STEREO_CHECK_MAX_DEPTH = 25.0
 
 
 def _stereo_neighbours(i, done: dict, cam, baseline, stereo_max_depth, shift, source_pair):
@@ -190,10 +193,11 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
         picks = sorted({0, len(pts) // 2, len(pts) - 1})
         chk = [by_name[f"{l}/{stems[k]}"] for k in picks]
         done = dict(zip((int(s) for s in stems), pts))
-        others = [_stereo_neighbours(int(stems[k]), done, fl, baseline, stereo_max_depth, shift, pair.source_pair)
+        check_depth = min(stereo_max_depth, STEREO_CHECK_MAX_DEPTH)
+        others = [_stereo_neighbours(int(stems[k]), done, fl, baseline, check_depth, shift, pair.source_pair)
                   for k in picks]
         log("pose check (stereo points of neighbouring pairs, no LiDAR):")
-        agr = scan_agreement(chk, out_cams, [pts[k] for k in picks], others, stereo_max_depth, warn_below=0.5,
+        agr = scan_agreement(chk, out_cams, [pts[k] for k in picks], others, check_depth, warn_below=0.5,
                              where=pose_path, verbose=not quiet, what="stereo pairs")
         report["stereo_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
     allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0

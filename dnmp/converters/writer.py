@@ -55,7 +55,7 @@ def convert(read: Callable[..., Capture], source, out, overwrite: bool = False, 
     return convert_atomically(out, overwrite, lambda staging: write_capture(capture, staging, **wopts))
 
 
-def check_write_options(out, downscale: float = 1.0, max_depth: float = 80.0, stereo_max_depth: float = 25.0,
+def check_write_options(out, downscale: float = 1.0, max_depth: float = 80.0, stereo_max_depth: float = 40.0,
                         min_range: float = 2.5, **_) -> None:
     """Refuse (ConversionError naming ``out``) a downscale below 1 and
     non-positive depth ranges before any reading."""
@@ -135,7 +135,7 @@ def write_capture(
     min_range: float = 2.5,
     depth: bool = True,
     stereo: bool = True,
-    stereo_max_depth: float = 25.0,
+    stereo_max_depth: float = 40.0,
     voxel: float = 0.05,
     outlier_neighbors: int = 20,
     sanity: bool = True,

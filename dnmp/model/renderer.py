@@ -16,7 +16,7 @@ from torch.profiler import record_function
 
 from .. import ops
 from ..ops._extension import bf16_matmul_available, kernels_for
-from .field import BackgroundField, FarField, RadianceField
+from .field import BackgroundField, FarField, RadianceField, linear_chain
 from .primitives import Primitives
 
 
@@ -64,14 +64,9 @@ def default_bf16_matmul(device: torch.device, dtype: torch.dtype = torch.float32
 
 
 def _linear_chain(seq: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-    """(weights, biases) of an `nn.Sequential` Linear, ReLU, Linear, ..., Linear (ReLU between
-    layers, none after the last), else None (then the fused shading does not apply)."""
-    mods = list(seq) if isinstance(seq, nn.Sequential) else [seq]
-    lin, act = mods[0::2], mods[1::2]
-    if not all(isinstance(m, nn.Linear) and m.bias is not None for m in lin) or \
-            not all(isinstance(m, nn.ReLU) for m in act) or len(act) != len(lin) - 1:
-        return None
-    return [m.weight.detach() for m in lin], [m.bias.detach() for m in lin]
+    """`field.linear_chain` with the parameters detached (the fused ops read them)."""
+    chain = linear_chain(seq)
+    return None if chain is None else ([w.detach() for w in chain[0]], [b.detach() for b in chain[1]])
 
 
 def camera_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, height: int,

@@ -75,6 +75,11 @@ class TrainConfig:
             training pixels is cached as a rotating pool of frames (`train/frame_pool.py`),
             so memory does not grow with the drive.
         cache_rotate_every: steps between pool rotations (one frame leaves, the next enters).
+        bf16_matmul: the radiance and sky MLPs of a training step multiply bfloat16
+            operands (`model.field.mlp_low_precision`; ~5x faster products on a CPU with
+            AMX) where the device has bf16 matrix kernels (`model.renderer.default_bf16_matmul`:
+            a float32 model on such a CPU); false: float32 everywhere. Renders choose for
+            themselves (`RenderConfig.bf16_matmul`).
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
         lr_far_field: Adam learning rate of the far-field shells' texels (logits).
@@ -138,6 +143,7 @@ class TrainConfig:
     batch_size: int = 8192
     cache_pixels: int = 6_000_000
     cache_rotate_every: int = 50
+    bf16_matmul: bool = True
     lr_features: float = 5e-2
     lr_mlp: float = 5e-3
     lr_far_field: float = 5e-2

@@ -26,6 +26,7 @@ from ..data.scene import Scene
 from ..device import resolve_device, synchronize
 from ..evaluate import evaluate
 from ..model import DNMPRenderer
+from ..model.renderer import default_bf16_matmul
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
 from .config import TrainConfig
 from .distributed import (SINGLE, DistContext, GradientSync, broadcast_parameters, check_identical,
@@ -41,8 +42,13 @@ from .run import RunFolder, settle_config
 def _make_optimizers(renderer: DNMPRenderer, cfg: TrainConfig, sparse_adam: bool = False):
     """{"features": RowAdam (or, with `sparse_adam`, the reference torch.optim.SparseAdam:
     the same update, slower; same state layout) on the vertex features, "mlp": Adam on
-    the radiance and background MLPs}; freezes the geometry."""
+    the radiance and background MLPs}; freezes the geometry and sets the MLPs' training
+    precision (`cfg.bf16_matmul` where `default_bf16_matmul` allows it)."""
     prims = renderer.primitives
+    bf16 = cfg.bf16_matmul and default_bf16_matmul(prims.features.device, prims.features.dtype)
+    for mlp in (renderer.field, renderer.background):
+        if hasattr(mlp, "bf16_matmul"):
+            mlp.bf16_matmul = bf16
     for p in (prims.latents, prims.offsets, *prims.decoder.parameters()):
         p.requires_grad_(False)  # geometry is fixed in the radiance stage
     feat_opt = (torch.optim.SparseAdam if sparse_adam else RowAdam)([prims.features], lr=cfg.lr_features)

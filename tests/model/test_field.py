@@ -61,3 +61,87 @@ def test_positional_encoding_keeps_float32_under_autocast():
     out.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+# --- the training MLPs' low-precision products (mlp_low_precision) -------------------------
+
+def _chain_reference_rounded(seq, x, g):
+    """float64 forward and backward of a Linear/ReLU chain on bf16-rounded operands, rounding
+    where `_LowPrecisionChain` rounds (inputs, weights, biases, each layer's result, each
+    layer's output gradient): the independent twin of the bf16 path."""
+    r = lambda t: t.detach().to(torch.bfloat16).double()
+    lin = list(seq)[0::2]
+    acts, a = [], r(x)
+    for i, m in enumerate(lin):
+        acts.append(a)
+        a = r(a @ r(m.weight).T + r(m.bias))
+        if i + 1 < len(lin):
+            a = a.clamp_min(0)
+    grads, gz = [], r(g)
+    for i in reversed(range(len(lin))):
+        grads.append((gz.T @ acts[i], gz.sum(0)))
+        ga = gz @ r(lin[i].weight)
+        gz = r(ga) * (acts[i] > 0) if i > 0 else ga
+    return a, gz, grads[::-1]
+
+
+def test_mlp_low_precision_gradcheck_in_float64():
+    from dnmp.model.field import _LowPrecisionChain, _mlp
+    torch.manual_seed(0)
+    seq = _mlp(12, 10, 3, 2).double()
+    x = torch.randn(30, 12, dtype=torch.float64, requires_grad=True)
+    wb = [t for m in list(seq)[0::2] for t in (m.weight, m.bias)]
+    # with float64 "rounding" the chain is the exact MLP: its hand-written backward is checked
+    assert torch.autograd.gradcheck(lambda x, *wb: _LowPrecisionChain.apply(x, torch.float64, *wb), (x, *wb))
+    torch.testing.assert_close(_LowPrecisionChain.apply(x, torch.float64, *wb), seq(x))
+
+
+@pytest.mark.parametrize("layers,d_in", [(1, 160), (2, 63)])
+def test_mlp_low_precision_bf16_matches_its_rounded_twin_and_float32(layers, d_in):
+    from dnmp.model.field import _mlp, mlp_low_precision
+    torch.manual_seed(layers)
+    seq = _mlp(d_in, 64, 3 if layers == 2 else 64, layers)
+    x = torch.randn(3000, d_in, requires_grad=True)
+    out = mlp_low_precision(seq, x)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *seq.parameters()], g)
+    ref_out, ref_gx, ref_layers = _chain_reference_rounded(seq, x, g)
+    rel = lambda a, b: float((a.detach().double() - b).norm() / b.norm())
+    # the twin rounds the same operands: the only differences are summation orders inside the
+    # bf16 products (one bf16 ulp where a result sits on a rounding boundary)
+    assert rel(out, ref_out) < 1e-3
+    assert rel(grads[0], ref_gx) < 1e-2
+    for (gw, gb), (rw, rb) in zip(zip(grads[1::2], grads[2::2]), ref_layers):
+        assert rel(gw, rw) < 1e-2 and rel(gb, rb) < 1e-2
+    # and against float32: bf16's rounding, not a wrong formula (a missing ReLU mask or a
+    # transposed weight is off by O(1))
+    out32 = seq(x)
+    grads32 = torch.autograd.grad(out32, [x, *seq.parameters()], g)
+    assert rel(out, out32.double()) < 1e-2
+    for a, b in zip(grads, grads32):
+        assert rel(a, b.double()) < 0.1
+    assert out.dtype == torch.float32 and all(t.dtype == torch.float32 for t in grads)
+
+
+def test_mlp_low_precision_rejects_other_modules():
+    from dnmp.model.field import mlp_low_precision
+    with pytest.raises(ValueError, match="Linear layers"):
+        mlp_low_precision(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)),
+                          torch.randn(2, 3))
+
+
+def test_training_step_with_bf16_products_follows_the_float32_one():
+    """The radiance MLPs switch to bf16 products for training (TrainConfig.bf16_matmul) and
+    back; one forward of a small model agrees with float32 to bf16's rounding."""
+    from dnmp.model.field import RadianceField
+    if not hasattr(torch, "bfloat16"):
+        pytest.skip("no bfloat16")
+    torch.manual_seed(3)
+    f = RadianceField(feature_dim=8, hidden=32)
+    feats, dirs = torch.randn(500, 8), torch.nn.functional.normalize(torch.randn(500, 3), dim=-1)
+    normals = torch.nn.functional.normalize(torch.randn(500, 3), dim=-1)
+    a32, c32 = f(feats, dirs, normals)
+    f.bf16_matmul = True
+    a16, c16 = f(feats, dirs, normals)
+    assert (a16 - a32).abs().max() < 1e-2 and (c16 - c32).abs().max() < 1e-2
+    assert not torch.equal(c16, c32)  # the switch took effect

@@ -147,3 +147,27 @@ def test_radiance_steps_with_row_adam_equal_the_reference(make_scene):
     for (name, a), (_, b) in zip(models[False].state_dict().items(), models[True].state_dict().items()):
         assert torch.equal(a, b), name
     assert not torch.equal(models[True].primitives.features, r.primitives.features)
+
+
+def test_training_precision_follows_the_config(make_scene):
+    """`TrainConfig.bf16_matmul` switches the radiance and sky MLPs of a training step to bf16
+    products where the CPU has the kernels; the step's loss and feature gradient then stay
+    within bf16's rounding of the float32 step's."""
+    import dataclasses
+
+    from dnmp.model.renderer import default_bf16_matmul
+
+    r, pool, cfg = _scene_model(make_scene)
+    out = {}
+    for want in (False, True):
+        m = copy.deepcopy(r)
+        opts = _make_optimizers(m, dataclasses.replace(cfg, bf16_matmul=want))
+        expect = want and default_bf16_matmul(torch.device("cpu"))
+        assert m.field.bf16_matmul is expect and m.background.bf16_matmul is expect
+        loss = radiance_loss_backward(m, pool, opts, cfg.batch_size, generator=torch.Generator().manual_seed(0))
+        out[want] = (float(loss), m.primitives.features.grad.to_dense())
+    if not default_bf16_matmul(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 matrix kernels: both steps are float32")
+    (l32, g32), (l16, g16) = out[False], out[True]
+    assert abs(l16 - l32) < 1e-2 * l32 and l16 != l32
+    assert float((g16 - g32).norm() / g32.norm()) < 0.1
