@@ -14,16 +14,18 @@ import numpy as np
 # go stale but stay the right order of magnitude (it is an estimate).
 EST_BASE_BYTES = 0.45e9  # resident python + torch + open3d + dnmp before any data (measured 0.41 GB)
 EST_CACHE_PIXELS = 6_000_000  # TrainConfig.cache_pixels: at most this many training pixels cached
-EST_BYTES_PER_CACHED_PIXEL = 75  # cached fragments of one pixel (K = 4 + 2 layers; train/frame_pool.py)
+EST_BYTES_PER_CACHED_PIXEL = 99  # cached fragments of one pixel (K = 4 + 4 layers; train/frame_pool.py)
 EST_BYTES_PER_PRIMITIVE = 19_000  # 42 vertices x 32 float32 features (5.4 KB) + 2 Adam moments (10.8 KB)
 #                                   + 80 faces (1.9 KB int64) + vertices, latent. Measured: the bundled
 #                                   scene's geometry.pt is 141 MB for 25,959 primitives (5.4 KB each),
 #                                   with the moments a radiance checkpoint 0.42 GB (16.2 KB each)
 # Primitives (0.25 m fine + 1.0 m coarse voxels) grow with the metres driven, plus what the
-# first frames see ahead: kitti_gray_51 (stereo points to 25 m) has 40.7k over 51.8 m, the
-# bundled scene (LiDAR to 80 m + stereo) 26.0k over 6.7 m.
-EST_PRIMITIVES_PER_METRE = 750
-EST_PRIMITIVES_AHEAD = {"stereo": 2_000, "lidar": 20_000}
+# first frames see ahead. With stereo points to 40 m (the converters' default since issue 13's
+# third round): kitti_gray_51 (stereo only) has 106.2k over 51.8 m, its first 10 frames 25.5k
+# over 9.3 m, the bundled scene (LiDAR to 80 m + stereo) 41.6k over 6.7 m. (To 25 m: 40.7k,
+# 11.4k, 26.0k.)
+EST_PRIMITIVES_PER_METRE = 1_900
+EST_PRIMITIVES_AHEAD = {"stereo": 8_000, "lidar": 29_000}
 EST_RENDER_BYTES_PER_PIXEL = 890  # peak of rendering one frame (dnmp profile: 0.85 MiB per 1k px)
 EST_BLOCK_FRAMES, EST_BLOCK_OVERLAP = 80, 8  # TrainConfig.block_frames / block_overlap (instants)
 EST_RADIANCE_SECONDS = 3000 / 4.3  # TrainConfig.steps (3,000) at ~4.3 steps/s (far field on), per block
@@ -41,7 +43,7 @@ def training_estimate(images: Sequence[tuple], left_centres, lidar: bool = True)
 
     images: [(pixels of the output image, split "train" | "test")];
     left_centres: [N, 3] camera centres of one camera (metres), one per instant,
-    in drive order; lidar: LiDAR points (80 m) or stereo points only (25 m).
+    in drive order; lidar: LiDAR points (80 m) or stereo points only (40 m).
     A drive of more than EST_BLOCK_FRAMES instants trains as overlapping blocks,
     one after the other: memory is that of one block, time the sum.
     Memory = base + the block's primitives (EST_PRIMITIVES_AHEAD[kind] +

@@ -26,7 +26,7 @@ class RenderConfig:
 
     faces_per_pixel: K, layers composited per pixel for the finest scale (4 for
         the 0.5 m primitives, paper Sec. 3.3).
-    coarse_faces_per_pixel: K of every coarser scale (2 for the 1.0 m primitives).
+    coarse_faces_per_pixel: K of every coarser scale (TrainConfig's default: 4 for the 1.0 m primitives).
     near, far: clipping depths in metres (camera-space z), as in `dnmp.ops.rasterize`.
     chunk: pixels shaded at once when rendering whole images (memory bound).
     bf16_matmul: the fused rendering ops (`shade_rays_fused`, `background_colour_fused`) run

@@ -15,7 +15,7 @@ rotates: pixel index i then names the same pixel as in a cache of all frames.
 
 Per cached pixel: pix_to_face int32 [K], the first two barycentrics float32 [K, 2] (the
 third is 1 - b0 - b1 on covered layers, 0 on empty ones) and the colour as uint8 [3]
-when the image is 8-bit (float32 otherwise): 12 K + 3 bytes, 75 B at K = 4 + 2.
+when the image is 8-bit (float32 otherwise): 12 K + 3 bytes, 99 B at K = 4 + 4 (the default; 75 B at the paper's 4 + 2).
 View directions are recomputed from the pixel's row and column (`pixel_rays`).
 
 Everything cached lives on the renderer's device, and `batch` makes no host round trip
