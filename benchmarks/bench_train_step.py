@@ -14,8 +14,8 @@ Variants (`--variants A B`, the first is the baseline of the ratio):
       instead of `renderer.unique_inverse`);
   "rows": the features' rows gathered as a leaf, their gradient handed to RowAdam
       (`train.row_adam`), the GEMM positional encoding and the MLPs' bf16 products where
-      the CPU has bf16 matrix kernels (`TrainConfig.bf16_matmul`): the default;
-  "rows-fp32": "rows" with float32 products (`bf16_matmul = false`: the step before them);
+      the CPU has bf16 matrix kernels (`TrainConfig.bf16_matmul = true`, opt-in);
+  "rows-fp32": "rows" with float32 products: the default step;
   "rows-refenc": "rows" with the reference positional encoding (the encoding's share);
   "remap": alias of "rows" (the name of the default before issue 12).
 

@@ -199,6 +199,11 @@ def mlp_low_precision(seq: nn.Module, x: torch.Tensor, dtype: torch.dtype = torc
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _run_mlp(seq: nn.Module, x: torch.Tensor, bf16_matmul: bool) -> torch.Tensor:
+    """seq(x), or with bf16 products (`mlp_low_precision`) when the module is told to."""
+    return mlp_low_precision(seq, x) if bf16_matmul else seq(x)
+
+
 def _mlp(d_in: int, hidden: int, d_out: int, layers: int) -> nn.Sequential:
     mods: list[nn.Module] = []
     d = d_in
@@ -226,9 +231,6 @@ class RadianceField(nn.Module):
         # steps; set by the radiance stage (`TrainConfig.bf16_matmul`), not saved
         self.bf16_matmul = False
 
-    def _run(self, seq: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return mlp_low_precision(seq, x) if self.bf16_matmul else seq(x)
-
     def forward(self, features: torch.Tensor, view_dirs: torch.Tensor,
                 normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -245,12 +247,12 @@ class RadianceField(nn.Module):
             cos = (view_dirs * normals).sum(-1, keepdim=True).abs()
             e_dir = positional_encoding(view_dirs, self.dir_freqs)
         with record_function("shade.mlp_trunk"):
-            h = self._run(self.trunk, x)
+            h = _run_mlp(self.trunk, x, self.bf16_matmul)
         with record_function("shade.mlp_heads"):
             # the opacity head has one output: a float32 matrix-vector product is cheap
             opacity = torch.sigmoid(self.opacity_head(h)).squeeze(-1)
             d = torch.cat([torch.relu(h), e_dir, cos], dim=-1)
-            rgb = torch.sigmoid(self._run(self.color_head, d))
+            rgb = torch.sigmoid(_run_mlp(self.color_head, d, self.bf16_matmul))
         return opacity, rgb
 
 
@@ -267,7 +269,7 @@ class BackgroundField(nn.Module):
         """view_dirs float32 [N, 3] unit, world frame -> rgb float32 [N, 3] in (0, 1)."""
         with record_function("shade.background"):
             x = positional_encoding(view_dirs, self.dir_freqs)
-            return torch.sigmoid(mlp_low_precision(self.mlp, x) if self.bf16_matmul else self.mlp(x))
+            return torch.sigmoid(_run_mlp(self.mlp, x, self.bf16_matmul))
 
 
 def cube_map_texel(d: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
