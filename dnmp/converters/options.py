@@ -20,7 +20,7 @@ from typing import Callable
 def add_output_options(p: argparse.ArgumentParser, lidar: bool = True, stereo: bool = False,
                        voxel: float = 0.05) -> None:
     """--out, --downscale, (LiDAR: --max-depth, --min-range, --no-lidar,
-    --no-depth,) (stereo: --stereo-max-depth, --no-stereo,) --voxel,
+    --no-depth,) (stereo: --stereo-max-depth, --stereo-near-depth, --no-stereo,) --voxel,
     --outlier-neighbors, --no-sanity, --name, --overwrite, --quiet."""
     p.add_argument("--out", required=True, help="output scene folder")
     p.add_argument("--downscale", type=float, default=1.0, help="image size divisor (default 1)")
@@ -31,6 +31,10 @@ def add_output_options(p: argparse.ArgumentParser, lidar: bool = True, stereo: b
     if stereo:
         p.add_argument("--stereo-max-depth", type=float, default=40.0,
                        help="stereo points range, metres (40: beyond it SGBM depth is too coarse to add detail)")
+        p.add_argument("--stereo-near-depth", type=float, default=25.0,
+                       help="stereo points farther than this (metres, 25) go to points/stereo_far.ply, kind "
+                            "'stereo_far' (their depth error grows with the square of depth; training places "
+                            "them only at the coarse scale)")
     p.add_argument("--voxel", type=float, default=voxel, help=f"point voxel size, metres ({voxel:g}; 0 = off)")
     p.add_argument("--outlier-neighbors", type=int, default=20,
                    help="statistical outlier removal neighbours, 0 = off (20)")
@@ -56,7 +60,8 @@ def output_options(args) -> dict:
         kw.update(max_depth=args.max_depth, min_range=args.min_range, lidar=not args.no_lidar,
                   depth=not args.no_depth)
     if hasattr(args, "stereo_max_depth"):
-        kw.update(stereo_max_depth=args.stereo_max_depth, stereo=not args.no_stereo)
+        kw.update(stereo_max_depth=args.stereo_max_depth, stereo_near_depth=args.stereo_near_depth,
+                  stereo=not args.no_stereo)
     return kw
 
 

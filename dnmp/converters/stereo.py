@@ -154,12 +154,17 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
                         shift,
                         stereo_max_depth: float, max_depth: float, voxel: float, outlier_neighbors: int,
                         report: dict, quiet: bool, depth_images: bool = True, check_poses: bool = False,
-                        pose_path=None):
+                        pose_path=None, stereo_near_depth: float = 25.0) -> list:
     """The writer's stereo step. SGBM points of every training stereo pair
     (``images_full``: (stem, camera) -> full-resolution uint8 [H, W, 3] of the
     training frames of ``pair``, a :class:`~dnmp.converters.capture.StereoPair`):
-    returns ``points/stereo.ply``'s PointCloud (fused, voxel + outlier
-    filtered) or None, and with ``depth_images`` writes a stereo depth image
+    returns the PointClouds written (each fused, voxel + outlier filtered on
+    its own; none without pairs): ``points/stereo.ply`` (kind "stereo", points
+    at most ``stereo_near_depth`` metres in front of the camera that saw them)
+    and, when ``stereo_near_depth < stereo_max_depth``, ``points/stereo_far.ply``
+    (kind "stereo_far", the rest up to ``stereo_max_depth``: SGBM depth error
+    grows with the square of depth, so readers may treat them as coarser).
+    With ``depth_images`` it writes a stereo depth image
     of both frames of each pair (:func:`write_stereo_depth`). With
     ``check_poses`` (a scene without LiDAR to check the poses with), the
     points of the first, middle and last pair are compared with those of the
@@ -171,7 +176,7 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
     l, r, baseline = pair.left, pair.right, pair.baseline
     by_name = {f.name: f for f in frames}
     fl = full_cams[l]  # SGBM runs on the full-resolution images
-    pts, cols, st_tot, n_depth = [], [], {}, 0
+    pts, cols, near, st_tot, n_depth = [], [], [], {}, 0
     stems = [f.name.split("/", 1)[1] for f in frames
              if f.camera == l and (f.name.split("/", 1)[1], r) in images_full
              and (f.name.split("/", 1)[1], l) in images_full]
@@ -181,6 +186,7 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
         world = transform(by_name[f"{l}/{stem}"].cam_to_world, xyz_c)
         pts.append(world)
         cols.append(rgb)
+        near.append(xyz_c[:, 2] <= stereo_near_depth)
         if depth_images:
             for c in (l, r):
                 write_stereo_depth(out, by_name[f"{c}/{stem}"], world, out_cams[c], stem)
@@ -188,7 +194,7 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
         for k, v in st.items():
             st_tot[k] = st_tot.get(k, 0) + v if k != "num_disparities" else v
     if not pts:
-        return None
+        return []
     if check_poses and len(pts) > 1:
         picks = sorted({0, len(pts) // 2, len(pts) - 1})
         chk = [by_name[f"{l}/{stems[k]}"] for k in picks]
@@ -201,10 +207,20 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
                              where=pose_path, verbose=not quiet, what="stereo pairs")
         report["stereo_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
     allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0
-    xyz, rgb = clean_points(allp, allc, voxel=voxel, nb_neighbors=outlier_neighbors)
-    write_ply_points(Path(out) / "points/stereo.ply", xyz, rgb)
-    cloud = PointCloud(path="points/stereo.ply", kind="stereo", root=Path(out))
-    report["stereo_points"] = {**st_tot, "pairs": len(stems), "baseline": baseline, "written": len(xyz),
+    is_near = np.concatenate(near)
+    clouds, written, kept = [], {}, []
+    for kind, keep in (("stereo", is_near), ("stereo_far", ~is_near)):
+        if not keep.any():
+            continue
+        part, part_rgb = clean_points(allp[keep], allc[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
+        write_ply_points(Path(out) / f"points/{kind}.ply", part, part_rgb)
+        clouds.append(PointCloud(path=f"points/{kind}.ply", kind=kind, root=Path(out)))
+        written[kind] = len(part)
+        kept.append(part)
+    xyz = np.concatenate(kept)  # both kinds: the LiDAR cross-check below sees what the scene holds
+    report["stereo_points"] = {**st_tot, "pairs": len(stems), "baseline": baseline,
+                               "written": int(sum(written.values())), "written_near": written.get("stereo", 0),
+                               "written_far": written.get("stereo_far", 0), "near_depth": stereo_near_depth,
                                "depth_images": n_depth}
     # cross-check against the LiDAR depth of the first train left frame
     f0 = by_name[f"{l}/{stems[0]}"]
@@ -223,6 +239,7 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
                       f"({100 * agree:.1f}% within 5%); check the stereo calibration")
     log(f"stereo: {len(stems)} train pairs, baseline {baseline:.3f} m, {st_tot['sgbm']} SGBM pixels, "
         f"{st_tot['lr_consistent']} left-right consistent, {st_tot['kept']} kept (texture, "
-        f"<= {stereo_max_depth:g} m), {len(xyz)} after voxels + outlier removal; "
-        f"{n_depth} stereo depth images (depth_stereo/)")
-    return cloud
+        f"<= {stereo_max_depth:g} m), {len(xyz)} after voxels + outlier removal "
+        f"({written.get('stereo', 0)} within {stereo_near_depth:g} m, {written.get('stereo_far', 0)} beyond: "
+        f"points/stereo_far.ply); {n_depth} stereo depth images (depth_stereo/)")
+    return clouds

@@ -56,13 +56,13 @@ def convert(read: Callable[..., Capture], source, out, overwrite: bool = False, 
 
 
 def check_write_options(out, downscale: float = 1.0, max_depth: float = 80.0, stereo_max_depth: float = 40.0,
-                        min_range: float = 2.5, **_) -> None:
+                        min_range: float = 2.5, stereo_near_depth: float = 25.0, **_) -> None:
     """Refuse (ConversionError naming ``out``) a downscale below 1 and
     non-positive depth ranges before any reading."""
     if not downscale >= 1:
         raise ConversionError(out, f"downscale must be >= 1, got {downscale}")
-    if not max_depth > 0 or not stereo_max_depth > 0:
-        raise ConversionError(out, "--max-depth and --stereo-max-depth must be > 0")
+    if not max_depth > 0 or not stereo_max_depth > 0 or not stereo_near_depth > 0:
+        raise ConversionError(out, "--max-depth, --stereo-max-depth and --stereo-near-depth must be > 0")
     if not min_range >= 0:
         raise ConversionError(out, f"--min-range must be >= 0, got {min_range}")
 
@@ -136,6 +136,7 @@ def write_capture(
     depth: bool = True,
     stereo: bool = True,
     stereo_max_depth: float = 40.0,
+    stereo_near_depth: float = 25.0,
     voxel: float = 0.05,
     outlier_neighbors: int = 20,
     sanity: bool = True,
@@ -157,15 +158,16 @@ def write_capture(
     frame of every camera and the scan agreement of the reference camera's
     (``sanity``); ``points/lidar.ply`` (cropped to what frames see within
     ``max_depth`` metres, ``voxel`` + outlier filtered), other clouds,
-    ``points/stereo.ply`` and stereo depth images (``stereo``, SGBM within
-    ``stereo_max_depth``); scene.json, the summary, ``overview.png``,
+    ``points/stereo.ply`` (SGBM within ``stereo_near_depth``),
+    ``points/stereo_far.ply`` (beyond it, within ``stereo_max_depth``) and
+    stereo depth images (``stereo``); scene.json, the summary, ``overview.png``,
     ``conversion_report.json``. Raises ConversionError on broken input, a
     failed check or a scene that would get no points. Returns the Scene."""
     import imageio.v3 as iio
 
     log = logger(quiet)
     out = Path(out)
-    check_write_options(out, downscale, max_depth, stereo_max_depth, min_range)
+    check_write_options(out, downscale, max_depth, stereo_max_depth, min_range, stereo_near_depth)
     frames_in, cameras = list(capture.frames), capture.cameras
     if not frames_in:
         raise ConversionError(out, "no frames selected")
@@ -219,7 +221,7 @@ def write_capture(
 
     report = dict(capture.report)
     report.update({"downscale": downscale, "max_depth": max_depth, "min_range": min_range, "stereo": bool(pair),
-                   "stereo_max_depth": stereo_max_depth, "voxel": voxel, "undistorted": sorted(capture.distortion),
+                   "stereo_max_depth": stereo_max_depth, "stereo_near_depth": stereo_near_depth, "voxel": voxel, "undistorted": sorted(capture.distortion),
                    "first_timestamp": t0, "world_offset": world_offset.tolist(), "training_estimate": estimate})
     grey_cams = sorted(c for c, n in channels.items() if n == 1)
     if grey_cams:
@@ -280,12 +282,10 @@ def write_capture(
         log(f"{p.kind}: {len(xyz)} points, {len(xyz2)} after {voxel:g} m voxels + outlier removal")
 
     if pair:
-        cloud = write_stereo_points(out, frames, cameras, out_cams, images_full, pair, shift, stereo_max_depth,
-                                    max_depth, voxel, outlier_neighbors, report, quiet, depth_images=depth,
-                                    check_poses=sanity and "scan_agreement" not in report,
-                                    pose_path=capture.pose_path)
-        if cloud is not None:
-            point_clouds.append(cloud)
+        point_clouds += write_stereo_points(out, frames, cameras, out_cams, images_full, pair, shift,
+                                            stereo_max_depth, max_depth, voxel, outlier_neighbors, report, quiet,
+                                            depth_images=depth, check_poses=sanity and "scan_agreement" not in report,
+                                            pose_path=capture.pose_path, stereo_near_depth=stereo_near_depth)
     images_full.clear()
 
     write_scene_json(out, name or capture.name, capture.source, world_offset, out_cams, frames, point_clouds)

@@ -71,10 +71,13 @@ def build_renderer(centres: list[torch.Tensor], cfg: TrainConfig,
 
 def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
     """Voxel centres of the scene's point clouds of kinds `cfg.point_kinds` (all if
-    empty), one float32 [P_s, 3] tensor per scale (fine, then coarse if enabled).
+    empty), one float32 [P_s, 3] tensor per scale: fine (`cfg.voxel_size`, without
+    the kinds in `cfg.coarse_only_point_kinds`), then coarse (`cfg.coarse_voxel_size`,
+    every kind) if enabled. Scene coordinates, metres.
 
     Raises:
-        ValueError: naming the scene when there are no points to voxelize.
+        ValueError: naming the scene when a kind is missing or a scale has no
+            points to voxelize.
     """
     if not scene.point_kinds():
         raise ValueError(f"{Path(scene.root) / 'scene.json'}: lists no point_clouds, so there is "
@@ -84,17 +87,30 @@ def scene_centres(scene: Scene, cfg: TrainConfig) -> list[torch.Tensor]:
     if missing:
         raise ValueError(f"{scene.root}: scene has no point cloud of kind {missing}; "
                          f"it has {sorted(set(scene.point_kinds()))}")
-    pts = [torch.from_numpy(scene.load_points(k)) for k in kinds]
-    pts = torch.cat(pts) if pts else torch.zeros(0, 3)
+    coarse = cfg.coarse_voxel_size > 0
+    fine_kinds = [k for k in kinds if not (coarse and k in cfg.coarse_only_point_kinds)]
+    if not fine_kinds:
+        raise ValueError(f"{scene.root}: every point kind {kinds} is coarse-only "
+                         f"(coarse_only_point_kinds), so the fine scale gets no primitives")
+    pts = {k: _finite_points(scene, k) for k in kinds}
+    out = []
+    for scale_kinds, size in [(fine_kinds, cfg.voxel_size)] + ([(kinds, cfg.coarse_voxel_size)] if coarse else []):
+        scale_pts = torch.cat([pts[k] for k in scale_kinds])
+        if scale_pts.shape[0] == 0:
+            raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
+                             f"(empty or all-NaN point clouds {scale_kinds})")
+        out.append(voxelize(scale_pts, size))
+    return out
+
+
+def _finite_points(scene: Scene, kind: str) -> torch.Tensor:
+    """float32 [N, 3] finite points of one kind (maybe none); warns about dropped NaN/Inf rows."""
+    pts = torch.from_numpy(scene.load_points(kind))
     finite = torch.isfinite(pts).all(dim=1)
-    if not finite.any():
-        raise ValueError(f"{scene.root}: scene has no finite points to place primitives on "
-                         f"(empty or all-NaN point clouds {kinds})")
     if not finite.all():
-        print(f"warning: {scene.root}: {int((~finite).sum())} NaN/Inf points in {kinds} are ignored",
+        print(f"warning: {scene.root}: {int((~finite).sum())} NaN/Inf points in {kind!r} are ignored",
               file=sys.stderr)
-    sizes = [cfg.voxel_size] + ([cfg.coarse_voxel_size] if cfg.coarse_voxel_size > 0 else [])
-    return [voxelize(pts, s) for s in sizes]
+    return pts[finite]
 
 
 def renderer_from_checkpoint(ckpt: dict, device: torch.device | str | None = None) -> DNMPRenderer:

@@ -107,6 +107,37 @@ def test_grey_stereo_only_needs_no_flags(tmp_path, capsys):
     assert rep["stereo_agreement"]["mean_fraction"] > 0.95
 
 
+def test_stereo_points_beyond_the_near_depth_are_a_kind_of_their_own(tmp_path):
+    """The plane sits at Z = 4.17 m: a near depth beyond it keeps every point in
+    points/stereo.ply; one before it moves the same points to points/stereo_far.ply
+    (kind "stereo_far"); the stereo depth images do not change."""
+    from dnmp.data.ply import read_ply_points
+    root = write_grey_stereo(tmp_path / "k")
+    near = convert_kitti_odometry(root, tmp_path / "near", voxel=0.0, outlier_neighbors=0, stereo_near_depth=Z + 1,
+                                  quiet=True)
+    far = convert_kitti_odometry(root, tmp_path / "far", voxel=0.0, outlier_neighbors=0, stereo_near_depth=Z - 1,
+                                 quiet=True)
+    assert near.point_kinds() == ["stereo"] and far.point_kinds() == ["stereo_far"]
+    assert not (tmp_path / "near" / "points" / "stereo_far.ply").exists()
+    a, b = near.load_points("stereo"), far.load_points("stereo_far")
+    assert len(a) > 0.4 * W * H
+    np.testing.assert_array_equal(np.sort(a, axis=0), np.sort(b, axis=0))
+    assert np.median(a[:, 2]) == pytest.approx(Z, abs=0.01)
+    xyz, rgb = read_ply_points(tmp_path / "far" / "points" / "stereo_far.ply")
+    assert rgb is not None and rgb.shape == xyz.shape
+    rep = json.loads((tmp_path / "far" / "conversion_report.json").read_text())
+    assert rep["stereo_points"]["written_far"] == len(b) and rep["stereo_points"]["written_near"] == 0
+    assert rep["stereo_near_depth"] == Z - 1
+    for f in near.frames_by_split("train"):
+        np.testing.assert_array_equal(near.load_depth(f, "stereo"), far.load_depth(far.frame(f.name), "stereo"))
+
+
+def test_non_positive_near_depth_is_refused(tmp_path, capsys):
+    root = write_grey_stereo(tmp_path / "k")
+    rc = main([str(root), "--out", str(tmp_path / "o"), "--stereo-near-depth", "0", "--quiet"])
+    assert_cli_error(rc, capsys.readouterr().err, tmp_path / "o", "--stereo-near-depth must be > 0")
+
+
 def test_stereo_depth_is_the_projection_of_the_stereo_points(tmp_path):
     """Downscaled: each pixel holds the nearest SGBM point of its pair projecting into it."""
     from dnmp.converters.projection import zbuffer_depth
