@@ -20,12 +20,13 @@ EST_BYTES_PER_PRIMITIVE = 19_000  # 42 vertices x 32 float32 features (5.4 KB) +
 #                                   scene's geometry.pt is 141 MB for 25,959 primitives (5.4 KB each),
 #                                   with the moments a radiance checkpoint 0.42 GB (16.2 KB each)
 # Primitives (0.25 m fine + 1.0 m coarse voxels) grow with the metres driven, plus what the
-# first frames see ahead. With stereo points to 40 m (the converters' default since issue 13's
-# third round): kitti_gray_51 (stereo only) has 106.2k over 51.8 m, its first 10 frames 25.5k
-# over 9.3 m, the bundled scene (LiDAR to 80 m + stereo) 41.6k over 6.7 m. (To 25 m: 40.7k,
-# 11.4k, 26.0k.)
-EST_PRIMITIVES_PER_METRE = 1_900
-EST_PRIMITIVES_AHEAD = {"stereo": 8_000, "lidar": 29_000}
+# first frames see ahead. Stereo points to 25 m place fine and coarse primitives, those from 25 to
+# 40 m ("stereo_far", the converters' default) coarse ones only: kitti_gray_51 (stereo only) has
+# 44.2k over 51.8 m, its first 10 frames 12.2k over 9.3 m, the bundled scene (LiDAR to 80 m +
+# stereo) 26.8k over 6.7 m (`scene_centres` of the default TrainConfig). With every stereo point
+# at the fine scale they were 115.9k, 26.7k and 43.1k.
+EST_PRIMITIVES_PER_METRE = 750
+EST_PRIMITIVES_AHEAD = {"stereo": 5_000, "lidar": 22_000}
 EST_RENDER_BYTES_PER_PIXEL = 890  # peak of rendering one frame (dnmp profile: 0.85 MiB per 1k px)
 EST_BLOCK_FRAMES, EST_BLOCK_OVERLAP = 80, 8  # TrainConfig.block_frames / block_overlap (instants)
 EST_RADIANCE_SECONDS = 3000 / 4.3  # TrainConfig.steps (3,000) at ~4.3 steps/s (far field on), per block

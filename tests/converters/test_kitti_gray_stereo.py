@@ -210,8 +210,8 @@ def test_training_estimate_values():
     c2 = np.stack([np.zeros(2000), np.zeros(2000), np.arange(2000.0)], 1)
     twice = training_estimate([(466_616, "train")] * 2000 + [(466_616, "test")] * 1000, c2, lidar=False)
     assert twice["blocks"] == 28 and twice["minutes"] > 1.9 * long["minutes"]
-    # one block: ~160k primitives (stereo points to 40 m, 80 m of drive), about 4 GB
-    assert twice["memory_gb"] == pytest.approx(long["memory_gb"], abs=0.02) and long["memory_gb"] < 4.5
+    # one block: ~65k primitives (stereo points to 25 m fine, 25-40 m coarse; 80 m of drive), about 2.3 GB
+    assert twice["memory_gb"] == pytest.approx(long["memory_gb"], abs=0.02) and long["memory_gb"] < 3.0
     assert "per block of 80 frames (14 blocks)" in long["line"]
 
 

@@ -343,7 +343,7 @@ def test_bundled_scene_loads_and_decodes():
     assert len(s.frames_by_split("train")) == 10
     test = s.frames_by_split("test")
     assert len(test) == 5 and all(f.camera == "image_2" for f in test)
-    assert sorted(s.point_kinds()) == ["lidar", "stereo"]
+    assert sorted(s.point_kinds()) == ["lidar", "stereo", "stereo_far"]
     assert len(s.load_points("lidar")) > 50_000 and len(s.load_points("stereo")) > 50_000
     assert (BUNDLED / "LICENSE.md").is_file()
     size = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
