@@ -202,7 +202,7 @@ page faults for each large tensor anew), "system" with DNMP_SYSTEM_MALLOC=1):
                           interleaved (fused_vs_reference_psnr_db: the two images' PSNR)
   bf16_matmul             the fused ops ran their MLPs on bf16 operands (float32
                           accumulation; RenderConfig.bf16_matmul, default: float32 models
-                          on CPUs with oneDNN bf16 brgemm kernels, i.e. AMX; dnmp eval
+                          on CPUs with AMX or AVX512-BF16; dnmp eval
                           records it as render_bf16_matmul in its metrics)
 With --breakdown, also ms per stage of one render and of one training step (named
 record_function ranges in the code that runs them: rasterize per scale, interpolate,

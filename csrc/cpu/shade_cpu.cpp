@@ -14,7 +14,7 @@
 // bf16_matmul (float32 inputs only): the MLP layers take bfloat16 operands (inputs and
 // weights rounded to nearest even) and accumulate in float32, through ATen's brgemm
 // micro-kernel (oneDNN; AMX tiles on CPUs that have them, 5-7x the float32 GEMM rate on
-// these blocks). Everything else (interpolation, encoding arguments, sines, heads of
+// these blocks), or on CPUs with AVX512-BF16 but no AMX through gemm_dp (VDPBF16PS). Everything else (interpolation, encoding arguments, sines, heads of
 // width 1, compositing) stays float32. Its torch twin rounds the same operands
 // (tests/model/test_fused_shading.py).
 //
@@ -69,8 +69,8 @@ void check_mlp(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& 
 void check_bf16(bool bf16_matmul, const at::Tensor& ref, const char* name) {
   if (!bf16_matmul) return;
   TORCH_CHECK_TYPE(ref.scalar_type() == at::kFloat, "bf16_matmul needs float32 ", name, ", got ", ref.scalar_type());
-  TORCH_CHECK_VALUE(at::native::cpublas::could_pack(at::kBFloat16),
-                    "bf16_matmul: this CPU has no bf16 matrix kernels (brgemm); pass bf16_matmul=False");
+  TORCH_CHECK_VALUE(bf16_matmul_available(),
+                    "bf16_matmul: this CPU has no bf16 matrix kernels (AMX or AVX512-BF16); pass bf16_matmul=False");
 }
 
 // sin and cos of x * f_k, f_k = 2^k pi (rounded to x's dtype, as torch does): [m, D, L] each,
@@ -164,11 +164,69 @@ bool has_avx512bf16() {
   static const bool yes = __builtin_cpu_supports("avx512bf16");
   return yes;
 }
+
+// C[M, NV * 16] (row stride ldc) = A[M, K] (bf16, row stride lda) x B, B packed in pairs of
+// rows ([K / 2][NV * 16][2] bf16, gemm_dp_pack), by VDPBF16PS: each instruction adds the
+// products of one pair of A's columns with 16 pairs of B into float32 accumulators (the
+// products are exact in float32; the sum rounds per pair, where brgemm's order may differ).
+// M a multiple of 4, K even. For CPUs with AVX512-BF16 but no AMX (brgemm has no bf16
+// kernels there).
+template <int NV>
+DNMP_AVX512BF16 void gemm_dp_tile(int64_t M, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, float* C,
+                                  int64_t ldc) {
+  constexpr int64_t N = NV * 16;
+  for (int64_t r = 0; r < M; r += 4) {
+    __m512 acc[4][NV];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+    const uint16_t* a = A + r * lda;
+    for (int64_t k2 = 0; k2 < K / 2; ++k2) {
+      __m512i b[NV];
+      for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_si512(B + (k2 * N + j * 16) * 2);
+      for (int i = 0; i < 4; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, a + i * lda + 2 * k2, 4);
+        const __m512i av = _mm512_set1_epi32(pair);
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)av, (__m512bh)b[j]);
+      }
+    }
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < NV; ++j) _mm512_storeu_ps(C + (r + i) * ldc + j * 16, acc[i][j]);
+  }
+}
+
+void gemm_dp(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, float* C,
+             int64_t ldc) {
+  switch (N / 16) {
+    case 1: gemm_dp_tile<1>(M, K, A, lda, B, C, ldc); break;
+    case 2: gemm_dp_tile<2>(M, K, A, lda, B, C, ldc); break;
+    case 3: gemm_dp_tile<3>(M, K, A, lda, B, C, ldc); break;
+    default: gemm_dp_tile<4>(M, K, A, lda, B, C, ldc); break;
+  }
+}
 #else
 void to_bf16_avx512(const float*, uint16_t*, int64_t) {}
 void bias_relu_bf16_avx512(const float*, const float*, int64_t, int64_t, uint16_t*) {}
 bool has_avx512bf16() { return false; }
+void gemm_dp(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t) {}
 #endif
+
+// Which bf16 GEMM the chains use: ATen's brgemm where oneDNN has bf16 kernels for it (AMX),
+// else VDPBF16PS (gemm_dp) where the CPU has AVX512-BF16, else none (bf16_matmul refused).
+bool use_brgemm() {
+  static const bool yes = at::native::cpublas::could_pack(at::kBFloat16);
+  return yes;
+}
+bool use_gemm_dp() { return !use_brgemm() && has_avx512bf16(); }
+
+// [K, N] bf16 (row-major) -> [K / 2][N][2], the pairs of rows gemm_dp reads. K even.
+void gemm_dp_pack(const uint16_t* src, int64_t K, int64_t N, uint16_t* dst) {
+  for (int64_t k2 = 0; k2 < K / 2; ++k2)
+    for (int64_t c = 0; c < N; ++c) {
+      dst[(k2 * N + c) * 2] = src[2 * k2 * N + c];
+      dst[(k2 * N + c) * 2 + 1] = src[(2 * k2 + 1) * N + c];
+    }
+}
 
 void to_bf16(const float* src, uint16_t* dst, int64_t n) {
   if (has_avx512bf16()) to_bf16_avx512(src, dst, n);
@@ -320,7 +378,11 @@ struct Bf16Chain {
         const int64_t nb = std::min(kCols, n_p - c0);
         auto wb = wt.narrow(1, c0, nb).to(at::kBFloat16).contiguous();
         auto pk = at::empty_like(wb);
-        at::native::cpublas::pack(k_in, nb, nb, nb, at::kBFloat16, at::kBFloat16, wb.data_ptr(), pk.data_ptr());
+        if (use_brgemm())
+          at::native::cpublas::pack(k_in, nb, nb, nb, at::kBFloat16, at::kBFloat16, wb.data_ptr(), pk.data_ptr());
+        else
+          gemm_dp_pack(reinterpret_cast<const uint16_t*>(wb.data_ptr<at::BFloat16>()), k_in, nb,
+                       reinterpret_cast<uint16_t*>(pk.data_ptr<at::BFloat16>()));
         blocks.push_back(pk);
       }
       auto bi = at::zeros({n_p}, b[i].options());
@@ -359,8 +421,12 @@ struct Bf16Chain {
       const int64_t n = np[i];
       for (size_t blk = 0; blk < packed[i].size(); ++blk) {
         const int64_t c0 = int64_t(blk) * kCols, nb = packed[i][blk].size(1);
-        at::native::cpublas::brgemm(mr, nb, kp[i], kp[i], nb, n, false, cur,
-                                    packed[i][blk].data_ptr<at::BFloat16>(), acc + c0, true);
+        if (use_brgemm())
+          at::native::cpublas::brgemm(mr, nb, kp[i], kp[i], nb, n, false, cur,
+                                      packed[i][blk].data_ptr<at::BFloat16>(), acc + c0, true);
+        else
+          gemm_dp(mr, nb, kp[i], reinterpret_cast<const uint16_t*>(cur), kp[i],
+                  reinterpret_cast<const uint16_t*>(packed[i][blk].data_ptr<at::BFloat16>()), acc + c0, n);
       }
       const float* bi = bias[i].data_ptr<float>();
       if (i + 1 == packed.size()) {
@@ -377,7 +443,7 @@ struct Bf16Chain {
 
 }  // namespace
 
-bool bf16_matmul_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
+bool bf16_matmul_available() { return use_brgemm() || use_gemm_dp(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     const at::Tensor& features_, const at::Tensor& faces_, const at::Tensor& normals_, const at::Tensor& pix_to_face_,
@@ -583,7 +649,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           o_trans[r] = st[i].trans;
         }
       }
-      if (bf16_matmul) at::native::cpublas::brgemm_release(true);
+      if (bf16_matmul && use_brgemm()) at::native::cpublas::brgemm_release(true);
     });
   });
   return {rgb, depth, mean_depth, trans};
@@ -683,7 +749,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
           }
         }
       }
-      if (bf16_matmul) at::native::cpublas::brgemm_release(true);
+      if (bf16_matmul && use_brgemm()) at::native::cpublas::brgemm_release(true);
     });
   });
   return rgb;

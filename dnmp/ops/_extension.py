@@ -161,10 +161,11 @@ def backend() -> str:
 
 
 def bf16_matmul_available() -> bool:
-    """True when the compiled kernels are built and oneDNN's brgemm micro-kernel has bfloat16
-    kernels on this CPU (ATen's `cpublas::could_pack`; AMX-class CPUs, and not when
-    `ONEDNN_MAX_CPU_ISA` caps oneDNN below them), which the shading ops use for their MLP
-    layers when asked (`bf16_matmul`)."""
+    """True when the compiled kernels are built and this CPU has bfloat16 matrix kernels for
+    them: oneDNN's brgemm micro-kernel (ATen's `cpublas::could_pack`; AMX-class CPUs, and not
+    when `ONEDNN_MAX_CPU_ISA` caps oneDNN below them) or else AVX512-BF16's dot-product
+    instruction (dnmp's own small GEMM, csrc/cpu/shade_cpu.cpp `gemm_dp`; e.g. AMD Zen 4),
+    which the shading ops use for their MLP layers when asked (`bf16_matmul`)."""
     mod = load_extension()
     return mod is not None and bool(getattr(mod, "bf16_matmul_available", lambda: False)())
 
