@@ -14,8 +14,9 @@
 // bf16_matmul (float32 inputs only): the MLP layers take bfloat16 operands (inputs and
 // weights rounded to nearest even) and accumulate in float32, through ATen's brgemm
 // micro-kernel (oneDNN; AMX tiles on CPUs that have them, 5-7x the float32 GEMM rate on
-// these blocks), or on CPUs with AVX512-BF16 but no AMX through gemm_dp (VDPBF16PS). Everything else (interpolation, encoding arguments, sines, heads of
-// width 1, compositing) stays float32. Its torch twin rounds the same operands
+// these blocks), or, on CPUs with AVX512-BF16 but no AMX, through gemm_dp (VDPBF16PS).
+// Everything else (interpolation, encoding arguments, sines, heads of width 1,
+// compositing) stays float32. Its torch twin rounds the same operands
 // (tests/model/test_fused_shading.py).
 //
 // background_fwd: what a ray sees through all its layers, for rendering (forward only):
@@ -169,8 +170,8 @@ bool has_avx512bf16() {
 // rows ([K / 2][NV * 16][2] bf16, gemm_dp_pack), by VDPBF16PS: each instruction adds the
 // products of one pair of A's columns with 16 pairs of B into float32 accumulators (the
 // products are exact in float32; the sum rounds per pair, where brgemm's order may differ).
-// M a multiple of 4, K even. For CPUs with AVX512-BF16 but no AMX (brgemm has no bf16
-// kernels there).
+// M a multiple of 4, K even, N a multiple of 16 up to 64 (Bf16Chain's kPad, kCols). For
+// CPUs with AVX512-BF16 but no AMX (brgemm has no bf16 kernels there).
 template <int NV>
 DNMP_AVX512BF16 void gemm_dp_tile(int64_t M, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, float* C,
                                   int64_t ldc) {
