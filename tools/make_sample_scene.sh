@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate the bundled scene scenes/kitti00 from ../shared/data/kitti_odometry_00
 # (KITTI odometry sequence 00, frames 0-9, SemanticKITTI poses, both colour
-# cameras at full resolution, LiDAR + SGBM stereo points (to 25 m, and 25-40 m as "stereo_far"), LiDAR depth images of every
-# frame and stereo depth images of the training frames).
+# cameras at full resolution, LiDAR + SGBM stereo points (to 25 m, and 25-40 m as
+# "stereo_far"), LiDAR depth images of every frame and stereo depth images of the
+# training frames).
 # Usage (from the repository root): tools/make_sample_scene.sh [DATA_ROOT]
 set -euo pipefail
 cd "$(dirname "$0")/.."

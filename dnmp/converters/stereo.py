@@ -159,9 +159,9 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
     (``images_full``: (stem, camera) -> full-resolution uint8 [H, W, 3] of the
     training frames of ``pair``, a :class:`~dnmp.converters.capture.StereoPair`):
     returns the PointClouds written (each fused, voxel + outlier filtered on
-    its own; none without pairs): ``points/stereo.ply`` (kind "stereo", points
-    at most ``stereo_near_depth`` metres in front of the camera that saw them)
-    and, when ``stereo_near_depth < stereo_max_depth``, ``points/stereo_far.ply``
+    its own, and written only when it has points; none without pairs):
+    ``points/stereo.ply`` (kind "stereo", points at most ``stereo_near_depth``
+    metres in front of the camera that saw them) and ``points/stereo_far.ply``
     (kind "stereo_far", the rest up to ``stereo_max_depth``: SGBM depth error
     grows with the square of depth, so readers may treat them as coarser).
     With ``depth_images`` it writes a stereo depth image
@@ -208,16 +208,17 @@ def write_stereo_points(out, frames: Sequence[Frame], full_cams: dict, out_cams:
         report["stereo_agreement"] = {"mean_fraction": agr["mean"], "per_frame": agr["per_frame"]}
     allp, allc = np.concatenate(pts), np.concatenate(cols).astype(np.float32) / 255.0
     is_near = np.concatenate(near)
-    clouds, written, kept = [], {}, []
+    clouds, kept = [], {}
     for kind, keep in (("stereo", is_near), ("stereo_far", ~is_near)):
         if not keep.any():
             continue
         part, part_rgb = clean_points(allp[keep], allc[keep], voxel=voxel, nb_neighbors=outlier_neighbors)
         write_ply_points(Path(out) / f"points/{kind}.ply", part, part_rgb)
         clouds.append(PointCloud(path=f"points/{kind}.ply", kind=kind, root=Path(out)))
-        written[kind] = len(part)
-        kept.append(part)
-    xyz = np.concatenate(kept)  # both kinds: the LiDAR cross-check below sees what the scene holds
+        kept[kind] = part
+    # both kinds: the LiDAR cross-check below sees what the scene holds (maybe nothing)
+    xyz = np.concatenate(list(kept.values())) if kept else np.zeros((0, 3), np.float32)
+    written = {k: len(v) for k, v in kept.items()}
     report["stereo_points"] = {**st_tot, "pairs": len(stems), "baseline": baseline,
                                "written": int(sum(written.values())), "written_near": written.get("stereo", 0),
                                "written_far": written.get("stereo_far", 0), "near_depth": stereo_near_depth,

@@ -221,7 +221,8 @@ def write_capture(
 
     report = dict(capture.report)
     report.update({"downscale": downscale, "max_depth": max_depth, "min_range": min_range, "stereo": bool(pair),
-                   "stereo_max_depth": stereo_max_depth, "stereo_near_depth": stereo_near_depth, "voxel": voxel, "undistorted": sorted(capture.distortion),
+                   "stereo_max_depth": stereo_max_depth, "stereo_near_depth": stereo_near_depth, "voxel": voxel,
+                   "undistorted": sorted(capture.distortion),
                    "first_timestamp": t0, "world_offset": world_offset.tolist(), "training_estimate": estimate})
     grey_cams = sorted(c for c, n in channels.items() if n == 1)
     if grey_cams:

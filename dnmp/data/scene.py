@@ -69,7 +69,8 @@ import numpy as np
 FORMAT_NAME = "dnmp-scene"
 FORMAT_VERSION = 1
 SPLITS = ("train", "test")
-POINT_KINDS = ("lidar", "stereo", "stereo_far", "sfm", "mvs")  # stereo_far: stereo points beyond the converter's --stereo-near-depth
+# stereo_far: stereo points beyond the converters' --stereo-near-depth
+POINT_KINDS = ("lidar", "stereo", "stereo_far", "sfm", "mvs")
 DEPTH_SCALE = 256.0
 CHANNELS = (1, 3)  # grayscale, RGB
 DEPTH_KINDS = ("lidar", "stereo")  # Frame.depth, Frame.stereo_depth

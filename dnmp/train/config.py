@@ -29,7 +29,8 @@ class TrainConfig:
             (default "stereo_far": stereo points beyond the converter's --stereo-near-depth,
             whose depth error grows with the square of depth; at the fine scale they cost
             16k primitives and 13% of the radiance stage's time on the bundled drive for
-            0.0-0.1 dB of held-out PSNR, README "Fourth round"). With coarse_voxel_size 0 they join the one scale.
+            0.0-0.1 dB of held-out PSNR, README "Fourth round"). With coarse_voxel_size 0
+            they join the one scale.
         feature_dim: per-vertex feature length (paper: 32).
         latent_dim: shape latent length (paper: 8).
         hidden: width of the radiance MLPs.

@@ -132,6 +132,14 @@ def test_stereo_points_beyond_the_near_depth_are_a_kind_of_their_own(tmp_path):
         np.testing.assert_array_equal(near.load_depth(f, "stereo"), far.load_depth(far.frame(f.name), "stereo"))
 
 
+def test_no_stereo_point_in_range_writes_no_stereo_cloud(tmp_path):
+    # the plane is 4.17 m away, beyond a 1 m range: no SGBM point survives, no cloud and no crash
+    root = write_grey_stereo(tmp_path / "k")
+    s = convert_kitti_odometry(root, tmp_path / "o", voxel=0.0, outlier_neighbors=0, stereo_max_depth=1.0,
+                               sanity=False, quiet=True)
+    assert s.point_kinds() == [] and not (tmp_path / "o" / "points" / "stereo.ply").exists()
+
+
 def test_non_positive_near_depth_is_refused(tmp_path, capsys):
     root = write_grey_stereo(tmp_path / "k")
     rc = main([str(root), "--out", str(tmp_path / "o"), "--stereo-near-depth", "0", "--quiet"])

@@ -30,7 +30,8 @@ from dnmp.train.factory import build_renderer, scene_centres
 
 pytestmark = pytest.mark.skipif(backend() != "cpp", reason="compiled kernels not built")
 REPO = Path(__file__).resolve().parents[2]
-needs_bf16 = pytest.mark.skipif(not bf16_matmul_available(), reason="no bf16 matrix kernels (AMX or AVX512-BF16) on this CPU")
+needs_bf16 = pytest.mark.skipif(not bf16_matmul_available(),
+                                reason="no bf16 matrix kernels (AMX or AVX512-BF16) on this CPU")
 
 
 @contextmanager
