@@ -19,6 +19,10 @@
 // compositing) stays float32. Its torch twin rounds the same operands
 // (tests/model/test_fused_shading.py).
 //
+// float32 inputs without bf16_matmul on a CPU with AVX2 and FMA: the same layout (planar
+// encoding by encode_pi_row, weights packed once per call) with float32 operands through
+// gemm_f32_avx2; elsewhere, and for float64, the MLPs run as ATen addmm per block.
+//
 // background_fwd: what a ray sees through all its layers, for rendering (forward only):
 // the sky MLP (positional encoding of the direction, GEMMs over blocks of kBlock rays,
 // sigmoid) and the far field's shells composited over it per ray (common/shade_math.h,
@@ -92,7 +96,7 @@ void sincos_block(const at::Tensor& x, const at::Tensor& freqs, at::Tensor& arg,
 
 // Columns of the planar encoding [x (D) | sin f_0 x .. sin f_{L-1} x (D each) | cos f_0 x ..
 // cos f_{L-1} x] in field.positional_encoding's layout (per d: L sines, then L cosines):
-// planar column i is column cols[i] there (a Bf16Chain's first_cols).
+// planar column i is column cols[i] there (a PackedChain's first_cols).
 std::vector<int64_t> planar_columns(int64_t D, int64_t L) {
   std::vector<int64_t> cols(D * (1 + 2 * L));
   for (int64_t d = 0; d < D; ++d) cols[d] = d;
@@ -170,7 +174,7 @@ bool has_avx512bf16() {
 // rows ([K / 2][NV * 16][2] bf16, gemm_dp_pack), by VDPBF16PS: each instruction adds the
 // products of one pair of A's columns with 16 pairs of B into float32 accumulators (the
 // products are exact in float32; the sum rounds per pair, where brgemm's order may differ).
-// M a multiple of 4, K even, N a multiple of 16 up to 64 (Bf16Chain's kPad, kCols). For
+// M a multiple of 4, K even, N a multiple of 16 up to 64 (PackedChain's kPad, kCols). For
 // CPUs with AVX512-BF16 but no AMX (brgemm has no bf16 kernels there).
 template <int NV>
 DNMP_AVX512BF16 void gemm_dp_tile(int64_t M, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, float* C,
@@ -205,7 +209,45 @@ void gemm_dp(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, co
     default: gemm_dp_tile<4>(M, K, A, lda, B, C, ldc); break;
   }
 }
+// C[M, N] (row stride ldc) = A[M, K] (float32, row stride lda) x B ([K, N] float32,
+// row-major), by AVX2 FMA: tiles of R = 4 rows x 16 columns in 8 accumulators (each column strip
+// of B stays in L1 while the rows stream; 6 rows ran 1.7x slower on an AMD Zen 3, out of
+// registers). M a multiple of 4, N a multiple of 16 (PackedChain's kPad). Sums run over k in
+// order, one rounding per FMA. The float32 path of the fused ops on CPUs without
+// bf16 kernels: ATen's addmm per block of 256 rays cost more in dispatch and packing than in
+// products (README, issue 12's seventh round).
+#define DNMP_AVX2FMA __attribute__((target("avx2,fma")))
+template <int R>
+DNMP_AVX2FMA inline void gemm_f32_tile(int64_t K, const float* a, int64_t lda, const float* b, int64_t N, float* c,
+                                       int64_t ldc) {
+  __m256 acc[R][2];
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * N), b1 = _mm256_loadu_ps(b + k * N + 8);
+    for (int i = 0; i < R; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+      acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    _mm256_storeu_ps(c + i * ldc, acc[i][0]);
+    _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+  }
+}
+DNMP_AVX2FMA void gemm_f32_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, float* C,
+                                int64_t ldc) {
+  for (int64_t c0 = 0; c0 < N; c0 += 16) {
+    for (int64_t r = 0; r < M; r += 4) gemm_f32_tile<4>(K, A + r * lda, lda, B + c0, N, C + r * ldc + c0, ldc);
+  }
+}
+bool has_avx2_fma() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
 #else
+void gemm_f32_avx2(int64_t, int64_t, int64_t, const float*, int64_t, const float*, float*, int64_t) {}
+bool has_avx2_fma() { return false; }
 void to_bf16_avx512(const float*, uint16_t*, int64_t) {}
 void bias_relu_bf16_avx512(const float*, const float*, int64_t, int64_t, uint16_t*) {}
 bool has_avx512bf16() { return false; }
@@ -348,24 +390,32 @@ constexpr int64_t kRows = 32;  // brgemm row counts are rounded up to this (few 
 constexpr int64_t kCols = 64;  // brgemm packs B in column blocks of at most this width
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// A Linear/ReLU chain (no ReLU after the last layer) with bfloat16 operands and float32
-// accumulation, through ATen's brgemm micro-kernel. Widths are padded to kPad with zero
-// weights and biases, so padded columns stay 0 through every ReLU. Read-only once built:
-// shared by the threads; each thread brings its own Work.
-struct Bf16Chain {
-  std::vector<std::vector<at::Tensor>> packed;  // per layer, per column block: bf16 [kp_i, <= kCols], packed
+// Whether the fused ops' float32 MLPs run as a PackedChain (gemm_f32_avx2) instead of
+// ATen's addmm per block: float32 inputs on a CPU with AVX2 and FMA.
+bool use_f32_chain(const at::Tensor& ref) { return ref.scalar_type() == at::kFloat && has_avx2_fma(); }
+
+// A Linear/ReLU chain (no ReLU after the last layer) with its weights packed once per op call
+// and float32 accumulation, in one of two kinds: bf16 operands (inputs, hidden activations and
+// weights rounded to bfloat16; ATen's brgemm micro-kernel, or gemm_dp) or float32 operands
+// (gemm_f32_avx2). Widths are padded to kPad with zero weights and biases, so padded columns
+// stay 0 through every ReLU. Read-only once built: shared by the threads; each thread brings
+// its own Work.
+struct PackedChain {
+  bool bf16;                                    // the operands' kind
+  std::vector<std::vector<at::Tensor>> packed;  // per layer, per column block: [kp_i, <= kCols], packed
   std::vector<at::Tensor> bias;                 // float32 [np_i]
   std::vector<int64_t> kp, np;
 
   struct Work {
-    at::Tensor in, acc, act;  // bf16 [kBlock, kp_0]; float32 / bf16 [kBlock, max np]
+    at::Tensor in, acc, act;  // bf16 [kBlock, kp_0] (bf16 only); float32 [kBlock, max np]; activations
   };
 
   // w, b: the chain's float32 weights [out, in] and biases. first_cols: where the first
   // layer's input columns come from (input column i of this chain is column first_cols[i]
   // of w[0]); empty: the same order.
-  Bf16Chain(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& b,
-            const std::vector<int64_t>& first_cols = {}) {
+  PackedChain(const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& b, bool bf16_operands,
+              const std::vector<int64_t>& first_cols = {})
+      : bf16(bf16_operands) {
     int64_t k_in = round_up(std::max<int64_t>(w[0].size(1), 1), kPad);  // >= kPad: brgemm packs no empty B
     for (size_t i = 0; i < w.size(); ++i) {
       const int64_t K = w[i].size(1), N = w[i].size(0), n_p = round_up(N, kPad);
@@ -377,6 +427,10 @@ struct Bf16Chain {
       std::vector<at::Tensor> blocks;
       for (int64_t c0 = 0; c0 < n_p; c0 += kCols) {
         const int64_t nb = std::min(kCols, n_p - c0);
+        if (!bf16) {  // gemm_f32_avx2 reads the block row-major as it is
+          blocks.push_back(wt.narrow(1, c0, nb).contiguous());
+          continue;
+        }
         auto wb = wt.narrow(1, c0, nb).to(at::kBFloat16).contiguous();
         auto pk = at::empty_like(wb);
         if (use_brgemm())
@@ -400,21 +454,25 @@ struct Bf16Chain {
   Work work() const {
     const int64_t w = *std::max_element(np.begin(), np.end());
     const auto f = bias[0].options().dtype(at::kFloat), h = f.dtype(at::kBFloat16);
+    if (!bf16) return {at::Tensor(), at::zeros({kBlock, w}, f), at::zeros({kBlock, w}, f)};
     return {at::zeros({kBlock, kp.front()}, h), at::zeros({kBlock, w}, f), at::zeros({kBlock, w}, h)};
   }
   // A float32 [kBlock, in_width()] input buffer (zeros: padded columns must stay 0).
   at::Tensor input_buffer() const { return at::zeros({kBlock, kp.front()}, bias[0].options()); }
-  // The first m (<= kBlock) rows of `in` (an input_buffer; rows up to round_up(m, kRows)
-  // finite) through the chain: float32 [m, out_width()] in ws.acc, biases added, no ReLU
-  // after the last layer. The input is rounded to bf16 (to_bf16) into ws.in first.
+  // Rows run through the products: m rounded up to kRows (whole brgemm shapes; for
+  // gemm_f32_avx2 and gemm_dp a multiple of 4).
+  static int64_t rows(int64_t m) { return std::min(round_up(m, kRows), kBlock); }
+  // The first m (<= kBlock) rows of `in` (an input_buffer; rows up to rows(m) finite) through
+  // the chain: float32 [m, out_width()] in ws.acc, biases added, no ReLU after the last layer.
+  // With bf16 operands the input is rounded to bf16 (to_bf16) into ws.in first.
   const float* run(const at::Tensor& in, int64_t m, Work& ws) const {
-    const int64_t mr = std::min(round_up(m, kRows), kBlock);
-    to_bf16(in.data_ptr<float>(), reinterpret_cast<uint16_t*>(ws.in.data_ptr<at::BFloat16>()), mr * kp.front());
+    if (!bf16) return run_f32(in.data_ptr<float>(), m, ws);
+    to_bf16(in.data_ptr<float>(), reinterpret_cast<uint16_t*>(ws.in.data_ptr<at::BFloat16>()), rows(m) * kp.front());
     return run(ws.in.data_ptr<at::BFloat16>(), m, ws);
   }
-  // The same from bf16 rows (row stride in_width(), rows up to round_up(m, kRows) finite).
+  // The same from bf16 rows (bf16 operands only; row stride in_width(), rows up to rows(m) finite).
   const float* run(const at::BFloat16* in, int64_t m, Work& ws) const {
-    const int64_t mr = std::min(round_up(m, kRows), kBlock);
+    const int64_t mr = rows(m);
     const at::BFloat16* cur = in;
     float* acc = ws.acc.data_ptr<float>();
     at::BFloat16* act = ws.act.data_ptr<at::BFloat16>();
@@ -429,12 +487,44 @@ struct Bf16Chain {
           gemm_dp(mr, nb, kp[i], reinterpret_cast<const uint16_t*>(cur), kp[i],
                   reinterpret_cast<const uint16_t*>(packed[i][blk].data_ptr<at::BFloat16>()), acc + c0, n);
       }
-      const float* bi = bias[i].data_ptr<float>();
       if (i + 1 == packed.size()) {
-        for (int64_t j = 0; j < m; ++j)
-          for (int64_t c = 0; c < n; ++c) acc[j * n + c] += bi[c];
+        add_bias(acc, i, m);
       } else {  // ReLU between layers
-        bias_relu_bf16(acc, bi, mr, n, reinterpret_cast<uint16_t*>(act));
+        bias_relu_bf16(acc, bias[i].data_ptr<float>(), mr, n, reinterpret_cast<uint16_t*>(act));
+      }
+      cur = act;
+    }
+    return acc;
+  }
+
+ private:
+  void add_bias(float* acc, size_t i, int64_t m) const {
+    const float* bi = bias[i].data_ptr<float>();
+    const int64_t n = np[i];
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t c = 0; c < n; ++c) acc[j * n + c] += bi[c];
+  }
+  // float32 operands: the products by gemm_f32_avx2, bias and ReLU in float32.
+  const float* run_f32(const float* in, int64_t m, Work& ws) const {
+    const int64_t mr = rows(m);
+    const float* cur = in;
+    float* acc = ws.acc.data_ptr<float>();
+    float* act = ws.act.data_ptr<float>();
+    for (size_t i = 0; i < packed.size(); ++i) {
+      const int64_t n = np[i];
+      for (size_t blk = 0; blk < packed[i].size(); ++blk) {
+        const int64_t c0 = int64_t(blk) * kCols, nb = packed[i][blk].size(1);
+        gemm_f32_avx2(mr, nb, kp[i], cur, kp[i], packed[i][blk].data_ptr<float>(), acc + c0, n);
+      }
+      if (i + 1 == packed.size()) {
+        add_bias(acc, i, m);
+      } else {  // ReLU between layers; NaN stays NaN, as torch's ReLU keeps it
+        const float* bi = bias[i].data_ptr<float>();
+        for (int64_t j = 0; j < mr; ++j)
+          for (int64_t c = 0; c < n; ++c) {
+            const float v = acc[j * n + c] + bi[c];
+            act[j * n + c] = v < 0.f ? 0.f : v;
+          }
       }
       cur = act;
     }
@@ -482,6 +572,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   check_mlp(cw, cb, H + d_dir, features_, "colour head");
   TORCH_CHECK_VALUE(cw.back().size(0) == 3, "colour head must have 3 outputs, got ", cw.back().size(0));
   check_bf16(bf16_matmul, features_, "features");
+  // the MLPs as PackedChains (bf16 operands, or float32 ones by gemm_f32_avx2), else addmm per block
+  const bool packed = bf16_matmul || use_f32_chain(features_);
 
   const auto dt = features_.scalar_type();
   const auto feats = features_.contiguous();
@@ -499,10 +591,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
   const int64_t Lf = feature_freqs, Ld = dir_freqs;
   // frequencies 2^k pi in the features' dtype, as field.positional_encoding builds them
   const auto freqs_f = frequencies(Lf, feats.options());
-  // the direction encoding (all but the final cosine term) is per ray, not per layer; with
-  // bf16 operands planar (encode_pi_row, the colour head's columns permuted to match)
+  // the direction encoding (all but the final cosine term) is per ray, not per layer; for
+  // PackedChains planar (encode_pi_row, the colour head's columns permuted to match)
   at::Tensor dir_enc = at::empty({N, d_dir - 1}, feats.options());
-  if (N > 0 && bf16_matmul) {
+  if (N > 0 && packed) {
     auto freqs_d = frequencies(Ld, feats.options());
     const float* dp = dirs.data_ptr<float>();
     float* ep = dir_enc.data_ptr<float>();
@@ -519,15 +611,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     });
   }
 
-  std::unique_ptr<Bf16Chain> trunk_bf, color_bf;
-  if (bf16_matmul) {
-    trunk_bf = std::make_unique<Bf16Chain>(tw, tb, planar_columns(C, Lf));
+  std::unique_ptr<PackedChain> trunk_pc, color_pc;
+  if (packed) {
+    trunk_pc = std::make_unique<PackedChain>(tw, tb, bf16_matmul, planar_columns(C, Lf));
     std::vector<int64_t> cols(H + d_dir);  // [h | planar direction encoding | cos]
     const auto dir_cols = planar_columns(3, Ld);
     for (int64_t i = 0; i < H; ++i) cols[i] = i;
     for (size_t i = 0; i < dir_cols.size(); ++i) cols[H + i] = H + dir_cols[i];
     cols[H + d_dir - 1] = H + d_dir - 1;
-    color_bf = std::make_unique<Bf16Chain>(cw, cb, cols);
+    color_pc = std::make_unique<PackedChain>(cw, cb, bf16_matmul, cols);
   }
 
   auto rgb = at::empty({N, 3}, feats.options());
@@ -568,16 +660,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
       std::vector<int64_t> alive(kBlock);
       std::vector<T> alpha(kBlock);
       std::vector<RayState<T>> st(kBlock);
-      // bf16 mode: the trunk's bf16 input and the colour head's float32 one (zeros: padded
-      // columns stay 0)
-      at::Tensor x16, c32;
+      // PackedChains: the trunk's input (bf16, or float32) and the colour head's float32 one
+      // (zeros: padded columns stay 0)
+      at::Tensor x16, x32, c32;
       std::vector<float> scratch(d_feat);
-      Bf16Chain::Work tws, cws;
-      if (bf16_matmul) {
-        x16 = at::zeros({kBlock, trunk_bf->in_width()}, opt.dtype(at::kBFloat16));
-        c32 = color_bf->input_buffer();
-        tws = trunk_bf->work();
-        cws = color_bf->work();
+      PackedChain::Work tws, cws;
+      if (packed) {
+        if (bf16_matmul) x16 = at::zeros({kBlock, trunk_pc->in_width()}, opt.dtype(at::kBFloat16));
+        else x32 = trunk_pc->input_buffer();
+        c32 = color_pc->input_buffer();
+        tws = trunk_pc->work();
+        cws = color_pc->work();
       }
 
       for (int64_t blk = blk0; blk < blk1; ++blk) {
@@ -599,11 +692,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           const T* hp;
           int64_t ldh = H;
           if (bf16_matmul) {  // T is float here (check_bf16)
-            const int64_t lx = trunk_bf->in_width();
+            const int64_t lx = trunk_pc->in_width();
             encode_pi_bf16(reinterpret_cast<const float*>(fp), m, C, C, Lf, freqs_f.data_ptr<float>(), scratch.data(),
                            reinterpret_cast<uint16_t*>(x16.data_ptr<at::BFloat16>()), lx);
-            hp = reinterpret_cast<const T*>(trunk_bf->run(x16.data_ptr<at::BFloat16>(), m, tws));
-            ldh = trunk_bf->out_width();
+            hp = reinterpret_cast<const T*>(trunk_pc->run(x16.data_ptr<at::BFloat16>(), m, tws));
+            ldh = trunk_pc->out_width();
+          } else if (packed) {  // float32 operands; T is float here (use_f32_chain)
+            const int64_t lx = trunk_pc->in_width();
+            float* xp = x32.data_ptr<float>();
+            for (int64_t j = 0; j < m; ++j)
+              encode_pi_row(reinterpret_cast<const float*>(fp) + j * C, C, Lf, freqs_f.data_ptr<float>(), xp + j * lx);
+            hp = reinterpret_cast<const T*>(trunk_pc->run(x32, m, tws));
+            ldh = trunk_pc->out_width();
           } else {
             if (Lf > 0) {
               at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);
@@ -613,15 +713,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
             hp = run_mlp(x_in, t_out, twt, tb, m).data_ptr<T>();
           }
           // opacity head, and the colour head's input [relu(h), direction encoding, |cos|]
-          at::Tensor& cin = bf16_matmul ? c32 : c_in;
+          at::Tensor& cin = packed ? c32 : c_in;
           const int64_t ldc = cin.size(1);
           T* cp = reinterpret_cast<T*>(cin.data_ptr());
           for (int64_t j = 0; j < m; ++j) {
             const int64_t r = r0 + alive[j], f = pf[r * K + l];
             const T* hj = hp + j * ldh;
-            T s = T(0);
-            for (int64_t c = 0; c < H; ++c) s += owp[c] * hj[c];
-            alpha[j] = sigmoid(s + ob0);
+            // four partial sums: a single one is a chain of H dependent additions
+            T s4[4] = {T(0), T(0), T(0), T(0)};
+            int64_t c = 0;
+            for (; c + 4 <= H; c += 4)
+              for (int q = 0; q < 4; ++q) s4[q] += owp[c + q] * hj[c + q];
+            for (; c < H; ++c) s4[0] += owp[c] * hj[c];
+            alpha[j] = sigmoid(((s4[0] + s4[1]) + (s4[2] + s4[3])) + ob0);
             const T cosv = dr[3 * r] * nm[3 * f] + dr[3 * r + 1] * nm[3 * f + 1] + dr[3 * r + 2] * nm[3 * f + 2];
             const T* dej = de + r * (d_dir - 1);
             T* row = cp + j * ldc;
@@ -631,9 +735,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
           }
           const T* cl;  // [m, 3] colour logits, row stride ldl
           int64_t ldl = 3;
-          if (bf16_matmul) {
-            cl = reinterpret_cast<const T*>(color_bf->run(c32, m, cws));
-            ldl = color_bf->out_width();
+          if (packed) {
+            cl = reinterpret_cast<const T*>(color_pc->run(c32, m, cws));
+            ldl = color_pc->out_width();
           } else {
             cl = run_mlp(c_in, c_out, cwt, cb, m).data_ptr<T>();
           }
@@ -696,8 +800,9 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
   const auto freqs = frequencies(L, dirs.options());
   auto rgb = at::empty({N, 3}, dirs.options());
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
-  std::unique_ptr<Bf16Chain> sky_bf;
-  if (bf16_matmul) sky_bf = std::make_unique<Bf16Chain>(sw, sb, planar_columns(3, L));
+  const bool packed = bf16_matmul || use_f32_chain(view_dirs_);  // as in shade_fwd_cpu
+  std::unique_ptr<PackedChain> sky_pc;
+  if (packed) sky_pc = std::make_unique<PackedChain>(sw, sb, bf16_matmul, planar_columns(3, L));
 
   AT_DISPATCH_FLOATING_TYPES(dt, "background_fwd_cpu", [&] {
     using T = scalar_t;
@@ -715,23 +820,23 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
       std::vector<at::Tensor> outs;
       for (auto& w : sw) outs.push_back(at::empty({kBlock, w.size(0)}, opt));
       at::Tensor e32;
-      Bf16Chain::Work ws;
-      if (bf16_matmul) {
-        e32 = sky_bf->input_buffer();
-        ws = sky_bf->work();
+      PackedChain::Work ws;
+      if (packed) {
+        e32 = sky_pc->input_buffer();
+        ws = sky_pc->work();
       }
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t r0 = blk * kBlock, m = std::min(kBlock, N - r0);
         const T* logit;  // [m, 3], row stride ld
         int64_t ld = 3;
-        if (bf16_matmul) {  // T is float here (check_bf16)
+        if (packed) {  // T is float here (check_bf16, use_f32_chain)
           float* e = e32.data_ptr<float>();
           const int64_t le = e32.size(1);
           for (int64_t j = 0; j < m; ++j)
             for (int c = 0; c < 3; ++c) e[j * le + c] = float(dr[3 * (r0 + j) + c]);
           encode_planar(e32, m, 3, freqs);
-          logit = reinterpret_cast<const T*>(sky_bf->run(e32, m, ws));
-          ld = sky_bf->out_width();
+          logit = reinterpret_cast<const T*>(sky_pc->run(e32, m, ws));
+          ld = sky_pc->out_width();
         } else {
           if (L > 0) {
             at::Tensor a = arg.narrow(0, 0, m), s = sn.narrow(0, 0, m), c = cs.narrow(0, 0, m);

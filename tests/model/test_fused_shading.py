@@ -2,9 +2,11 @@
 reference DNMPRenderer.shade_rays_early_exit: colour, depths and transmittance on random
 fragments, on a frame of the bundled KITTI scene, and the op's argument errors.
 
-Tolerances: both paths evaluate the same float32 formulas with the same ATen sin/cos and
-GEMMs, but the GEMMs run on differently sized blocks (other summation order), so values
-agree to a few float32 ulps (atol 1e-5 on colours in [0, 1]); depths are metres (rtol 1e-5).
+Tolerances: both paths evaluate the same float32 formulas, but the GEMMs run on differently
+sized blocks (other summation order) and, on CPUs with AVX2 and FMA, the op takes its own
+sin(pi x) (exact reduction, polynomials) and its own GEMM micro-kernel (gemm_f32_avx2) where the
+torch path takes ATen's sines of x * f_k and its BLAS, so values agree to a few float32 ulps
+(atol 1e-5 on colours in [0, 1]); depths are metres (rtol 1e-5).
 
 The ops' bf16_matmul mode (bfloat16 GEMM operands, float32 accumulation) is compared with
 the torch reference whose Linear layers round the same operands (`_bf16_operands`): the two
@@ -391,6 +393,30 @@ def test_bf16_encoding_of_large_and_odd_features():
     # large arguments: the two paths' sines differ by ~1e-4 there (torch rounds x * f_k first),
     # so more operands round to the other bf16 neighbour than in the ordinary case
     assert e.median() < 1e-4 and (e > 1e-2).float().mean() < 0.05, (e.median(), e.max())
+    with torch.no_grad():
+        r.primitives.features[:] = float("nan")
+    nan = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    hit = (p2f >= 0).any(1)
+    assert torch.isnan(nan["rgb"][hit]).all()
+
+
+def test_float32_encoding_of_large_and_odd_features():
+    """The float32 op against the torch reference where their sines differ most: arguments up
+    to ~1e4 (torch rounds x * f_k to float32 before its sine, ~1e-3 off there; on AVX2 CPUs the
+    op reduces x exactly), the fallback to float32 sin / cos of x * f_k beyond |x| = 2^21,
+    quadrant boundaries; NaN features give NaN colours in the op too."""
+    r = _renderer()
+    with torch.no_grad():
+        f = r.primitives.features
+        f.mul_(300.0)
+        f[::7, 0] = 3.0e6
+        f[::11, 1] = -0.25
+        f[::13, 2] = 0.5
+    p2f, bary, zbuf, dirs = _random_fragments(r, n=600)
+    ref = r.shade_rays_early_exit(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    out = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
+    assert torch.isfinite(out["rgb"]).all()
+    torch.testing.assert_close(out["rgb"], ref["rgb"], atol=5e-5, rtol=0)
     with torch.no_grad():
         r.primitives.features[:] = float("nan")
     nan = r.shade_rays_fused(p2f, bary, zbuf, dirs, min_transmittance=0.0)
