@@ -17,6 +17,9 @@ Variants (`--variants A B`, the first is the baseline of the ratio):
       the CPU has bf16 matrix kernels (`TrainConfig.bf16_matmul = true`, opt-in);
   "rows-fp32": "rows" with float32 products: the default step;
   "rows-refenc": "rows" with the reference positional encoding (the encoding's share);
+  "rows-gemmenc": "rows-fp32" with the positional encoding as a GEMM + ATen sin
+      (`field._PositionalEncoding`), not the compiled op `encode_fwd` (the default step on a
+      CPU where the kernels are built);
   "remap": alias of "rows" (the name of the default before issue 12).
 
     python benchmarks/bench_train_step.py [--scene scenes/kitti00] [--checkpoint RUN]
@@ -121,7 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="rays per step (default: the config's)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", nargs=2, default=["reference", "rows"],
-                    choices=["reference", "unique", "rows", "rows-refenc", "rows-fp32", "remap"])
+                    choices=["reference", "unique", "rows", "rows-refenc", "rows-fp32", "rows-gemmenc", "remap"])
     ap.add_argument("--against", metavar="DIR", help="time the checkout DIR against this one")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
         model = copy.deepcopy(base)
         model.refresh_geometry()
         model.sparse_lookup = "unique" if name == "unique" else "remap"
-        rows = name in ("rows", "remap", "rows-refenc", "rows-fp32")
+        rows = name in ("rows", "remap", "rows-refenc", "rows-fp32", "rows-gemmenc")
         cfg_v = dataclasses.replace(cfg, bf16_matmul=name in ("rows", "remap"))
         variants[name] = (model, _make_optimizers(model, cfg_v, sparse_adam=not rows), rows, [])
     fast_encoding = field.positional_encoding
@@ -170,12 +173,14 @@ def main(argv=None) -> int:
         for name, (model, opts, rows, times) in variants.items():
             ref_enc = name in ("reference", "unique", "rows-refenc")
             field.positional_encoding = field.positional_encoding_reference if ref_enc else fast_encoding
+            field._ENCODE_OP["on"] = name != "rows-gemmenc"
             t = time.perf_counter()
             radiance_loss_backward(model, pool, opts, batch, feature_rows=rows)
             optimizer_step(opts)
             if i >= 3:
                 times.append(time.perf_counter() - t)
     field.positional_encoding = fast_encoding
+    field._ENCODE_OP["on"] = True
     med = {name: statistics.median(v[-1]) for name, v in variants.items()}
     for name, m in med.items():
         print(f"{name:9s} {1e3 * m:8.1f} ms/step  {1 / m:6.2f} steps/s")

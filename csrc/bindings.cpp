@@ -26,6 +26,8 @@ TORCH_LIBRARY(dnmp, m) {
   m.def(
       "background_fwd(Tensor view_dirs, Tensor ray_origins, Tensor[] sky_w, Tensor[] sky_b, int sky_freqs, "
       "Tensor texels, Tensor centre, Tensor radii, bool bf16_matmul=False) -> Tensor");
+  m.def("encode_fwd(Tensor x, int num_freqs) -> Tensor");
+  m.def("encode_bwd(Tensor grad, Tensor encoded, int num_freqs) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
@@ -35,6 +37,8 @@ TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
   m.impl("interpolate_bwd", &dnmp::interpolate_bwd_cpu);
   m.impl("shade_fwd", &dnmp::shade_fwd_cpu);
   m.impl("background_fwd", &dnmp::background_fwd_cpu);
+  m.impl("encode_fwd", &dnmp::encode_fwd_cpu);
+  m.impl("encode_bwd", &dnmp::encode_bwd_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -45,6 +45,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
 // Whether oneDNN has bf16 brgemm kernels on this CPU (the ops' bf16_matmul; AMX-class CPUs).
 bool bf16_matmul_available();
 
+// Positional encoding of training steps (CPU, float32; see cpu/encoding_cpu.cpp): x [N, D] ->
+// [N, D (1 + 2 num_freqs)] in dnmp.model.field.positional_encoding's layout, and its backward
+// (grad and encoding [N, D (1 + 2 num_freqs)] -> dx [N, D]).
+at::Tensor encode_fwd_cpu(const at::Tensor& x, int64_t num_freqs);
+at::Tensor encode_bwd_cpu(const at::Tensor& grad, const at::Tensor& encoded, int64_t num_freqs);
+
 // Input checks shared by every device (readable TypeError/ValueError messages).
 void check_rasterize_args(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& intrinsics,
                           const at::Tensor& world_to_cam, int64_t height, int64_t width, int64_t faces_per_pixel,

@@ -57,6 +57,21 @@ DNMP_HD void encode_layout(const T* x, const T* sn, const T* cs, int64_t m, int6
   }
 }
 
+// sin(pi x) and cos(pi x) in float32 (within a few ulps) for finite |x| < 2^21: x = n / 2 + r
+// exactly, |r| <= 1/4, Taylor polynomials in t = pi r (truncation < 3e-8), the quadrant from
+// n mod 4. Branch-free, so a loop of it vectorises.
+DNMP_HD void sincospi(float x, float& s, float& c) {
+  const float magic = 12582912.f;           // 1.5 * 2^23: adding and subtracting rounds to an integer
+  const float h = (2.f * x + magic) - magic;  // round(2 x)
+  const float t = (x - 0.5f * h) * 3.14159265358979f, t2 = t * t;
+  const int n = int(h);
+  const float sp = t * (1.f + t2 * (-1.f / 6 + t2 * (1.f / 120 + t2 * (-1.f / 5040 + t2 * (1.f / 362880)))));
+  const float cp = 1.f + t2 * (-0.5f + t2 * (1.f / 24 + t2 * (-1.f / 720 + t2 * (1.f / 40320))));
+  const float ss = (n & 1) ? cp : sp, cc = (n & 1) ? sp : cp;
+  s = (n & 2) ? -ss : ss;
+  c = ((n + 1) & 2) ? -cc : cc;
+}
+
 template <typename T>
 DNMP_HD T sigmoid(T x) {
   return T(1) / (T(1) + exp(-x));

@@ -281,20 +281,7 @@ void bias_relu_bf16(const float* acc, const float* b, int64_t rows, int64_t n, u
   else bias_relu_bf16_generic(acc, b, rows, n, out);
 }
 
-// sin(pi x) and cos(pi x) in float32 (within a few ulps) for finite |x| < 2^21: x = n / 2 + r
-// exactly, |r| <= 1/4, Taylor polynomials in t = pi r (truncation < 3e-8), the quadrant from
-// n mod 4. Branch-free, so a loop of it vectorises.
-inline void sincospi(float x, float& s, float& c) {
-  const float magic = 12582912.f;           // 1.5 * 2^23: adding and subtracting rounds to an integer
-  const float h = (2.f * x + magic) - magic;  // round(2 x)
-  const float t = (x - 0.5f * h) * float(M_PI), t2 = t * t;
-  const int n = int(h);
-  const float sp = t * (1.f + t2 * (-1.f / 6 + t2 * (1.f / 120 + t2 * (-1.f / 5040 + t2 * (1.f / 362880)))));
-  const float cp = 1.f + t2 * (-0.5f + t2 * (1.f / 24 + t2 * (-1.f / 720 + t2 * (1.f / 40320))));
-  const float ss = (n & 1) ? cp : sp, cc = (n & 1) ? sp : cp;
-  s = (n & 2) ? -ss : ss;
-  c = ((n + 1) & 2) ? -cc : cc;
-}
+// sincospi: common/shade_math.h.
 
 // The planar encoding [x (D) | sin f_0 x .. sin f_{L-1} x (D each) | cos f_0 x .. cos f_{L-1} x]
 // of one row of D values x (float32), f_k = 2^k pi, into `row` (D (1 + 2 L) floats): sincospi

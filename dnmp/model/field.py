@@ -24,15 +24,41 @@ def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
         [..., D * (1 + 2 L)]: x, then per input channel d the sin of its L frequencies
         and then their cos. Differentiable.
 
-    Computed as one GEMM and one sin (`_PositionalEncoding`), not the reference's
-    broadcasts and concatenations over dimensions of size L (which run as millions of
-    2-element loops on the CPU). Equal to `positional_encoding_reference` up to float
-    rounding: cos t is taken as sin(t + pi/2) (the float32 rounding of that sum: about
-    1e-7 |t|), and the backward sums its terms in another order (tests/model/test_field.py).
+    float32 on a CPU with the compiled kernels: the op `torch.ops.dnmp.encode_fwd`
+    (csrc/cpu/encoding_cpu.cpp; sin(pi 2^k x) by its own polynomials after an exact reduction,
+    the backward from the encoding's own sines and cosines). Otherwise one GEMM and one sin
+    (`_PositionalEncoding`), not the reference's broadcasts and concatenations over
+    dimensions of size L (which run as millions of 2-element loops on the CPU). Both equal
+    `positional_encoding_reference` up to float rounding: the reference rounds its arguments
+    x 2^k pi before the sine and the GEMM path takes cos t as sin(t + pi/2) (about 1e-7 |t|
+    either way), and the backwards sum their terms in another order
+    (tests/model/test_field.py).
     """
     if num_freqs == 0:
         return x
+    if _encode_op_for(x):
+        out = torch.ops.dnmp.encode_fwd(x.reshape(-1, x.shape[-1]), num_freqs)
+        return out.view(*x.shape[:-1], out.shape[-1])
     return _PositionalEncoding.apply(x, num_freqs)
+
+
+def _encode_op_for(x: torch.Tensor) -> bool:
+    """Whether `positional_encoding` takes the compiled op `torch.ops.dnmp.encode_fwd`
+    (csrc/cpu/encoding_cpu.cpp: its own sin(pi 2^k x), no ATen sines; a fifth of a training
+    step on CPUs whose MKL sines are slow): float32 on a CPU with the compiled kernels built.
+    The GEMM + sin path below and `positional_encoding_reference` stay its references
+    (tests/model/test_field.py)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not _ENCODE_OP["on"]:
+        return False
+    if "ok" not in _ENCODE_OP:
+        from ..ops._extension import kernels_for
+        _ENCODE_OP["ok"] = kernels_for(x.device) and hasattr(torch.ops.dnmp, "encode_fwd")
+    return _ENCODE_OP["ok"]
+
+
+# "on": False forces the GEMM + sin path (benchmarks and tests compare the two);
+# "ok": whether the op is there, decided once
+_ENCODE_OP: dict = {"on": True}
 
 
 def _frequencies(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

@@ -8,7 +8,8 @@ caller: :func:`dnmp.ops.rasterize`, direct ``torch.ops.dnmp.*`` users and
 
 Gradients: ``rasterize_fwd`` differentiates zbuf and bary_coords w.r.t. verts
 only (coverage, intrinsics and world_to_cam get no gradient);
-``interpolate_fwd`` differentiates w.r.t. attributes and bary.
+``interpolate_fwd`` differentiates w.r.t. attributes and bary; ``encode_fwd`` w.r.t. x
+(``encode_bwd``, once differentiable).
 """
 
 from __future__ import annotations
@@ -93,3 +94,26 @@ def _shade_fwd_fake(features, faces, normals, pix_to_face, bary, zbuf, view_dirs
 def _background_fwd_fake(view_dirs, ray_origins, sky_w, sky_b, sky_freqs, texels, centre, radii,
                          bf16_matmul=False):
     return view_dirs.new_empty((view_dirs.shape[0], 3))
+
+
+@torch.library.register_fake("dnmp::encode_fwd")
+def _encode_fwd_fake(x, num_freqs):
+    return x.new_empty((x.shape[0], x.shape[1] * (1 + 2 * num_freqs)))
+
+
+@torch.library.register_fake("dnmp::encode_bwd")
+def _encode_bwd_fake(grad, encoded, num_freqs):
+    return encoded.new_empty((encoded.shape[0], encoded.shape[1] // (1 + 2 * num_freqs)))
+
+
+def _encode_setup(ctx, inputs, output):
+    ctx.num_freqs = inputs[1]
+    ctx.save_for_backward(output)  # the backward reads sin and cos from the encoding itself
+
+
+def _encode_backward(ctx, grad):
+    (encoded,) = ctx.saved_tensors
+    return torch.ops.dnmp.encode_bwd(grad.contiguous(), encoded, ctx.num_freqs), None
+
+
+torch.library.register_autograd("dnmp::encode_fwd", _encode_backward, setup_context=_encode_setup)

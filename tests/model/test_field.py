@@ -1,21 +1,36 @@
 """The radiance field's positional encoding against its plain-torch reference.
 
-Tolerances: the fast encoding takes cos t as sin(t + pi/2); the float32 sum rounds t by up
-to half an ulp of |t| + pi/2 (6e-8 relative), so values may differ by ~1e-7 |t| (|t| <=
-2^(L-1) pi |x|). Its backward sums the same terms in another order (a GEMM): float32
-rounding of a sum of 2L terms scaled by up to 2^(L-1) pi. Hence atol 1e-6 on values and
-rtol 1e-5 / atol 1e-5 on gradients at the frequencies of the default config.
+Two fast paths, each tested (`path` fixture): the compiled op `encode_fwd` (float32 on the
+CPU: sin(pi 2^k x) by its own polynomials, exact reduction) and the GEMM + sin path
+(`_PositionalEncoding`: cos t taken as sin(t + pi/2)). The reference rounds its argument
+t = x 2^k pi to float32 before the sine, the GEMM path also t + pi/2 (6e-8 relative), so values
+may differ by ~1e-7 |t| (|t| <= 2^(L-1) pi |x|). The backwards sum the same terms in another
+order: float32 rounding of a sum of 2L terms scaled by up to 2^(L-1) pi. Hence atol 1e-6 on
+values and rtol 1e-5 / atol 1e-5 on gradients at the frequencies of the default config.
 """
 
 import pytest
 import torch
 
+import dnmp.model.field as field
 from dnmp.model.field import positional_encoding, positional_encoding_reference
+from dnmp.ops import backend
+
+needs_op = pytest.mark.skipif(backend() != "cpp", reason="compiled kernels not built")
+
+
+@pytest.fixture(params=[pytest.param("op", marks=needs_op), "gemm"])
+def path(request):
+    """Which fast path positional_encoding takes for float32 CPU tensors."""
+    field._ENCODE_OP["on"] = request.param == "op"
+    assert field._encode_op_for(torch.zeros(1)) == (request.param == "op")
+    yield request.param
+    field._ENCODE_OP["on"] = True
 
 
 @pytest.mark.parametrize("shape,freqs,scale", [((1000, 32), 2, 0.3), ((257, 3), 4, 1.0),
                                                ((5, 7, 3), 6, 1.0), ((40, 8), 1, 2.0)])
-def test_positional_encoding_equals_the_reference_in_value_and_gradient(shape, freqs, scale):
+def test_positional_encoding_equals_the_reference_in_value_and_gradient(path, shape, freqs, scale):
     g = torch.Generator().manual_seed(freqs)
     x = (torch.randn(*shape, generator=g) * scale).requires_grad_()
     if x.shape[-1] == 3:  # view directions: unit vectors
@@ -40,15 +55,17 @@ def test_positional_encoding_equals_the_reference_in_value_and_gradient(shape, f
     torch.testing.assert_close(x64.grad, r64.grad, rtol=1e-10, atol=1e-10)
 
 
-def test_positional_encoding_zero_frequencies_and_no_grad():
+def test_positional_encoding_zero_frequencies_and_no_grad(path):
     x = torch.randn(4, 3)
     assert positional_encoding(x, 0) is x
-    torch.testing.assert_close(positional_encoding(x, 3), positional_encoding_reference(x, 3), rtol=0, atol=1e-6)
+    top = 4 * torch.pi * float(x.abs().max())  # the largest argument: ~1e-7 |t| apart (module docstring)
+    torch.testing.assert_close(positional_encoding(x, 3), positional_encoding_reference(x, 3), rtol=0,
+                               atol=max(1e-6, 2e-7 * top))
     assert not positional_encoding(x, 3).requires_grad
     assert positional_encoding(torch.zeros(0, 5), 2).shape == (0, 25)
 
 
-def test_positional_encoding_keeps_float32_under_autocast():
+def test_positional_encoding_keeps_float32_under_autocast(path):
     """Under CPU autocast (bf16) the reference's elementwise ops stay float32; so does the
     GEMM of the fast encoding, forward and backward."""
     x = (torch.randn(64, 8) * 0.5).requires_grad_()
@@ -145,3 +162,32 @@ def test_training_step_with_bf16_products_follows_the_float32_one():
     a16, c16 = f(feats, dirs, normals)
     assert (a16 - a32).abs().max() < 1e-2 and (c16 - c32).abs().max() < 1e-2
     assert not torch.equal(c16, c32)  # the switch took effect
+
+
+@needs_op
+def test_encode_op_large_odd_values_and_errors():
+    """The op beyond |2^k x| = 2^21 takes torch's float32 sin / cos of x * f_k (the same bits as
+    the reference), agrees with it at quadrant boundaries and large arguments, keeps NaN, and
+    refuses what it does not handle with one-line errors."""
+    x = torch.tensor([[3.0e6, -0.25, 0.5, 1.0, 2048.0 + 0.125, float("nan"), 0.0, -1.5]])
+    out = torch.ops.dnmp.encode_fwd(x, 3)
+    ref = positional_encoding_reference(x, 3)
+    assert out.shape == (1, 56)
+    torch.testing.assert_close(out[:, :8], x, rtol=0, atol=0, equal_nan=True)  # the identity part
+    enc, renc = out[0, 8:].view(8, 6), ref[0, 8:].view(8, 6)  # per channel: 3 sines, 3 cosines
+    assert torch.equal(enc[0], renc[0])  # 3e6 >= 2^21: the fallback, torch's bits
+    assert torch.isnan(enc[5]).all() and not torch.isnan(enc[[0, 1, 2, 3, 4, 6, 7]]).any()
+    # exact reduction against the reference's rounded arguments: equal up to ~1e-7 |t|
+    torch.testing.assert_close(enc[[1, 2, 3, 6, 7]], renc[[1, 2, 3, 6, 7]], rtol=0, atol=2e-6)
+    torch.testing.assert_close(enc[4], renc[4], rtol=0, atol=3e-3)  # |t| up to 4 * 2048 pi
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.dnmp.encode_fwd(x.double(), 2)
+    with pytest.raises(ValueError, match=r"shape \[N, D\]"):
+        torch.ops.dnmp.encode_fwd(x[0], 2)
+    with pytest.raises(ValueError, match="num_freqs"):
+        torch.ops.dnmp.encode_fwd(x, -1)
+    with pytest.raises(ValueError, match="grad must have the encoding's shape"):
+        torch.ops.dnmp.encode_bwd(out[:, :5].contiguous(), out, 3)
+    with pytest.raises(ValueError, match="not a multiple"):
+        torch.ops.dnmp.encode_bwd(out[:, :5].contiguous(), out[:, :5].contiguous(), 3)
+    assert torch.ops.dnmp.encode_fwd(torch.zeros(0, 4), 2).shape == (0, 20)
