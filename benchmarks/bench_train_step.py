@@ -173,14 +173,13 @@ def main(argv=None) -> int:
         for name, (model, opts, rows, times) in variants.items():
             ref_enc = name in ("reference", "unique", "rows-refenc")
             field.positional_encoding = field.positional_encoding_reference if ref_enc else fast_encoding
-            field._ENCODE_OP["on"] = name != "rows-gemmenc"
             t = time.perf_counter()
-            radiance_loss_backward(model, pool, opts, batch, feature_rows=rows)
+            with field.compiled_encoding(name != "rows-gemmenc"):
+                radiance_loss_backward(model, pool, opts, batch, feature_rows=rows)
             optimizer_step(opts)
             if i >= 3:
                 times.append(time.perf_counter() - t)
     field.positional_encoding = fast_encoding
-    field._ENCODE_OP["on"] = True
     med = {name: statistics.median(v[-1]) for name, v in variants.items()}
     for name, m in med.items():
         print(f"{name:9s} {1e3 * m:8.1f} ms/step  {1 / m:6.2f} steps/s")

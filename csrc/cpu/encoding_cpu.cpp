@@ -16,20 +16,15 @@
 #include <vector>
 
 #include "common/shade_math.h"
+#include "cpu/cpu_helpers.h"
 #include "ops.h"
 
 namespace dnmp {
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DNMP_ENC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DNMP_ENC_CLONES
-#endif
-
 // One row: x [D] -> out [D (1 + 2 L)]; s, c: scratch of D floats each.
-DNMP_ENC_CLONES void encode_row(const float* x, int64_t D, int64_t L, const float* freqs, float* s, float* c,
+DNMP_CLONES void encode_row(const float* x, int64_t D, int64_t L, const float* freqs, float* s, float* c,
                                 float* out) {
   for (int64_t d = 0; d < D; ++d) out[d] = x[d];
   const int64_t w = 2 * L;
@@ -50,7 +45,7 @@ DNMP_ENC_CLONES void encode_row(const float* x, int64_t D, int64_t L, const floa
 }
 
 // One row of the backward: dx[d] = g[d] + sum_k f_k (g_sin_k cos_k - g_cos_k sin_k).
-DNMP_ENC_CLONES void encode_row_bwd(const float* g, const float* enc, int64_t D, int64_t L, const float* freqs,
+DNMP_CLONES void encode_row_bwd(const float* g, const float* enc, int64_t D, int64_t L, const float* freqs,
                                     float* dx) {
   const int64_t w = 2 * L;
   for (int64_t d = 0; d < D; ++d) {
@@ -68,13 +63,6 @@ void check_encoding_x(const at::Tensor& x, int64_t L, const char* name) {
   TORCH_CHECK_VALUE(L >= 0 && L <= 20, name, ": num_freqs must be in [0, 20], got ", L);
 }
 
-// 2^k pi rounded to float32, k < L, as field._frequencies builds them.
-std::vector<float> frequencies_f32(int64_t L) {
-  std::vector<float> f(L);
-  for (int64_t k = 0; k < L; ++k) f[k] = float(std::ldexp(1.0, int(k))) * float(M_PI);
-  return f;
-}
-
 }  // namespace
 
 at::Tensor encode_fwd_cpu(const at::Tensor& x_, int64_t num_freqs) {
@@ -83,12 +71,13 @@ at::Tensor encode_fwd_cpu(const at::Tensor& x_, int64_t num_freqs) {
   const int64_t N = x.size(0), D = x.size(1), L = num_freqs, W = D * (1 + 2 * L);
   auto out = at::empty({N, W}, x.options());
   if (N == 0 || W == 0) return out;
-  const auto freqs = frequencies_f32(L);
+  const auto freqs_t = frequencies(L, x_.options());
+  const float* freqs = freqs_t.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 512, [&](int64_t a, int64_t b) {
     std::vector<float> s(D), c(D);
-    for (int64_t r = a; r < b; ++r) encode_row(xp + r * D, D, L, freqs.data(), s.data(), c.data(), op + r * W);
+    for (int64_t r = a; r < b; ++r) encode_row(xp + r * D, D, L, freqs, s.data(), c.data(), op + r * W);
   });
   return out;
 }
@@ -106,12 +95,13 @@ at::Tensor encode_bwd_cpu(const at::Tensor& grad_, const at::Tensor& encoded_, i
   const auto enc = encoded_.contiguous();
   auto dx = at::empty({N, D}, enc.options());
   if (N == 0 || D == 0) return dx;
-  const auto freqs = frequencies_f32(L);
+  const auto freqs_t = frequencies(L, enc.options());
+  const float* freqs = freqs_t.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   const float* ep = enc.data_ptr<float>();
   float* dp = dx.data_ptr<float>();
   at::parallel_for(0, N, 1024, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) encode_row_bwd(gp + r * W, ep + r * W, D, L, freqs.data(), dp + r * D);
+    for (int64_t r = a; r < b; ++r) encode_row_bwd(gp + r * W, ep + r * W, D, L, freqs, dp + r * D);
   });
   return dx;
 }

@@ -44,6 +44,7 @@
 
 #include "common/interp_math.h"
 #include "common/shade_math.h"
+#include "cpu/cpu_helpers.h"
 #include "ops.h"
 
 namespace dnmp {
@@ -107,14 +108,6 @@ std::vector<int64_t> planar_columns(int64_t D, int64_t L) {
     }
   return cols;
 }
-
-// The element loops of the bf16 path, also compiled for AVX-512 and AVX2 (GCC/Clang pick
-// the clone for the CPU at load time; the build targets x86-64-v2).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DNMP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DNMP_CLONES
-#endif
 
 // float32 -> bfloat16 bits, rounded to nearest even (as c10::BFloat16 and torch's
 // .bfloat16()); NaN stays a (quiet) NaN.
@@ -211,8 +204,8 @@ void gemm_dp(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, co
 }
 // C[M, N] (row stride ldc) = A[M, K] (float32, row stride lda) x B ([K, N] float32,
 // row-major), by AVX2 FMA: tiles of R = 4 rows x 16 columns in 8 accumulators (each column strip
-// of B stays in L1 while the rows stream; 6 rows ran 1.7x slower on an AMD Zen 3, out of
-// registers). M a multiple of 4, N a multiple of 16 (PackedChain's kPad). Sums run over k in
+// of B stays in L1 while the rows stream; 6 rows ran 1.7x slower on an AMD Zen 3 in a throwaway
+// timing script, not a repository command: presumably out of registers). M a multiple of 4, N a multiple of 16 (PackedChain's kPad). Sums run over k in
 // order, one rounding per FMA. The float32 path of the fused ops on CPUs without
 // bf16 kernels: ATen's addmm per block of 256 rays cost more in dispatch and packing than in
 // products (README, issue 12's seventh round).
@@ -345,9 +338,6 @@ void encode_planar(at::Tensor& e, int64_t m, int64_t D, const at::Tensor& freqs)
   rows.narrow(1, D, L * D).sin_();
   rows.narrow(1, D + L * D, L * D).cos_();
 }
-
-// Frequencies 2^k pi, k < L, in the options' dtype, as field.positional_encoding builds them.
-at::Tensor frequencies(int64_t L, const at::TensorOptions& opt) { return at::pow(2.0, at::arange(L, opt)) * M_PI; }
 
 // Weights of a Linear chain as addmm's right operands ([in, out] views: addmm(bias, x, w^T)
 // is nn.Linear); makes the biases contiguous in place.

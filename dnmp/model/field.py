@@ -8,6 +8,8 @@ colour from a small direction-conditioned background MLP.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,9 +47,9 @@ def positional_encoding(x: torch.Tensor, num_freqs: int) -> torch.Tensor:
 def _encode_op_for(x: torch.Tensor) -> bool:
     """Whether `positional_encoding` takes the compiled op `torch.ops.dnmp.encode_fwd`
     (csrc/cpu/encoding_cpu.cpp: its own sin(pi 2^k x), no ATen sines; a fifth of a training
-    step on CPUs whose MKL sines are slow): float32 on a CPU with the compiled kernels built.
-    The GEMM + sin path below and `positional_encoding_reference` stay its references
-    (tests/model/test_field.py)."""
+    step on CPUs whose MKL sines are slow): float32 on a CPU with the compiled kernels built,
+    unless `compiled_encoding(False)` is in effect. The GEMM + sin path below and
+    `positional_encoding_reference` stay its references (tests/model/test_field.py)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or not _ENCODE_OP["on"]:
         return False
     if "ok" not in _ENCODE_OP:
@@ -56,9 +58,23 @@ def _encode_op_for(x: torch.Tensor) -> bool:
     return _ENCODE_OP["ok"]
 
 
-# "on": False forces the GEMM + sin path (benchmarks and tests compare the two);
-# "ok": whether the op is there, decided once
+# "on": whether the compiled op may be taken (`compiled_encoding`); "ok": whether it is
+# there, decided once
 _ENCODE_OP: dict = {"on": True}
+
+
+@contextlib.contextmanager
+def compiled_encoding(enabled: bool):
+    """Within the block, `positional_encoding` takes the compiled op where it can (True, the
+    default outside any block) or always the GEMM + sin path (False), e.g. so that a torch
+    reference shares no sine code with the fused ops, or to time the two paths. Restores the
+    previous setting on exit, exceptions included. Not thread-local."""
+    before = _ENCODE_OP["on"]
+    _ENCODE_OP["on"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _ENCODE_OP["on"] = before
 
 
 def _frequencies(x: torch.Tensor, num_freqs: int) -> torch.Tensor:

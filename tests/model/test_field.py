@@ -22,10 +22,9 @@ needs_op = pytest.mark.skipif(backend() != "cpp", reason="compiled kernels not b
 @pytest.fixture(params=[pytest.param("op", marks=needs_op), "gemm"])
 def path(request):
     """Which fast path positional_encoding takes for float32 CPU tensors."""
-    field._ENCODE_OP["on"] = request.param == "op"
-    assert field._encode_op_for(torch.zeros(1)) == (request.param == "op")
-    yield request.param
-    field._ENCODE_OP["on"] = True
+    with field.compiled_encoding(request.param == "op"):
+        assert field._encode_op_for(torch.zeros(1)) == (request.param == "op")
+        yield request.param
 
 
 @pytest.mark.parametrize("shape,freqs,scale", [((1000, 32), 2, 0.3), ((257, 3), 4, 1.0),
@@ -191,3 +190,15 @@ def test_encode_op_large_odd_values_and_errors():
     with pytest.raises(ValueError, match="not a multiple"):
         torch.ops.dnmp.encode_bwd(out[:, :5].contiguous(), out[:, :5].contiguous(), 3)
     assert torch.ops.dnmp.encode_fwd(torch.zeros(0, 4), 2).shape == (0, 20)
+
+
+def test_compiled_encoding_switch_is_scoped():
+    """compiled_encoding(False) forces the GEMM + sin path inside its block only, and puts the
+    setting back when the block raises."""
+    x = torch.zeros(1)
+    before = field._encode_op_for(x)
+    with pytest.raises(RuntimeError, match="inside"):
+        with field.compiled_encoding(False):
+            assert not field._encode_op_for(x)
+            raise RuntimeError("inside")
+    assert field._encode_op_for(x) == before

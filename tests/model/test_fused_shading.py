@@ -41,9 +41,8 @@ needs_bf16 = pytest.mark.skipif(not bf16_matmul_available(),
 def _reference_takes_aten_sines():
     """The torch reference encodes with ATen's sines (the GEMM + sin path), not the compiled
     `encode_fwd`, whose sincospi the op shares: the comparison stays independent."""
-    field._ENCODE_OP["on"] = False
-    yield
-    field._ENCODE_OP["on"] = True
+    with field.compiled_encoding(False):
+        yield
 
 
 @contextmanager
