@@ -2,7 +2,10 @@
 
 A checkpoint is a `torch.save`d dict:
     format "dnmp-checkpoint", version 1, config (TrainConfig dict), step,
-    model (renderer state_dict), optimizer (dict of optimizer state_dicts),
+    model (renderer state_dict: the parameters to render, i.e. their tail average once it
+    has samples), parameter_average (None, or what resumes the average: the raw parameters
+    the optimizers step, the sample count, start and interval; `averaging.ParameterAverage`),
+    optimizer (dict of optimizer state_dicts),
     rng (torch RNG state), scene {name, fingerprint, path (absolute; see
     `checkpoint_scene_path` for older relative ones)}, train_seconds (radiance loop
     time summed over resumed runs), extra_metrics.
@@ -124,7 +127,7 @@ def checkpoint_scene_path(ckpt: dict) -> Path | None:
 
 # A checkpoint written before a setting existed was trained without it: its config gets
 # the value that means "off" (far_shells: issue 13's far field), not today's default.
-LEGACY_DEFAULTS = {"far_shells": 0}
+LEGACY_DEFAULTS = {"far_shells": 0, "average_from": 1.0}
 
 
 def load_checkpoint(path: str | Path) -> dict:

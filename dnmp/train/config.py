@@ -93,6 +93,12 @@ class TrainConfig:
         lr_far_field: Adam learning rate of the far-field shells' texels (logits).
         lr_final_factor: both rates decay exponentially to this factor at the last step
             (the decay follows steps, never the clock).
+        average_from, average_every: the model a run saves and scores is the mean of the
+            trained parameters (vertex features, MLPs, far field) sampled every
+            `average_every` steps after `average_from` x `steps` (tail averaging,
+            `train/averaging.py`); the optimizers step the raw parameters, which checkpoints
+            keep beside the mean for --resume. 1.0 = off: the last step's parameters. A
+            resumed average goes on from where it began, even with another --steps.
         seed: seeds primitives' initialisation and ray sampling.
         device: where the run computes: "auto" (cuda when torch sees a GPU, else cpu),
             "cpu", "cuda" or "cuda:N" (`dnmp.device.resolve_device`). `dnmp train --device`
@@ -157,6 +163,8 @@ class TrainConfig:
     lr_mlp: float = 5e-3
     lr_far_field: float = 5e-2
     lr_final_factor: float = 0.1
+    average_from: float = 0.5
+    average_every: int = 10
     seed: int = 0
     device: str = "auto"
     time_budget_minutes: float = 0.0
@@ -234,6 +242,8 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (0 < self.lr_final_factor <= 1, "lr_final_factor must be in (0, 1]"),
+            (0 <= self.average_from <= 1 and self.average_every >= 1,
+             "average_from must be in [0, 1] and average_every >= 1"),
         ]
         check_device_spec(self.device, f"{source}: device")
         for ok, msg in checks:

@@ -27,6 +27,7 @@ from ..device import resolve_device, synchronize
 from ..evaluate import evaluate
 from ..model import DNMPRenderer
 from ..model.renderer import default_bf16_matmul
+from .averaging import ParameterAverage
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, scene_info
 from .config import TrainConfig
 from .distributed import (SINGLE, DistContext, GradientSync, broadcast_parameters, check_identical,
@@ -120,6 +121,14 @@ def radiance_loss_backward(renderer: DNMPRenderer, cache: FramePool, opts: dict,
         if attr.grad is not None:
             features.grad = row_gradient(features, rows, attr.grad)
     return loss
+
+
+def _parameter_average(renderer: DNMPRenderer, opts: dict, cfg: TrainConfig) -> ParameterAverage:
+    """The tail average of every parameter the optimizers step (`averaging.ParameterAverage`),
+    sampled every `cfg.average_every` steps after `cfg.average_from` of `cfg.steps`."""
+    stepped = {id(p) for o in opts.values() for g in o.param_groups for p in g["params"]}
+    params = {n: p for n, p in renderer.named_parameters() if id(p) in stepped}
+    return ParameterAverage(params, int(cfg.average_from * cfg.steps), cfg.average_every)
 
 
 def optimizer_step(opts: dict) -> None:
@@ -249,9 +258,14 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     log(f"scene {scene.name!r}: {len(train_frames)} train / {len(scene.frames_by_split('test'))} "
         f"test frames; {describe_primitives(renderer)}; device {dev}")
     opts = _make_optimizers(renderer, cfg)
+    average = _parameter_average(renderer, opts, cfg)
     if ckpt:
         for name, opt in opts.items():
             opt.load_state_dict(ckpt["optimizer"][name])  # moves the moments to the parameters' device
+        try:  # the checkpoint's model is the average: the raw parameters come back from its state
+            average.load_state_dict(ckpt.get("parameter_average"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{ckpt.get('path')}: corrupt parameter average ({exc})") from None
         torch.set_rng_state(ckpt["rng"])
         if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)  # batches are drawn on the GPU
@@ -302,10 +316,13 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         if not dist.is_main:  # rank 0 saves the model that every rank holds
             return None
         saving = step
+        model = renderer.state_dict()
+        model.update(average.averaged())  # the model to render; the raw parameters ride along
         path = save_checkpoint(ckpt_dir, step, {
             "config": cfg.to_dict(),
             "device": str(dev),
-            "model": renderer.state_dict(),
+            "model": model,
+            "parameter_average": average.state_dict(),
             "optimizer": {k: o.state_dict() for k, o in opts.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
@@ -345,6 +362,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
                 loss = radiance_step(renderer, cache, opts, cfg, step, dev, before_update, share,
                                      rank_generator(cfg.seed, dist.rank, step) if dp else None)
                 step += 1
+                average.update(step)
                 updating = False
                 if first_step_s is None:
                     synchronize(dev)  # once: the figure is the time until the first step is done
@@ -390,10 +408,14 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         raise SystemExit(stop.exit_code if stop.requested else 143)
     train_s = prior_seconds + time.time() - t_loop
 
-    checksums = check_identical(renderer, dist) if dp else None
+    average.apply()  # the model that is scored (and that the last checkpoint holds)
+    checksums = check_identical(renderer, dist) if dp else None  # of that model, on every rank
     final = torch.stack([running.reshape(())] + [v for _, v in curve]).tolist() if running is not None else [None]
     curve = [[s, v] for (s, _), v in zip(curve, final[1:])]
     held_out = held_out and bool(scene.frames_by_split("test")) and dist.is_main
+    if average.count and dist.is_main:
+        log(f"the saved model is the mean of the parameters after {average.count} steps "
+            f"(every {average.every} from step {average.start + average.every}; average_from)")
     if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),
@@ -402,6 +424,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
               "train_psnr_running": None if running is None else -10 * math.log10(final[0]),
               "device": str(dev),
               "num_primitives": prims.num_primitives, "num_faces": prims.num_faces,
+              "parameter_average_samples": average.count,
               "train_pixel_coverage": cache.coverage, "cache_frames": cache.size,
               "cache_mib": round(cache.nbytes / 2**20, 1), "loss_curve": curve, **extra_metrics}
     if dp:
