@@ -191,6 +191,12 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     back (one sync) every `cfg.log_every` steps and before each save, where a NaN/Inf
     loss raises FloatingPointError naming the steps since the last check.
 
+    The saved and scored model is the tail average of the trained parameters
+    (`cfg.average_from`, `cfg.average_every`; `averaging.ParameterAverage`): each checkpoint's
+    `model` holds the mean so far (the raw parameters before the first sample) and its
+    `parameter_average` the raw parameters that `resume` continues from; metrics
+    `parameter_average_samples` counts the samples.
+
     `renderer` is the model to start from (e.g. after the geometry stage; default:
     template primitives on the scene's points), `budget_seconds` overrides the
     loop's time budget (`cfg.time_budget_minutes`), and `extra_metrics` are merged
