@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dnmp: interrupted", file=sys.stderr)
         return 130
-    except (SceneError, CheckpointError, ValueError, OSError) as exc:
+    except (SceneError, CheckpointError, ValueError, OSError, FloatingPointError) as exc:
         if os.environ.get("DNMP_DEBUG"):
             raise
         if isinstance(exc, OSError) and exc.filename and exc.strerror:

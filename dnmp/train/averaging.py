@@ -32,6 +32,7 @@ class ParameterAverage:
         self.params = params
         self.start, self.every = int(start), int(every)
         self.count = 0  # samples in the mean
+        self.first = None  # the step of the first sample
         self.mean: dict[str, torch.Tensor] = {}
 
     def update(self, step: int) -> None:
@@ -41,6 +42,8 @@ class ParameterAverage:
         if step <= self.start or (step - self.start) % self.every:
             return
         self.count += 1
+        if self.count == 1:
+            self.first = int(step)
         with torch.no_grad():
             for name, p in self.params.items():
                 if self.count == 1:
@@ -58,7 +61,7 @@ class ParameterAverage:
         first sample (the model state then holds the raw parameters)."""
         if not self.count:
             return None
-        return {"count": self.count, "start": self.start, "every": self.every,
+        return {"count": self.count, "start": self.start, "every": self.every, "first": self.first,
                 "raw": {n: p.detach().clone() for n, p in self.params.items()}}
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -66,13 +69,29 @@ class ParameterAverage:
         `state_dict()`'s (None: no average was in progress, the parameters are raw). Takes
         the mean from the parameters, then puts the raw parameters back in them. The saved
         start and every win over the constructor's (a resumed average goes on as it began).
-        Raises: ValueError for a state whose names or shapes do not match the parameters."""
+        Raises: ValueError for a state that is not one `state_dict` writes for these
+        parameters (names, shapes, floating tensors, count >= 1, every >= 1, start >= 0,
+        first a sampling step)."""
         if state is None:
             return
-        raw = state["raw"]
-        if set(raw) != set(self.params) or any(raw[n].shape != p.shape for n, p in self.params.items()):
+        if not isinstance(state, dict):
+            raise ValueError(f"the parameter average is a {type(state).__name__}, not a dict")
+        ints = {k: state.get(k) for k in ("count", "start", "every", "first")}
+        if not all(type(v) is int for v in ints.values()):  # bool, float, str, None refused
+            raise ValueError(f"count, start, every and first must be integers, got {ints}")
+        count, start, every, first = ints["count"], ints["start"], ints["every"], ints["first"]
+        if count < 1 or start < 0 or every < 1 or first <= start or (first - start) % every:
+            raise ValueError(f"count {count}, start {start}, every {every}, first {first} do not "
+                             f"describe samples (count >= 1, every >= 1, first = start + k every, k >= 1)")
+        raw = state.get("raw")
+        if not isinstance(raw, dict) or set(raw) != set(self.params):
             raise ValueError("the checkpoint's parameter average does not match the model's parameters")
-        self.count, self.start, self.every = int(state["count"]), int(state["start"]), int(state["every"])
+        for n, p in self.params.items():
+            r = raw[n]
+            if not torch.is_tensor(r) or r.shape != p.shape or r.dtype != p.dtype:
+                raise ValueError(f"the checkpoint's parameter average does not match the model's parameters "
+                                 f"({n}: expected a {p.dtype} tensor of shape {tuple(p.shape)})")
+        self.count, self.start, self.every, self.first = count, start, every, first
         with torch.no_grad():
             for name, p in self.params.items():
                 self.mean[name] = p.detach().clone()

@@ -242,8 +242,8 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (0 < self.lr_final_factor <= 1, "lr_final_factor must be in (0, 1]"),
-            (0 <= self.average_from <= 1 and self.average_every >= 1,
-             "average_from must be in [0, 1] and average_every >= 1"),
+            (0 <= self.average_from <= 1, f"average_from must be in [0, 1], got {self.average_from}"),
+            (self.average_every >= 1, f"average_every must be >= 1, got {self.average_every}"),
         ]
         check_device_spec(self.device, f"{source}: device")
         for ok, msg in checks:

@@ -137,8 +137,9 @@ def renderer_from_checkpoint(ckpt: dict, device: torch.device | str | None = Non
     try:
         renderer.load_state_dict(state)
     except RuntimeError as exc:
+        why = " ".join(str(exc).split())  # torch's first line only names the module: keep the reasons
         raise CheckpointError(f"{ckpt.get('path')}: model state does not match its config "
-                              f"({str(exc).splitlines()[0]})") from None
+                              f"({why[:300]})") from None
     return renderer if device is None else renderer.to(resolve_device(device))
 
 

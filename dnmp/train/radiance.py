@@ -215,7 +215,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         CheckpointError: `resume` with a checkpoint of another scene or a corrupt one.
         FileExistsError: OUT already holds checkpoints and `resume` is False.
         ValueError: a scene without train frames or points; data-parallel with fewer rays
-            per step than ranks.
+            per step than ranks; `resume` with `steps` below the checkpoint's step.
     SIGINT / SIGTERM (`interrupt.handle_signals`): the loop stops at the next step
     boundary, saves that step, logs "stopped by SIG... at step N" and exits with
     SystemExit(130 / 143); a second signal aborts at once (Interrupted, nothing saved).
@@ -237,6 +237,9 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
         check_checkpoint_scene(ckpt, scene)
         cfg = settle_config(cfg, steps, ckpt["config"], str(path), device)
         start_step = ckpt["step"]
+        if cfg.steps < start_step:  # nothing to train, and config.json would say fewer steps than done
+            raise ValueError(f"{path}: the run is at step {start_step}, past --steps {cfg.steps}; "
+                             f"resume with --steps {start_step} or more")
         log(f"resuming from {path} (step {start_step})")
     else:
         run.refuse_earlier_run()
@@ -270,7 +273,7 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
             opt.load_state_dict(ckpt["optimizer"][name])  # moves the moments to the parameters' device
         try:  # the checkpoint's model is the average: the raw parameters come back from its state
             average.load_state_dict(ckpt.get("parameter_average"))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{ckpt.get('path')}: corrupt parameter average ({exc})") from None
         torch.set_rng_state(ckpt["rng"])
         if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
@@ -420,8 +423,11 @@ def train_radiance(scene: Scene, out_dir: str | Path, cfg: TrainConfig | None, r
     curve = [[s, v] for (s, _), v in zip(curve, final[1:])]
     held_out = held_out and bool(scene.frames_by_split("test")) and dist.is_main
     if average.count and dist.is_main:
-        log(f"the saved model is the mean of the parameters after {average.count} steps "
-            f"(every {average.every} from step {average.start + average.every}; average_from)")
+        log(f"the saved model is the mean of {average.count} samples of the parameters (every "
+            f"{average.every} steps from step {average.first}; average_from)")
+    elif cfg.average_from < 1 and step > 0 and dist.is_main:
+        log(f"note: no parameter sample was taken (average_every = {average.every} after step "
+            f"{average.start} of {step}): the saved model is the last step's parameters")
     if held_out:
         log("rendering held-out frames ...")
     result = {"step": step, "train_seconds": round(train_s, 1),

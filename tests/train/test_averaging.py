@@ -34,7 +34,7 @@ def test_mean_of_the_sampled_steps_only():
     avg = ParameterAverage(params, start=3, every=2)
     assert avg.state_dict() is None and avg.averaged()["a"] is not None
     seen = _trajectory(params, 10, avg)
-    assert avg.count == 3  # steps 5, 7, 9
+    assert avg.count == 3 and avg.first == 5  # steps 5, 7, 9
     for n in params:
         want = torch.stack([seen[s - 1][n] for s in (5, 7, 9)]).mean(0)
         torch.testing.assert_close(avg.averaged()[n], want, rtol=1e-6, atol=1e-6)
@@ -68,6 +68,7 @@ def test_state_resumes_the_same_average():
             res_p["w"].copy_(seen[step - 1]["w"])
             res.update(step)
     torch.testing.assert_close(res.averaged()["w"], straight.averaged()["w"], rtol=1e-6, atol=1e-6)
+    assert res.first == straight.first == 3
 
 
 def test_bad_arguments_and_states():
@@ -77,13 +78,23 @@ def test_bad_arguments_and_states():
     avg = ParameterAverage(p, start=0, every=1)
     avg.load_state_dict(None)  # a checkpoint from before the first sample: nothing to do
     assert avg.count == 0
-    with pytest.raises(ValueError, match="does not match"):
-        avg.load_state_dict({"count": 1, "start": 0, "every": 1, "raw": {"v": torch.zeros(3)}})
-    with pytest.raises(ValueError, match="does not match"):
-        avg.load_state_dict({"count": 1, "start": 0, "every": 1, "raw": {"w": torch.zeros(4)}})
-    with pytest.raises(ValueError, match="average_from"):
+    good = {"count": 2, "start": 4, "every": 3, "first": 7, "raw": {"w": torch.ones(3)}}
+    bad = [({"raw": {"v": torch.zeros(3)}}, "does not match"), ({"raw": {"w": torch.zeros(4)}}, "shape"),
+           ({"raw": {"w": "hello"}}, "does not match"), ({"raw": {"w": torch.zeros(3, dtype=torch.int64)}}, "float32"),
+           ({"raw": []}, "does not match"), ({"every": 0}, "describe samples"), ({"count": 0}, "describe samples"),
+           ({"count": -1}, "describe samples"), ({"first": 8}, "describe samples"), ({"first": 4}, "describe samples"),
+           ({"count": 2.7}, "integers"), ({"start": "abc"}, "integers"), ({"every": True}, "integers")]
+    for change, match in bad:
+        with pytest.raises(ValueError, match=match):
+            avg.load_state_dict({**good, **change})
+        assert avg.count == 0 and torch.equal(p["w"].detach(), torch.zeros(3))  # nothing changed
+    with pytest.raises(ValueError, match="not a dict"):
+        avg.load_state_dict("x")
+    avg.load_state_dict(good)
+    assert (avg.count, avg.start, avg.every, avg.first) == (2, 4, 3, 7) and torch.equal(p["w"].detach(), torch.ones(3))
+    with pytest.raises(ValueError, match=r"average_from must be in \[0, 1\], got 1.5"):
         TrainConfig(average_from=1.5).validate()
-    with pytest.raises(ValueError, match="average_every"):
+    with pytest.raises(ValueError, match="average_every must be >= 1, got 0"):
         TrainConfig(average_every=0).validate()
 
 
@@ -127,6 +138,18 @@ def test_run_saves_the_mean_of_its_raw_parameters_and_resumes_it(tiny_scene, tmp
     assert resumed["step"] == 8 and resumed["parameter_average"]["count"] == 4
     for k, v in _stepped(resumed["model"]).items():
         torch.testing.assert_close(v, model[k], rtol=1e-5, atol=1e-6)
+
+
+def test_no_sample_is_said_and_resume_below_the_step_is_refused(tiny_scene, tmp_path):
+    scene = load_scene(tiny_scene)
+    said = []
+    out = tmp_path / "run"
+    res = train_radiance(scene, out, TrainConfig(steps=4, checkpoint_every=4, average_from=0.5, average_every=5,
+                                                 **FAST), progress=False, log=said.append)
+    assert res["parameter_average_samples"] == 0
+    assert any("no parameter sample was taken" in line for line in said), said
+    with pytest.raises(ValueError, match="at step 4, past --steps 3"):
+        train_radiance(scene, out, None, resume=True, steps=3, progress=False, log=said.append)
 
 
 def test_corrupt_average_state_is_a_checkpoint_error(tiny_scene, tmp_path):
