@@ -57,8 +57,9 @@ class ParameterAverage:
 
     def state_dict(self) -> dict | None:
         """What a checkpoint must hold to resume the average, beside a model state whose
-        parameters are `averaged()`: the raw parameters and the count; None before the
-        first sample (the model state then holds the raw parameters)."""
+        parameters are `averaged()`: the raw parameters, the sample count, start, every and
+        the first sample's step; None before the first sample (the model state then holds the
+        raw parameters)."""
         if not self.count:
             return None
         return {"count": self.count, "start": self.start, "every": self.every, "first": self.first,
