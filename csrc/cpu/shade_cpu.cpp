@@ -205,8 +205,8 @@ void gemm_dp(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, co
 // C[M, N] (row stride ldc) = A[M, K] (float32, row stride lda) x B ([K, N] float32,
 // row-major), by AVX2 FMA: tiles of R = 4 rows x 16 columns in 8 accumulators (each column strip
 // of B stays in L1 while the rows stream; 6 rows ran 1.7x slower on an AMD Zen 3 in a throwaway
-// timing script, not a repository command: presumably out of registers). M a multiple of 4, N a multiple of 16 (PackedChain's kPad). Sums run over k in
-// order, one rounding per FMA. The float32 path of the fused ops on CPUs without
+// timing script, not a repository command: presumably out of registers). M a multiple of 4, N a
+// multiple of 16 (PackedChain's kPad). Sums run over k in order, one rounding per FMA. The float32 path of the fused ops on CPUs without
 // bf16 kernels: ATen's addmm per block of 256 rays cost more in dispatch and packing than in
 // products (README, issue 12's seventh round).
 #define DNMP_AVX2FMA __attribute__((target("avx2,fma")))

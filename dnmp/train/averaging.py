@@ -59,11 +59,12 @@ class ParameterAverage:
         """What a checkpoint must hold to resume the average, beside a model state whose
         parameters are `averaged()`: the raw parameters, the sample count, start, every and
         the first sample's step; None before the first sample (the model state then holds the
-        raw parameters)."""
+        raw parameters). The raw tensors are detached views of the live parameters, as in
+        `Module.state_dict` (a save writes them at once; nothing to copy)."""
         if not self.count:
             return None
         return {"count": self.count, "start": self.start, "every": self.every, "first": self.first,
-                "raw": {n: p.detach().clone() for n, p in self.params.items()}}
+                "raw": {n: p.detach() for n, p in self.params.items()}}
 
     def load_state_dict(self, state: dict | None) -> None:
         """Resume: the live parameters hold the saved model (the mean); `state` is

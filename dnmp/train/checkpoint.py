@@ -4,7 +4,8 @@ A checkpoint is a `torch.save`d dict:
     format "dnmp-checkpoint", version 1, config (TrainConfig dict), step,
     model (renderer state_dict: the parameters to render, i.e. their tail average once it
     has samples), parameter_average (None, or what resumes the average: the raw parameters
-    the optimizers step, the sample count, start and interval; `averaging.ParameterAverage`),
+    the optimizers step, the sample count, start, interval and first sample's step;
+    `averaging.ParameterAverage`),
     optimizer (dict of optimizer state_dicts),
     rng (torch RNG state), scene {name, fingerprint, path (absolute; see
     `checkpoint_scene_path` for older relative ones)}, train_seconds (radiance loop
