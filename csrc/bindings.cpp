@@ -28,6 +28,9 @@ TORCH_LIBRARY(dnmp, m) {
       "Tensor texels, Tensor centre, Tensor radii, bool bf16_matmul=False) -> Tensor");
   m.def("encode_fwd(Tensor x, int num_freqs) -> Tensor");
   m.def("encode_bwd(Tensor grad, Tensor encoded, int num_freqs) -> Tensor");
+  m.def(
+      "adam_rows_(Tensor(a!) param, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor rows, Tensor grad, "
+      "float step_size, float beta1, float beta2, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
@@ -39,6 +42,7 @@ TORCH_LIBRARY_IMPL(dnmp, CPU, m) {
   m.impl("background_fwd", &dnmp::background_fwd_cpu);
   m.impl("encode_fwd", &dnmp::encode_fwd_cpu);
   m.impl("encode_bwd", &dnmp::encode_bwd_cpu);
+  m.impl("adam_rows_", &dnmp::adam_rows_cpu);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

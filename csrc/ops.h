@@ -51,6 +51,13 @@ bool bf16_matmul_available();
 at::Tensor encode_fwd_cpu(const at::Tensor& x, int64_t num_freqs);
 at::Tensor encode_bwd_cpu(const at::Tensor& grad, const at::Tensor& encoded, int64_t num_freqs);
 
+// Adam update of the rows `rows` (int64 [U], sorted, unique) of a float32 table and its two
+// moments, in place, from the rows' gradient [U, ...] (see cpu/adam_rows_cpu.cpp; the
+// reference is dnmp.train.row_adam._row_adam).
+void adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                   const at::Tensor& rows, const at::Tensor& grad, double step_size, double beta1, double beta2,
+                   double eps);
+
 // Input checks shared by every device (readable TypeError/ValueError messages).
 void check_rasterize_args(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& intrinsics,
                           const at::Tensor& world_to_cam, int64_t height, int64_t width, int64_t faces_per_pixel,

@@ -1,7 +1,7 @@
 // CPU interpolation of vertex attributes at fragments, and its backward.
 // Fragments may have any leading shape [..., K]; they are processed flat.
-// The attribute gradient is accumulated per channel in fragment order, channel
-// blocks in parallel: bit-identical across runs and thread counts.
+// The attribute gradient is accumulated per vertex row in fragment order, ranges of
+// rows in parallel: bit-identical across runs and thread counts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -67,16 +67,23 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
         interp_bwd_bary_one(a, C, fc, pf[n], gp + n * C, gb + 3 * n);
       }
     });
-    // scatter to vertices: parallel over channels, fragments in fixed order
-    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
+    // scatter to vertices: each thread owns a range of vertex rows and walks every
+    // fragment in fixed order, adding only to its own rows (whole rows: vectorised over
+    // the channels). Each element sums the same terms in the same order as one thread
+    // would: bit-identical across runs and thread counts. (Splitting by channel instead
+    // reads every fragment's row once per thread in strided pieces: ~4x slower for C=32.)
+    const int64_t V = attr.size(0);
+    at::parallel_for(0, V, 4096, [&](int64_t vb, int64_t ve) {
       for (int64_t n = 0; n < N; ++n) {
         const int64_t f = pf[n];
         if (f < 0) continue;
         for (int i = 0; i < 3; ++i) {
+          const int64_t v = fc[3 * f + i];
+          if (v < vb || v >= ve) continue;
           const scalar_t w = bc[3 * n + i];
-          scalar_t* dst = ga + fc[3 * f + i] * C;
+          scalar_t* dst = ga + v * C;
           const scalar_t* src = gp + n * C;
-          for (int64_t c = cb; c < ce; ++c) dst[c] += w * src[c];
+          for (int64_t c = 0; c < C; ++c) dst[c] += w * src[c];
         }
       }
     });

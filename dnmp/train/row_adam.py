@@ -6,7 +6,10 @@ updates only those rows, but through sparse COO arithmetic: it coalesces the gra
 parameter. `RowAdam` computes the same update with dense row operations at the
 gradient's row indices (`index_select`, elementwise math on [U, C], `index_copy_`,
 `index_add_`): same formulas in the same order, so the same bits as SparseAdam (checked
-by tests/train/test_row_adam.py), in about half the time on the bundled scene.
+by tests/train/test_row_adam.py), in about half the time on the bundled scene. On a CPU
+with the compiled kernels, float32 tables take the op `torch.ops.dnmp.adam_rows_`
+(csrc/cpu/adam_rows_cpu.cpp: each touched row read and written once, the same float
+operations, the same bits); `_row_adam` in torch stays its reference.
 
 Its gradient is SparseAdam's: a sparse COO tensor of the parameter's shape. A coalesced
 one is used as it is; `row_gradient` builds one from a batch's sorted unique rows and
@@ -54,13 +57,16 @@ class RowAdam(torch.optim.Optimizer):
     Args:
         params: parameters (float [N, ...]) whose gradients are sparse COO tensors.
         lr, betas, eps: as in `torch.optim.SparseAdam`.
+        fused: None (default): the compiled op `adam_rows_` for contiguous float32 CPU
+            parameters where the kernels are built, else the torch path; False: always the
+            torch path (`_row_adam`, the reference). Not saved in the state dict.
     Raises:
         ValueError: lr, eps or betas out of range.
         RuntimeError (in `step`): a dense gradient.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, fused: bool | None = None):
         if not 0.0 < lr:
             raise ValueError(f"RowAdam: invalid learning rate {lr}")
         if not 0.0 < eps:
@@ -68,6 +74,7 @@ class RowAdam(torch.optim.Optimizer):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"RowAdam: betas must lie in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.fused = fused
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -96,9 +103,32 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                _row_adam(p, rows, values, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                          lr, beta1, beta2, eps)
+                update = _row_adam_fused if self._use_fused(p, state) else _row_adam
+                update(p, rows, values, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                       lr, beta1, beta2, eps)
         return loss
+
+
+    def _use_fused(self, p: torch.Tensor, state: dict) -> bool:
+        if self.fused is False or p.device.type != "cpu" or p.dtype != torch.float32:
+            return False
+        if not (p.is_contiguous() and state["exp_avg"].is_contiguous()
+                and state["exp_avg_sq"].is_contiguous()):
+            return False
+        from ..ops._extension import kernels_for  # loads the extension once
+        return kernels_for(p.device) and hasattr(torch.ops.dnmp, "adam_rows_")
+
+
+def _step_size(lr: float, beta1: float, beta2: float, step: int) -> float:
+    return lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+
+
+def _row_adam_fused(param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
+                    exp_avg_sq: torch.Tensor, step: int, lr: float, beta1: float, beta2: float,
+                    eps: float) -> None:
+    """`_row_adam` by the compiled op (float32, CPU, contiguous): the same bits."""
+    torch.ops.dnmp.adam_rows_(param, exp_avg, exp_avg_sq, rows, grad.to(param.dtype),
+                              _step_size(lr, beta1, beta2, step), beta1, beta2, eps)
 
 
 def _row_adam(param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -115,7 +145,7 @@ def _row_adam(param: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, exp_a
     new_sq = grad.pow(2).sub_(old_sq).mul_(1 - beta2).add_(old_sq)
     exp_avg.index_copy_(0, rows, new_avg)
     exp_avg_sq.index_copy_(0, rows, new_sq)
-    step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    step_size = _step_size(lr, beta1, beta2, step)
     param.index_add_(0, rows, new_avg.div_(new_sq.sqrt_().add_(eps)).mul_(-step_size))
 
 

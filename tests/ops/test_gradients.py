@@ -156,3 +156,36 @@ def test_backward_deterministic_across_runs_and_threads(cpp):
     for other in (r2, r3):
         assert torch.equal(r1[0], other[0]), "verts grad not bit-identical"
         assert torch.equal(r1[1], other[1]), "attributes grad not bit-identical"
+
+
+def test_interpolate_backward_many_vertices_threads_and_reference(cpp):
+    """Enough vertex rows (20k) for the backward's row ranges to split across threads, with
+    repeated vertices, shared faces and empty fragments: the same bits on 1 and several
+    threads, and the reference's sums (float64)."""
+    g = torch.Generator().manual_seed(4)
+    V, F, C = 20_000, 9_000, 32
+    faces = torch.randint(0, V, (F, 3), generator=g)
+    p2f = torch.randint(-1, F, (1, 60, 70, 4), generator=g)
+    bary = torch.rand(1, 60, 70, 4, 3, generator=g, dtype=torch.float64)
+    attr = torch.randn(V, C, generator=g, dtype=torch.float64)
+    w = torch.randn(1, 60, 70, 4, C, generator=g, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        a = attr.to(dtype).requires_grad_()
+        b = bary.to(dtype).requires_grad_()
+        (fn(a, faces, (p2f, None, b)) * w.to(dtype)).sum().backward()
+        return a.grad, b.grad
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(4, n))
+        many = grads(interpolate, torch.float32)
+        torch.set_num_threads(1)
+        one = grads(interpolate, torch.float32)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(many[0], one[0]) and torch.equal(many[1], one[1])
+    assert (many[0] != 0).any(dim=1).float().mean() > 0.5  # most rows receive a gradient
+    ref, new = grads(interpolate_reference, torch.float64), grads(interpolate, torch.float64)
+    torch.testing.assert_close(new[0], ref[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new[1], ref[1], rtol=1e-12, atol=1e-12)

@@ -33,13 +33,17 @@ def _sparse_grad(n: int, c: int, step: int, coalesced: bool) -> torch.Tensor:
     return grad
 
 
+@pytest.mark.parametrize("fused", [None, False])
 @pytest.mark.parametrize("coalesced", [False, True])
-def test_row_adam_equals_sparse_adam_over_steps(coalesced):
-    n, c = 200, 5
+@pytest.mark.parametrize("c", [5, 37])
+def test_row_adam_equals_sparse_adam_over_steps(coalesced, fused, c):
+    """Both paths of RowAdam (the compiled op where the kernels are built, and the torch
+    reference) against SparseAdam, bit for bit; 37 channels: vector lanes and a tail."""
+    n = 200
     ref = torch.nn.Parameter(torch.randn(n, c, generator=torch.Generator().manual_seed(0)))
     new = torch.nn.Parameter(ref.detach().clone())
     o_ref = torch.optim.SparseAdam([ref], lr=0.05, betas=(0.8, 0.99), eps=1e-6)
-    o_new = RowAdam([new], lr=0.05, betas=(0.8, 0.99), eps=1e-6)
+    o_new = RowAdam([new], lr=0.05, betas=(0.8, 0.99), eps=1e-6, fused=fused)
     for step in range(6):
         for o in (o_ref, o_new):
             o.param_groups[0]["lr"] = 0.05 * 0.9 ** step  # the radiance loop's decay
@@ -51,6 +55,8 @@ def test_row_adam_equals_sparse_adam_over_steps(coalesced):
         o_ref.step()
         o_new.step()
         assert torch.equal(new, ref), f"step {step}"
+        if step == 0:
+            assert o_new._use_fused(new, o_new.state[new]) == (fused is None and _kernels())
     s_ref, s_new = o_ref.state[ref], o_new.state[new]
     assert s_new["step"] == s_ref["step"] == 5
     assert torch.equal(s_new["exp_avg"], s_ref["exp_avg"])
@@ -60,6 +66,50 @@ def test_row_adam_equals_sparse_adam_over_steps(coalesced):
         untouched[_sparse_grad(n, c, step, False).coalesce().indices()[0]] = False
     assert untouched.any()
     assert (s_new["exp_avg"][untouched] == 0).all() and (s_new["exp_avg_sq"][untouched] == 0).all()
+
+
+def _kernels() -> bool:
+    from dnmp.ops._extension import kernels_for
+    return kernels_for(torch.device("cpu")) and hasattr(torch.ops.dnmp, "adam_rows_")
+
+
+def test_adam_rows_op_equals_reference_on_large_rows():
+    """The op against `_row_adam` on a table as the radiance stage's (many rows, 32
+    channels, enough touched rows to run on several threads), over three steps."""
+    if not _kernels():
+        pytest.skip("compiled kernels not built")
+    from dnmp.train.row_adam import _row_adam, _row_adam_fused
+    g = torch.Generator().manual_seed(2)
+    n, c = 50_000, 32
+    tabs = {k: [torch.randn(n, c, generator=g), torch.zeros(n, c), torch.zeros(n, c)] for k in ("op", "ref")}
+    tabs["ref"] = [t.clone() for t in tabs["op"]]
+    for step in (1, 2, 3):
+        rows = torch.randperm(n, generator=g)[: n // 4].sort().values
+        grad = torch.randn(rows.numel(), c, generator=g) * 10 ** float(step - 2)
+        _row_adam_fused(*tabs["op"][:1], rows, grad, *tabs["op"][1:], step, 0.03, 0.9, 0.999, 1e-8)
+        _row_adam(*tabs["ref"][:1], rows, grad, *tabs["ref"][1:], step, 0.03, 0.9, 0.999, 1e-8)
+        for a, b in zip(tabs["op"], tabs["ref"]):
+            assert torch.equal(a, b), f"step {step}"
+
+
+def test_adam_rows_op_errors():
+    if not _kernels():
+        pytest.skip("compiled kernels not built")
+    p, m, v = torch.zeros(6, 2), torch.zeros(6, 2), torch.zeros(6, 2)
+    op = torch.ops.dnmp.adam_rows_
+    for rows, msg in ((torch.tensor([2, 1]), "sorted, unique"), (torch.tensor([1, 1]), "sorted, unique"),
+                      (torch.tensor([0, 6]), r"in \[0, 6\)"), (torch.tensor([-1, 0]), "row 0 is -1")):
+        with pytest.raises(IndexError, match=msg):
+            op(p, m, v, rows, torch.ones(2, 2), 0.1, 0.9, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="grad must be"):
+        op(p, m, v, torch.tensor([0, 1]), torch.ones(3, 2), 0.1, 0.9, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="must have param's shape"):
+        op(p, m, torch.zeros(6, 3), torch.tensor([0]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8)
+    with pytest.raises(TypeError, match="float32"):
+        op(p.double(), m, v, torch.tensor([0]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8)
+    with pytest.raises(TypeError, match="int64"):
+        op(p, m, v, torch.tensor([0], dtype=torch.int32), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8)
+    assert not p.any() and not m.any() and not v.any()  # nothing written on error
 
 
 def test_row_adam_state_is_sparse_adams():
