@@ -128,7 +128,7 @@ def checkpoint_scene_path(ckpt: dict) -> Path | None:
 
 # A checkpoint written before a setting existed was trained without it: its config gets
 # the value that means "off" (far_shells: issue 13's far field), not today's default.
-LEGACY_DEFAULTS = {"far_shells": 0, "average_from": 1.0}
+LEGACY_DEFAULTS = {"far_shells": 0, "average_from": 1.0, "bf16_matmul": False}
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -83,11 +83,13 @@ class TrainConfig:
             so memory does not grow with the drive.
         cache_rotate_every: steps between pool rotations (one frame leaves, the next enters).
         bf16_matmul: the radiance and sky MLPs of a training step multiply bfloat16
-            operands (`model.field.mlp_low_precision`; ~5x faster products on a CPU with
-            AMX) where the device has bf16 matrix kernels (`model.renderer.default_bf16_matmul`:
-            a float32 model on such a CPU); false (the default): float32 everywhere. 1.14x
-            the steps per second, for 0.04 dB less held-out PSNR on the bundled drive (README
-            "Training step, fifth round"). Renders choose for themselves (`RenderConfig.bf16_matmul`).
+            operands (`model.field.mlp_low_precision`, float32 accumulation) where the
+            device has bf16 matrix kernels (`model.renderer.default_bf16_matmul`: a float32
+            model on a CPU with AMX or AVX512-BF16); elsewhere, and with false, float32
+            everywhere. On by default since issue 12's eighth round: 1.29x the steps per
+            second on an AMD EPYC with AVX512-BF16 (1.14x with AMX), and the same held-out
+            PSNR on both drives measured (README "Training step, eighth round"). Renders
+            choose for themselves (`RenderConfig.bf16_matmul`).
         lr_features: SparseAdam learning rate of vertex features.
         lr_mlp: Adam learning rate of the MLPs.
         lr_far_field: Adam learning rate of the far-field shells' texels (logits).
@@ -158,7 +160,7 @@ class TrainConfig:
     batch_size: int = 8192
     cache_pixels: int = 6_000_000
     cache_rotate_every: int = 50
-    bf16_matmul: bool = False
+    bf16_matmul: bool = True
     lr_features: float = 5e-2
     lr_mlp: float = 5e-3
     lr_far_field: float = 5e-2
