@@ -16,8 +16,8 @@ TORCH_LIBRARY(dnmp, m) {
       "Tensor grad_zbuf, Tensor grad_bary) -> Tensor");
   m.def("interpolate_fwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary) -> Tensor");
   m.def(
-      "interpolate_bwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary, Tensor grad_out) "
-      "-> (Tensor, Tensor)");
+      "interpolate_bwd(Tensor attributes, Tensor faces, Tensor pix_to_face, Tensor bary, Tensor grad_out, "
+      "bool bary_grad=True) -> (Tensor, Tensor)");
   m.def(
       "shade_fwd(Tensor features, Tensor faces, Tensor normals, Tensor pix_to_face, Tensor bary, Tensor zbuf, "
       "Tensor view_dirs, Tensor[] trunk_w, Tensor[] trunk_b, Tensor opacity_w, Tensor opacity_b, "

@@ -29,9 +29,12 @@ at::Tensor rasterize_bwd_cpu(const at::Tensor& verts, const at::Tensor& faces, c
 at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes, const at::Tensor& faces, const at::Tensor& pix_to_face,
                                const at::Tensor& bary);
 
+// Gradients of interpolate_fwd w.r.t. attributes and bary; with bary_grad false the bary
+// gradient is not computed (zeros): a training step's cached barycentrics need none, and its
+// per-fragment reductions cost more than the attributes' scatter.
 std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attributes, const at::Tensor& faces,
                                                        const at::Tensor& pix_to_face, const at::Tensor& bary,
-                                                       const at::Tensor& grad_out);
+                                                       const at::Tensor& grad_out, bool bary_grad);
 
 // Fused inference shading (interpolate + encoding + MLP + compositing with early ray
 // termination; see cpu/shade_cpu.cpp): rgb [N, 3] (no background), depth, mean_depth,

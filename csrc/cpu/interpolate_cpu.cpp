@@ -41,7 +41,7 @@ at::Tensor interpolate_fwd_cpu(const at::Tensor& attributes_, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attributes_, const at::Tensor& faces_,
                                                        const at::Tensor& pix_to_face_, const at::Tensor& bary_,
-                                                       const at::Tensor& grad_out_) {
+                                                       const at::Tensor& grad_out_, bool bary_grad) {
   check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
   check_interpolate_grad(attributes_, pix_to_face_, grad_out_);
   const auto attr = attributes_.contiguous();
@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
   check_pix_to_face(p2f, faces.size(0));
   const auto g = grad_out_.to(attr.scalar_type()).contiguous();
   auto grad_attr = at::zeros_like(attr);
-  auto grad_bary = at::empty(bary.sizes(), attr.options());
+  auto grad_bary = bary_grad ? at::empty(bary.sizes(), attr.options()) : at::zeros(bary.sizes(), attr.options());
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_bwd_cpu", [&] {
     const scalar_t* a = attr.data_ptr<scalar_t>();
     const int64_t* fc = faces.data_ptr<int64_t>();
@@ -62,11 +62,13 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cpu(const at::Tensor& attribu
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* ga = grad_attr.data_ptr<scalar_t>();
     scalar_t* gb = grad_bary.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) {
-        interp_bwd_bary_one(a, C, fc, pf[n], gp + n * C, gb + 3 * n);
-      }
-    });
+    if (bary_grad) {
+      at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) {
+          interp_bwd_bary_one(a, C, fc, pf[n], gp + n * C, gb + 3 * n);
+        }
+      });
+    }
     // scatter to vertices: each thread owns a range of vertex rows and walks every
     // fragment in fixed order, adding only to its own rows (whole rows: vectorised over
     // the channels). Each element sums the same terms in the same order as one thread

@@ -82,7 +82,7 @@ at::Tensor interpolate_fwd_cuda(const at::Tensor& attributes_, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cuda(const at::Tensor& attributes_, const at::Tensor& faces_,
                                                         const at::Tensor& pix_to_face_, const at::Tensor& bary_,
-                                                        const at::Tensor& grad_out_) {
+                                                        const at::Tensor& grad_out_, bool bary_grad) {
   check_interpolate_args(attributes_, faces_, pix_to_face_, bary_);
   check_interpolate_grad(attributes_, pix_to_face_, grad_out_);
   const c10::cuda::CUDAGuard guard(attributes_.device());
@@ -114,6 +114,8 @@ std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cuda(const at::Tensor& attrib
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  // the bary kernel also writes the keys the attribute pass needs: it always runs here
+  if (!bary_grad) grad_bary.zero_();
   return {grad_attr, grad_bary};
 }
 

@@ -19,6 +19,6 @@ at::Tensor interpolate_fwd_cuda(const at::Tensor& attributes, const at::Tensor& 
                                 const at::Tensor& bary);
 std::tuple<at::Tensor, at::Tensor> interpolate_bwd_cuda(const at::Tensor& attributes, const at::Tensor& faces,
                                                         const at::Tensor& pix_to_face, const at::Tensor& bary,
-                                                        const at::Tensor& grad_out);
+                                                        const at::Tensor& grad_out, bool bary_grad);
 
 }  // namespace dnmp

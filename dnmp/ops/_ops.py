@@ -44,7 +44,7 @@ def _interpolate_fwd_fake(attributes, faces, pix_to_face, bary):
 
 
 @torch.library.register_fake("dnmp::interpolate_bwd")
-def _interpolate_bwd_fake(attributes, faces, pix_to_face, bary, grad_out):
+def _interpolate_bwd_fake(attributes, faces, pix_to_face, bary, grad_out, bary_grad=True):
     return torch.empty_like(attributes), torch.empty_like(bary)
 
 
@@ -74,8 +74,9 @@ def _interpolate_setup(ctx, inputs, output):
 
 def _interpolate_backward(ctx, grad_out):
     attributes, faces, pix_to_face, bary = ctx.saved_tensors
-    ga, gb = _ib(attributes, faces, pix_to_face, bary, grad_out.contiguous())
-    return ga, None, None, gb
+    need_bary = ctx.needs_input_grad[3]
+    ga, gb = _ib(attributes, faces, pix_to_face, bary, grad_out.contiguous(), need_bary)
+    return ga, None, None, (gb if need_bary else None)
 
 
 torch.library.register_autograd("dnmp::interpolate_fwd", _interpolate_backward, setup_context=_interpolate_setup)
