@@ -91,9 +91,9 @@ void adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at:
   at::parallel_for(0, U, 1024, [&](int64_t b, int64_t e) {
     adam_moments(mp, vp, rp, gp, C, b, e, b1, b2, qp);
   });
-  // ATen's sqrt, not std::sqrt: torch's float32 sqrt kernel (MKL's VML where torch is built
-  // with it) is not always the correctly rounded root (~18% of values one ulp off on an AMD
-  // EPYC), and the same bits as the reference need the same function on the same [U, C] values
+  // ATen's sqrt, not std::sqrt: torch's vectorised float32 sqrt kernel does not always give
+  // the correctly rounded root (~18% of values one ulp off on an AMD EPYC), and the same bits
+  // as the reference need the same function on the same [U, C] values
   root.sqrt_();
   at::parallel_for(0, U, 1024, [&](int64_t b, int64_t e) {
     adam_params(pp, mp, rp, qp, C, b, e, ep, ss);
