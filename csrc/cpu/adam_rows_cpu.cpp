@@ -64,7 +64,7 @@ void adam_rows_cpu(const at::Tensor& param, const at::Tensor& exp_avg, const at:
   TORCH_CHECK_VALUE(rows.dim() == 1, "adam_rows_: rows must be [U], got ", rows.sizes());
   const int64_t N = param.size(0), U = rows.size(0);
   const int64_t C = N > 0 ? param.numel() / N : 0;
-  TORCH_CHECK_VALUE(grad.dim() == param.dim() && grad.size(0) == U && grad.numel() == U * C,
+  TORCH_CHECK_VALUE(grad.dim() == param.dim() && grad.size(0) == U && grad.sizes().slice(1) == param.sizes().slice(1),
                     "adam_rows_: grad must be [U, ...] with param's row shape, got ", grad.sizes(), " for rows [",
                     U, "] and param ", param.sizes());
   const auto r = rows.contiguous();

@@ -33,7 +33,8 @@ class RenderConfig:
         their MLP layers with bfloat16 operands and float32 accumulation (AMX on CPUs that
         have it; 5-7x the float32 GEMM rate). None (default): where the CPU has bf16 matrix
         kernels and the model is float32; False: float32 throughout; True: required (the op
-        raises ValueError where unavailable). Renders only: training is float32. On the
+        raises ValueError where unavailable). Renders only: training steps choose with
+        `TrainConfig.bf16_matmul` (`mlp_low_precision`). On the
         bundled drive the images stay within 0.001 dB held-out PSNR (README, "bf16 operands in
         the fused ops").
     """
@@ -347,7 +348,7 @@ class DNMPRenderer(nn.Module):
         n, k = pix_to_face.shape
         # the covered fragments, row-major, as flat indices: gathers and index_copy cost a
         # fraction of boolean indexing and masked_scatter (one nonzero instead of five)
-        flat = (pix_to_face >= 0).view(-1).nonzero().squeeze(1)
+        flat = (pix_to_face >= 0).reshape(-1).nonzero().squeeze(1)
         faces = self.primitives.faces
         _, normals_all = self.geometry()
         fid = pix_to_face.reshape(-1).index_select(0, flat)  # [M]

@@ -67,6 +67,11 @@ def _rasterize_backward(ctx, grad_p2f, grad_zbuf, grad_bary):
 torch.library.register_autograd("dnmp::rasterize_fwd", _rasterize_backward, setup_context=_rasterize_setup)
 
 
+@torch.library.register_fake("dnmp::adam_rows_")
+def _adam_rows_fake(param, exp_avg, exp_avg_sq, rows, grad, step_size, beta1, beta2, eps):
+    return None
+
+
 def _interpolate_setup(ctx, inputs, output):
     attributes, faces, pix_to_face, bary = inputs
     ctx.save_for_backward(attributes, faces, pix_to_face, bary)

@@ -90,7 +90,7 @@ class TrainConfig:
             second on an AMD EPYC with AVX512-BF16 (1.14x with AMX), and the same held-out
             PSNR on both drives measured (README "Training step, eighth round"). Renders
             choose for themselves (`RenderConfig.bf16_matmul`).
-        lr_features: SparseAdam learning rate of vertex features.
+        lr_features: learning rate of the vertex features (`RowAdam`: SparseAdam's update).
         lr_mlp: Adam learning rate of the MLPs.
         lr_far_field: Adam learning rate of the far-field shells' texels (logits).
         lr_final_factor: both rates decay exponentially to this factor at the last step

@@ -154,7 +154,7 @@ def radiance_step(renderer: DNMPRenderer, cache: FramePool, opts: dict, cfg: Tra
     Returns the loss, a detached float32 0-dim tensor on `device`. Makes no host round
     trip of its own (no .item(), .tolist(), .cpu(); tensors made on `device`): checked by
     tests/train/test_device.py. The syncs it keeps are those of data-dependent shapes
-    (the faces hit, boolean masks) in `shade_rays`, and,
+    (the faces and vertices hit, the `nonzero` of the covered fragments) in `shade_rays`, and,
     once every `cfg.cache_rotate_every` steps of a rotating pool, the rasterization of the
     frame that enters it.
     """

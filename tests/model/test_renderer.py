@@ -41,6 +41,27 @@ def test_sparse_and_dense_shading_agree_in_value_and_gradient():
     assert g_dense.abs().sum() > 0
 
 
+def test_shade_rays_takes_non_contiguous_fragments():
+    """Fragments in any memory layout (a transposed pix_to_face, strided barycentrics and
+    directions) shade as their contiguous copies, values and gradients, bit for bit."""
+    r = _small_renderer()
+    _, p2f, bary, dirs = _frags(r)
+    outs, grads = [], []
+    for layout in ("contiguous", "strided"):
+        p, b, d = p2f, bary, dirs
+        if layout == "strided":
+            p = p2f.t().contiguous().t()
+            b = bary.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+            d = torch.stack([dirs, dirs], 2)[:, :, 0]
+            assert not (p.is_contiguous() or b.is_contiguous() or d.is_contiguous())
+        r.zero_grad(set_to_none=True)
+        out = r.shade_rays(p, b, d, sparse_features=False)
+        out["rgb"].pow(2).sum().backward()
+        outs.append(out["rgb"])
+        grads.append(r.primitives.features.grad.clone())
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+
+
 def test_pixels_without_faces_take_background_colour():
     r = _small_renderer()
     _, p2f, bary, dirs = _frags(r)

@@ -105,6 +105,9 @@ def test_adam_rows_op_errors():
         op(p, m, v, torch.tensor([0, 1]), torch.ones(3, 2), 0.1, 0.9, 0.99, 1e-8)
     with pytest.raises(ValueError, match="must have param's shape"):
         op(p, m, torch.zeros(6, 3), torch.tensor([0]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8)
+    with pytest.raises(ValueError, match="grad must be"):  # same count, other row shape
+        p3 = torch.zeros(10, 4, 2)
+        op(p3, p3.clone(), p3.clone(), torch.tensor([1, 3]), torch.ones(2, 2, 4), 0.1, 0.9, 0.99, 1e-8)
     with pytest.raises(TypeError, match="float32"):
         op(p.double(), m, v, torch.tensor([0]), torch.ones(1, 2), 0.1, 0.9, 0.99, 1e-8)
     with pytest.raises(TypeError, match="int64"):
