@@ -8,8 +8,8 @@ gradient's row indices (`index_select`, elementwise math on [U, C], `index_copy_
 `index_add_`): same formulas in the same order, so the same bits as SparseAdam (checked
 by tests/train/test_row_adam.py), in about half the time on the bundled scene. On a CPU
 with the compiled kernels, float32 tables take the op `torch.ops.dnmp.adam_rows_`
-(csrc/cpu/adam_rows_cpu.cpp: each touched row read and written once, the same float
-operations, the same bits); `_row_adam` in torch stays its reference.
+(csrc/cpu/adam_rows_cpu.cpp: each touched row read and written twice instead of about a
+dozen times, the same float operations, the same bits); `_row_adam` in torch stays its reference.
 
 Its gradient is SparseAdam's: a sparse COO tensor of the parameter's shape. A coalesced
 one is used as it is; `row_gradient` builds one from a batch's sorted unique rows and
@@ -57,9 +57,9 @@ class RowAdam(torch.optim.Optimizer):
     Args:
         params: parameters (float [N, ...]) whose gradients are sparse COO tensors.
         lr, betas, eps: as in `torch.optim.SparseAdam`.
-        fused: None (default): the compiled op `adam_rows_` for contiguous float32 CPU
-            parameters where the kernels are built, else the torch path; False: always the
-            torch path (`_row_adam`, the reference). Not saved in the state dict.
+        fused: None or True (default None): the compiled op `adam_rows_` for contiguous
+            float32 CPU parameters where the kernels are built, else the torch path; False:
+            always the torch path (`_row_adam`, the reference). Not saved in the state dict.
     Raises:
         ValueError: lr, eps or betas out of range.
         RuntimeError (in `step`): a dense gradient.
@@ -107,7 +107,6 @@ class RowAdam(torch.optim.Optimizer):
                 update(p, rows, values, state["exp_avg"], state["exp_avg_sq"], state["step"],
                        lr, beta1, beta2, eps)
         return loss
-
 
     def _use_fused(self, p: torch.Tensor, state: dict) -> bool:
         if self.fused is False or p.device.type != "cpu" or p.dtype != torch.float32:
