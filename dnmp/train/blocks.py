@@ -154,7 +154,8 @@ class DrivePath:
 
 
 def read_manifest(run: str | Path) -> dict:
-    """The manifest of a block run folder.
+    """The manifest of a block run folder; settings its config lacks (written before they
+    existed) get the values that reproduce older runs (`checkpoint.LEGACY_DEFAULTS`).
 
     Raises:
         ValueError: missing, unreadable, or not a dnmp block manifest of this version.
@@ -187,6 +188,10 @@ def read_manifest(run: str | Path) -> dict:
     if not ok:
         raise ValueError(f"{path}: malformed block manifest (needs scene, config and a non-empty "
                          f"list of blocks with name, folder, frames and ordered first/last_instant)")
+    from .checkpoint import LEGACY_DEFAULTS
+
+    for key, old in LEGACY_DEFAULTS.items():  # as for a checkpoint's config: older runs' values
+        data["config"].setdefault(key, old)
     return data
 
 

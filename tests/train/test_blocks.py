@@ -251,3 +251,22 @@ def test_resume_with_more_steps_extends_finished_blocks(drive, tmp_path):
           log=lambda *a: None)
     m = read_manifest(out)
     assert all(b["step"] == 8 for b in m["blocks"]) and m["config"]["steps"] == 8
+
+
+def test_manifest_without_newer_settings_reads_with_their_legacy_values(tmp_path):
+    """A block run written before a setting existed continues with the value it was trained
+    with (as a checkpoint's config does), not today's default."""
+    from dnmp.train.blocks import FORMAT, MANIFEST, VERSION, read_manifest
+    from dnmp.train.checkpoint import LEGACY_DEFAULTS
+
+    cfg = TrainConfig().to_dict()
+    for key in LEGACY_DEFAULTS:
+        del cfg[key]
+    manifest = {"format": FORMAT, "version": VERSION, "scene": {}, "config": cfg,
+                "blocks": [{"name": "block_000", "folder": "blocks/block_000", "frames": ["a"],
+                            "first_instant": 0, "last_instant": 3}]}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    got = read_manifest(tmp_path)["config"]
+    assert {k: got[k] for k in LEGACY_DEFAULTS} == LEGACY_DEFAULTS
+    assert LEGACY_DEFAULTS["bf16_matmul"] is False and TrainConfig().bf16_matmul is True
+    assert TrainConfig.from_dict(got).to_dict() == {**TrainConfig().to_dict(), **LEGACY_DEFAULTS}
