@@ -188,10 +188,9 @@ def read_manifest(run: str | Path) -> dict:
     if not ok:
         raise ValueError(f"{path}: malformed block manifest (needs scene, config and a non-empty "
                          f"list of blocks with name, folder, frames and ordered first/last_instant)")
-    from .checkpoint import LEGACY_DEFAULTS
+    from .checkpoint import with_legacy_defaults
 
-    for key, old in LEGACY_DEFAULTS.items():  # as for a checkpoint's config: older runs' values
-        data["config"].setdefault(key, old)
+    with_legacy_defaults(data["config"])  # as for a checkpoint's config: older runs' values
     return data
 
 

@@ -131,6 +131,14 @@ def checkpoint_scene_path(ckpt: dict) -> Path | None:
 LEGACY_DEFAULTS = {"far_shells": 0, "average_from": 1.0, "bf16_matmul": False}
 
 
+def with_legacy_defaults(config: dict) -> dict:
+    """A saved config dict (a checkpoint's, a block manifest's, a run's config.json) with
+    the settings it lacks set to `LEGACY_DEFAULTS` (in place; returned)."""
+    for key, old in LEGACY_DEFAULTS.items():
+        config.setdefault(key, old)
+    return config
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a checkpoint file (or the newest one in a run/checkpoint folder).
 
@@ -161,9 +169,7 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"(this dnmp reads version {VERSION})")
     data["path"] = str(p)
     if isinstance(data.get("config"), dict):
-        # settings added since version 1, with the value that reproduces older runs
-        for key, old in LEGACY_DEFAULTS.items():
-            data["config"].setdefault(key, old)
+        with_legacy_defaults(data["config"])  # settings added since version 1
     return data
 
 

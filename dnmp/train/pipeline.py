@@ -16,7 +16,7 @@ from ..data.subset import SceneSubset
 from ..device import release_freed_memory, resolve_device
 from ..evaluate import depth_errors
 from .checkpoint import (GEOMETRY_NAME, CheckpointError, load_checkpoint, save_geometry_checkpoint,
-                         scene_info)
+                         scene_info, with_legacy_defaults)
 from .config import TrainConfig
 from .distributed import SINGLE, DistContext, process_group
 from .factory import (build_renderer, check_checkpoint_scene, describe_primitives,
@@ -109,7 +109,7 @@ def _continues(out: Path, cfg: TrainConfig | None, steps: int | None) -> bool:
     try:
         saved = json.loads(path.read_text())
         saved = saved["config"] if run.is_block_run() else saved
-        saved = settle_config(None, steps, saved, str(path)).to_dict()
+        saved = settle_config(None, steps, with_legacy_defaults(saved), str(path)).to_dict()
     except (OSError, ValueError, KeyError, TypeError):
         return False  # let `train` refuse the folder with its own message
     return saved == settle_config(cfg, steps).to_dict()
