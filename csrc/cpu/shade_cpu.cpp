@@ -206,9 +206,9 @@ void gemm_dp(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, co
 // row-major), by AVX2 FMA: tiles of R = 4 rows x 16 columns in 8 accumulators (each column strip
 // of B stays in L1 while the rows stream; 6 rows ran 1.7x slower on an AMD Zen 3 in a throwaway
 // timing script, not a repository command: presumably out of registers). M a multiple of 4, N a
-// multiple of 16 (PackedChain's kPad). Sums run over k in order, one rounding per FMA. The float32 path of the fused ops on CPUs without
-// bf16 kernels: ATen's addmm per block of 256 rays cost more in dispatch and packing than in
-// products (README, issue 12's seventh round).
+// multiple of 16 (PackedChain's kPad). Sums run over k in order, one rounding per FMA. The
+// float32 path of the fused ops on CPUs without bf16 kernels: ATen's addmm per block of 256
+// rays cost more in dispatch and packing than in products (README, issue 12's seventh round).
 #define DNMP_AVX2FMA __attribute__((target("avx2,fma")))
 template <int R>
 DNMP_AVX2FMA inline void gemm_f32_tile(int64_t K, const float* a, int64_t lda, const float* b, int64_t N, float* c,
