@@ -92,17 +92,21 @@ def pixel_rays(intrinsics: torch.Tensor, cam_to_world: torch.Tensor, u: torch.Te
     """Unit world-frame view directions through the centres of pixels (u, v).
 
     Args:
-        intrinsics: float [3, 3] OpenCV pinhole; cam_to_world: float [4, 4] rigid.
+        intrinsics: float [3, 3] OpenCV pinhole, or [N, 3, 3] one per pixel;
+        cam_to_world: float [4, 4] rigid, or [N, 4, 4] one per pixel (the pixels of
+            several cameras at once: `train.frame_pool.FramePool.batch`).
         u, v: [N] column and row indices (any numeric dtype), pixel centre at (u, v).
     Returns:
         float32 [N, 3]; computed in float64 so that the same pixel gives the same
-        bits as `camera_rays` (which calls this).
+        bits as `camera_rays` (which calls this), with one camera or one per pixel.
     """
     k = intrinsics.double()
-    x = (u.double() - k[0, 2]) / k[0, 0]
-    y = (v.double() - k[1, 2]) / k[1, 1]
-    d = torch.stack([x, y, torch.ones_like(x)], dim=-1)
-    d = d @ cam_to_world[:3, :3].double().T
+    x = (u.double() - k[..., 0, 2]) / k[..., 0, 0]
+    y = (v.double() - k[..., 1, 2]) / k[..., 1, 1]
+    r = cam_to_world[..., :3, :3].double()
+    # (x, y, 1) @ r^T as three products summed in a fixed order (no GEMM): the same bits
+    # whether the rotation is shared or gathered per pixel
+    d = x.unsqueeze(-1) * r[..., :, 0] + y.unsqueeze(-1) * r[..., :, 1] + r[..., :, 2]
     return F.normalize(d, dim=-1).float()
 
 

@@ -18,6 +18,10 @@ third is 1 - b0 - b1 on covered layers, 0 on empty ones) and the colour as uint8
 when the image is 8-bit (float32 otherwise): 12 K + 3 bytes, 99 B at K = 4 + 4 (the default; 75 B at the paper's 4 + 2).
 View directions are recomputed from the pixel's row and column (`pixel_rays`).
 
+A pool that never rotates keeps its frames in one tensor per quantity (the frames hold
+views of it), so that `batch` gathers a step's rays with one index each instead of one
+split per frame (`_Slab`, on the CPU; the same bits).
+
 Everything cached lives on the renderer's device, and `batch` makes no host round trip
 on an accelerator: there the rays of a pool of several frames are gathered from every
 frame and selected with a mask (static shapes, `sync_free`), instead of being split by
@@ -78,6 +82,43 @@ class _CachedFrame:
         return p2f, bary, dirs, rgb, origins
 
 
+class _Slab:
+    """The cached frames of a pool that never rotates, concatenated in slot order: one
+    gather per quantity for a batch of rays from any frames. The frames' own tensors become
+    views of these (no second copy)."""
+
+    def __init__(self, frames: list[_CachedFrame]):
+        total, first = sum(len(f) for f in frames), frames[0]
+        self.pix_to_face, self.bary2, self.rgb = (t.new_empty(total, *t.shape[1:])
+                                                  for t in (first.pix_to_face, first.bary2, first.rgb))
+        start = 0
+        for f in frames:  # frame by frame: the cache's memory grows by one frame at most
+            n = len(f)
+            views = [t[start:start + n] for t in (self.pix_to_face, self.bary2, self.rgb)]
+            for v, t in zip(views, (f.pix_to_face, f.bary2, f.rgb)):
+                v.copy_(t)
+            f.pix_to_face, f.bary2, f.rgb = views
+            start += n
+        self.intrinsics = torch.stack([f.intrinsics.double() for f in frames])  # [S, 3, 3]
+        self.cam_to_world = torch.stack([f.cam_to_world.double() for f in frames])  # [S, 4, 4]
+        self.width = torch.tensor([f.width for f in frames], device=self.pix_to_face.device)
+
+    def gather(self, idx: torch.Tensor, slot: torch.Tensor, local: torch.Tensor):
+        """`_CachedFrame.gather` of pool indices `idx` (int64 [n]) in frames `slot` at
+        their frames' flat pixel indices `local`: the same values, bit for bit."""
+        p2f = self.pix_to_face.index_select(0, idx).long()
+        b01 = self.bary2.index_select(0, idx)
+        b2 = torch.where(p2f >= 0, 1.0 - b01[..., 0] - b01[..., 1], torch.zeros_like(b01[..., 0]))
+        bary = torch.cat([b01, b2.unsqueeze(-1)], dim=-1)
+        rgb = self.rgb.index_select(0, idx)
+        rgb = rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb
+        width = self.width.index_select(0, slot)
+        c2w = self.cam_to_world.index_select(0, slot)
+        dirs = pixel_rays(self.intrinsics.index_select(0, slot), c2w, local % width,
+                          torch.div(local, width, rounding_mode="floor"))
+        return p2f, bary, dirs, rgb, c2w[:, :3, 3].float()
+
+
 class FramePool:
     """Cached fragments of a bounded, rotating pool of training frames.
 
@@ -127,6 +168,7 @@ class FramePool:
         self._offsets = torch.zeros(1, dtype=torch.int64, device=self.device)
         self._pixels = 0  # pixels in the pool, kept on the host: len() needs no sync
         self._rotation: int | None = None
+        self._slab: _Slab | None = None
         self._covered: dict[int, tuple[int, int]] = {}  # frame index -> (covered, pixels)
         self.rasterized = 0  # frames rasterized so far (fills and rotations)
 
@@ -162,6 +204,10 @@ class FramePool:
         self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(self.device)
         self._pixels = int(lengths.sum())
         self._rotation = r
+        frames = [self._cached[i] for i in wanted]
+        if not self.rotates and not self.sync_free and len(frames) > 1 and \
+                len({(f.rgb.dtype, f.pix_to_face.shape[1]) for f in frames}) == 1:
+            self._slab = _Slab(frames)
 
     def __len__(self) -> int:
         """Pixels in the pool now (call `sync` first)."""
@@ -192,13 +238,20 @@ class FramePool:
             return self._cached[self._slots[0]].gather(local)
         if self.sync_free:
             return self._batch_masked(slot, local)
+        if self._slab is not None:
+            return self._slab.gather(idx, slot, local)
+        return self._batch_split(slot, local)
+
+    def _batch_split(self, slot: torch.Tensor, local: torch.Tensor):
+        """`batch` frame by frame: the rays of each frame gathered there and scattered into
+        place (a pool that rotates, whose frames are not one slab)."""
         k = self._cached[self._slots[0]].pix_to_face.shape[1]
-        b = idx.shape[0]
-        p2f = torch.empty(b, k, dtype=torch.int64, device=idx.device)
-        bary = torch.empty(b, k, 3, device=idx.device)
-        dirs = torch.empty(b, 3, device=idx.device)
-        rgb = torch.empty(b, 3, device=idx.device)
-        origins = torch.empty(b, 3, device=idx.device)
+        b, dev = slot.shape[0], slot.device
+        p2f = torch.empty(b, k, dtype=torch.int64, device=dev)
+        bary = torch.empty(b, k, 3, device=dev)
+        dirs = torch.empty(b, 3, device=dev)
+        rgb = torch.empty(b, 3, device=dev)
+        origins = torch.empty(b, 3, device=dev)
         for s in torch.unique(slot).tolist():
             m = torch.nonzero(slot == s).squeeze(1)
             parts = self._cached[self._slots[s]].gather(local[m])

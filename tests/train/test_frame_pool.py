@@ -112,3 +112,49 @@ def test_pool_rejects_bad_arguments(setup):
         FramePool(renderer, scene, frames, 0, 1)
     with pytest.raises(ValueError, match="cache_pixels"):
         TrainConfig(cache_pixels=0).validate()
+
+
+def test_pool_slab_gathers_the_bits_of_the_per_frame_path(setup):
+    """A pool that never rotates gathers from one slab (`_Slab`): the same tensors, bit for
+    bit, as gathering frame by frame and as the mask-selected path of accelerators."""
+    scene, renderer, frames = setup
+    pool = FramePool(renderer, scene, frames, max_pixels=10**9, rotate_every=5, progress=False)
+    pool.sync(0)
+    assert pool._slab is not None
+    # the frames hold views of the slab: the cache is not held twice
+    assert all(pool._cached[i].pix_to_face.data_ptr() == pool._slab.pix_to_face[int(pool._offsets[s]):].data_ptr()
+               for s, i in enumerate(pool._slots))
+    assert pool.nbytes == len(pool) * (12 * pool._slab.pix_to_face.shape[1] + 3)
+    idx = torch.randint(0, len(pool), (3000,), generator=torch.Generator().manual_seed(2))
+    got = pool.batch(idx)
+    slot = torch.searchsorted(pool._offsets, idx, right=True) - 1
+    local = idx - pool._offsets[slot]
+    for other in (pool._batch_split(slot, local), pool._batch_masked(slot, local)):
+        for a, b in zip(got, other):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_pixel_rays_with_one_camera_per_pixel_matches_one_call_per_camera():
+    from dnmp.model import pixel_rays
+
+    g = torch.Generator().manual_seed(3)
+    cams = []
+    for _ in range(3):
+        q = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=g))[0]
+        c2w = torch.eye(4, dtype=torch.float64)
+        c2w[:3, :3], c2w[:3, 3] = q * torch.sign(torch.det(q)), torch.randn(3, dtype=torch.float64, generator=g)
+        k = torch.tensor([[700.0 + 50 * torch.rand(1, generator=g).item(), 0, 610], [0, 705, 180], [0, 0, 1]],
+                         dtype=torch.float64)
+        cams.append((k, c2w))
+    which = torch.randint(0, 3, (500,), generator=g)
+    u, v = torch.randint(0, 1241, (500,), generator=g), torch.randint(0, 376, (500,), generator=g)
+    got = pixel_rays(torch.stack([c[0] for c in cams])[which], torch.stack([c[1] for c in cams])[which], u, v)
+    for i, (k, c2w) in enumerate(cams):
+        m = which == i
+        assert torch.equal(got[m], pixel_rays(k, c2w, u[m], v[m]))
+    # against an independent float64 formula: K^-1 (u, v, 1), rotated, normalised
+    k, c2w = cams[0]
+    d = torch.stack([u.double(), v.double(), torch.ones(500, dtype=torch.float64)], -1) @ torch.linalg.inv(k).T
+    d = d @ c2w[:3, :3].T
+    torch.testing.assert_close(pixel_rays(k, c2w, u, v), (d / d.norm(dim=-1, keepdim=True)).float(),
+                               rtol=0, atol=1e-7)
