@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/raster_math.h"
+#include "cpu/cpu_helpers.h"
 #include "ops.h"
 
 namespace dnmp {
@@ -31,19 +32,6 @@ namespace {
 constexpr int kTile = 16;              // tile edge in pixels
 constexpr int64_t kFaceChunk = 8192;  // min faces per binning chunk (result does not depend on it)
 constexpr int kPrefetch = 4;          // tile-list entries read ahead (timing only)
-
-// Run fn(i) for i in [0, n) on all threads, items taken from a shared counter:
-// a thread slowed down by other load on its core does not hold the others back
-// (results never depend on which thread runs which item).
-template <typename Fn>
-void dynamic_for(int64_t n, const Fn& fn) {
-  if (n <= 0) return;
-  std::atomic<int64_t> next{0};
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
-  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-  });
-}
 
 // Sort keys of depth lower bounds: the bits of the largest float <= z with the low
 // kKeyDropBits of its mantissa cleared, so that the key, read back as a float

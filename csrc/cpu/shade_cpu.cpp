@@ -9,7 +9,8 @@
 // encodings are evaluated by ATen's vectorised sin/cos over the block (scalar libm calls
 // cost more than the MLP); their layout, the heads of width 1 and the compositing are the
 // shared math of common/shade_math.h.
-// Each block is independent, so the output does not depend on the thread count.
+// Each block is independent and the threads claim blocks one at a time (parallel_take:
+// the sky's blocks cost less than the road's), so the output does not depend on the threads.
 //
 // bf16_matmul (float32 inputs only): the MLP layers take bfloat16 operands (inputs and
 // weights rounded to nearest even) and accumulate in float32, through ATen's brgemm
@@ -624,7 +625,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
     T* o_mean = mean_depth.data_ptr<T>();
     T* o_trans = trans.data_ptr<T>();
 
-    at::parallel_for(0, nblocks, 1, [&](int64_t blk0, int64_t blk1) {
+    // blocks claimed one at a time: an image's blocks of sky and of road differ in work
+    parallel_take(nblocks, [&](const auto& take) {
       // per-thread work space, reused by every block of this thread
       auto opt = feats.options();
       at::Tensor x_in = at::empty({kBlock, d_feat}, opt);
@@ -650,7 +652,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shade_fwd_cpu(
         cws = color_pc->work();
       }
 
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
+      for (int64_t blk = take(); blk >= 0; blk = take()) {
         const int64_t r0 = blk * kBlock, n = std::min(kBlock, N - r0);
         for (int64_t i = 0; i < n; ++i) ray_init(st[i]);
         for (int64_t l = 0; l < K; ++l) {
@@ -790,7 +792,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
     const T* rp = rad.data_ptr<T>();
     const T centre[3] = {cp[0], cp[1], cp[2]};
     T* out = rgb.data_ptr<T>();
-    at::parallel_for(0, nblocks, 1, [&](int64_t blk0, int64_t blk1) {
+    parallel_take(nblocks, [&](const auto& take) {
       auto opt = dirs.options();
       at::Tensor x_in = at::empty({kBlock, d_in}, opt);
       at::Tensor arg = at::empty({kBlock, 3, L}, opt), sn = at::empty_like(arg), cs = at::empty_like(arg);
@@ -802,7 +804,7 @@ at::Tensor background_fwd_cpu(const at::Tensor& view_dirs_, const at::Tensor& ra
         e32 = sky_pc->input_buffer();
         ws = sky_pc->work();
       }
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
+      for (int64_t blk = take(); blk >= 0; blk = take()) {
         const int64_t r0 = blk * kBlock, m = std::min(kBlock, N - r0);
         const T* logit;  // [m, 3], row stride ld
         int64_t ld = 3;

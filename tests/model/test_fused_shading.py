@@ -62,7 +62,9 @@ def _bf16_operands(*seqs):
 def _renderer(feature_dim=6, hidden=16, seed=0, bf16=False, **cfg):
     torch.manual_seed(seed)
     pts = torch.rand(300, 3) * torch.tensor([3.0, 2.0, 1.0]) + torch.tensor([-1.5, -1.0, 4.0])
-    cfg = {"far_shells": 0, **cfg}  # the primitives over the sky unless a test asks for a far field
+    # the primitives over the sky unless a test asks for a far field; two feature frequencies
+    # (the default before issue 12's ninth round), for which the opacity spread below is set
+    cfg = {"far_shells": 0, "feature_freqs": 2, **cfg}
     r = build_renderer([voxelize(pts, 0.5), voxelize(pts, 1.0)],
                        TrainConfig(feature_dim=feature_dim, hidden=hidden, **cfg))
     with torch.no_grad():  # a spread of opacities and colours, like a trained model

@@ -276,12 +276,12 @@ def host_calls(monkeypatch):
     return calls
 
 
-def _step_setup(make_scene, sync_free):
+def _step_setup(make_scene, sync_free, max_pixels=10**9):
     scene = load_scene(make_scene("steps", frames=5))
     cfg = TrainConfig(steps=10, **FAST)
     renderer = build_renderer(scene_centres(scene, cfg), cfg)
     frames = scene.frames_by_split("train")
-    pool = FramePool(renderer, scene, frames, 10**9, 5, progress=False, sync_free=sync_free)
+    pool = FramePool(renderer, scene, frames, max_pixels, 5, progress=False, sync_free=sync_free)
     pool.sync(0)
     assert len(pool._slots) > 1  # the multi-frame gather, the common case
     opts = _make_optimizers(renderer, cfg)
@@ -308,9 +308,11 @@ def test_radiance_step_makes_no_host_round_trip(make_scene, host_calls):
 
 
 def test_the_round_trip_check_catches_the_split_gather(make_scene, host_calls):
-    # the CPU's gather splits a batch by frame with unique().tolist() and nonzero: a host
-    # round trip on a GPU, which the check must report (it is not vacuous)
-    renderer, pool, opts, cfg, dev = _step_setup(make_scene, sync_free=False)
+    # the CPU's gather for a rotating pool (2 of the 40x30 frames here; a pool that never
+    # rotates gathers from one slab) splits a batch by frame with unique().tolist() and
+    # nonzero: a host round trip on a GPU, which the check must report (it is not vacuous)
+    renderer, pool, opts, cfg, dev = _step_setup(make_scene, sync_free=False, max_pixels=2 * 40 * 30)
+    assert pool.rotates and pool._slab is None
     host_calls.clear()
     with torch.device("meta"), HostTrips() as rec:
         radiance_step(renderer, pool, opts, cfg, 1, dev)
