@@ -92,12 +92,13 @@ class _Slab:
         self.pix_to_face, self.bary2, self.rgb = (t.new_empty(total, *t.shape[1:])
                                                   for t in (first.pix_to_face, first.bary2, first.rgb))
         start = 0
-        for f in frames:  # frame by frame: the cache's memory grows by one frame at most
+        for f in frames:  # frame by frame: the resident size grows by one frame at most
             n = len(f)
             views = [t[start:start + n] for t in (self.pix_to_face, self.bary2, self.rgb)]
             for v, t in zip(views, (f.pix_to_face, f.bary2, f.rgb)):
                 v.copy_(t)
             f.pix_to_face, f.bary2, f.rgb = views
+            release_freed_memory()  # the frame's own buffers (kept by keep_freed_memory)
             start += n
         self.intrinsics = torch.stack([f.intrinsics.double() for f in frames])  # [S, 3, 3]
         self.cam_to_world = torch.stack([f.cam_to_world.double() for f in frames])  # [S, 4, 4]
